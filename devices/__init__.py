@@ -1,0 +1,3 @@
+"""devices package."""
+
+__all__: list[str] = []

@@ -1,0 +1,93 @@
+"""The typed errors of edge-runtime.
+
+Every error a user can cause or meet (bad input, an unreachable agent, a model
+that does not fit) is one of these, with a message that says what to do. Each
+lower package has its own base (`devices.DeviceError`, `transports.TransportError`,
+`partitioner.PartitionError`) because those packages import nothing of this one;
+they are re-exported here so an app needs only `edge_runtime.errors`.
+`USER_ERRORS` is the tuple to catch all of them.
+"""
+
+from __future__ import annotations
+
+from devices.errors import DeviceError, ProfileCacheError, UnknownPresetError
+from partitioner.errors import PartitionError
+from transports.errors import TransportError
+
+
+class EdgeRuntimeError(Exception):
+    """Base of the errors raised by `edge_runtime` itself."""
+
+
+class ConfigError(EdgeRuntimeError):
+    """A command-line option, SDK argument or config file is invalid."""
+
+
+class InputError(EdgeRuntimeError):
+    """Inputs do not match the deployed model's signature (names, shapes, dtypes)."""
+
+
+class AgentError(EdgeRuntimeError):
+    """An agent answered a request with an error; `agent` names it."""
+
+    def __init__(self, message: str, agent: str = "") -> None:
+        super().__init__(f"{agent}: {message}" if agent else message)
+        self.agent = agent
+
+
+class AgentUnavailableError(AgentError):
+    """An agent died or did not answer within its timeout."""
+
+
+class DeployError(EdgeRuntimeError):
+    """A model could not be deployed (transfer, verification, memory budget)."""
+
+
+class MemoryBudgetError(DeployError):
+    """Loading would exceed an agent's memory budget."""
+
+
+class ShardIntegrityError(DeployError):
+    """A shard's bytes do not match its sha256 digest: it was corrupted or tampered with."""
+
+
+class CheckpointError(EdgeRuntimeError):
+    """An LLM checkpoint is missing files, has unsupported config fields or mismatched tensors."""
+
+
+class GenerationError(EdgeRuntimeError):
+    """A generation request cannot be served (e.g. the prompt is longer than the context)."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    EdgeRuntimeError,
+    DeviceError,
+    TransportError,
+    PartitionError,
+)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """True for errors whose message is meant for the user (no traceback needed)."""
+    return isinstance(error, USER_ERRORS)
+
+
+__all__ = [
+    "USER_ERRORS",
+    "AgentError",
+    "AgentUnavailableError",
+    "CheckpointError",
+    "ConfigError",
+    "DeployError",
+    "DeviceError",
+    "EdgeRuntimeError",
+    "GenerationError",
+    "InputError",
+    "MemoryBudgetError",
+    "PartitionError",
+    "ProfileCacheError",
+    "ShardIntegrityError",
+    "TransportError",
+    "UnknownPresetError",
+    "is_user_error",
+]

@@ -1,0 +1,3 @@
+"""partitioner package."""
+
+__all__: list[str] = []

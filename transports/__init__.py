@@ -1,0 +1,3 @@
+"""transports package."""
+
+__all__: list[str] = []
