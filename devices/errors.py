@@ -1,4 +1,8 @@
-"""Errors a user can hit while profiling or emulating a device."""
+"""Errors a user can hit while profiling or emulating a device.
+
+Every message says what to do next; the CLI prints it without a traceback
+(`edge_runtime.errors.USER_ERRORS` catches `DeviceError`).
+"""
 
 
 class DeviceError(Exception):
@@ -14,3 +18,11 @@ class UnknownPresetError(DeviceError, KeyError):
 
 class ProfileCacheError(DeviceError):
     """The profile cache cannot be read or written."""
+
+
+class ProfileFormatError(DeviceError, ValueError):
+    """A profile document (JSON or dict) is missing fields or has wrong types."""
+
+
+class LinkMeasureError(DeviceError):
+    """A link measurement failed: the peer did not echo in time or echoed something else."""
