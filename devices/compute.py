@@ -76,7 +76,11 @@ def _ort_matmul_session(n: int, int8: bool, threads: int) -> Callable[[], object
         [helper.make_tensor_value_info("y", y_type, [n, n])],
         [numpy_helper.from_array(b, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (the opset-17 era) rather than the installed onnx's newest IR, so older
+    # onnxruntime builds on devices (e.g. 1.30 refuses IR 14) can still profile.
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
