@@ -1,0 +1,430 @@
+"""The "llm-shard" deployment type: one agent's tensor-parallel share of an LLM.
+
+Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
+
+1. `deploy` (type "llm-shard"): the spec names the checkpoint directory (a path this
+   agent can read), its digest, the tensor plan, this agent's rank and the group's
+   public keys. `load` only checks the spec and queues the real work, because the
+   control loop must keep answering heartbeats while a share is converted (seconds
+   to minutes for a real model). The worker thread then checks the checkpoint
+   against the digest, converts this share ONCE into `<cache>/llm/` (keyed by
+   checkpoint digest and share ranges, so a restart or a redeploy reuses it),
+   builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
+   by the memory budget) and binds its collective listener with every member's key
+   admitted before anyone dials.
+2. `llm_ready`: answered once loading finished (the listener's address) or failed
+   (the typed error). Jobs run in order on one thread, so no extra signalling.
+3. `llm_connect`: the coordinator sends every member's endpoint; the agent joins the
+   `CollectiveGroup` (one DEALER per peer, kept for the deployment's life).
+4. `llm_step` (no per-token setup, msgpack header + one int64 tensor): every agent
+   runs its worker with the group's star allreduce (hub = the plan's hub) and
+   gathers its logits columns to the hub; the hub answers the coordinator with the
+   logits. Any member's failure answers the coordinator with the typed error; a
+   collective timeout names the silent member by its agent name
+   (`AgentUnavailableError`).
+
+Emulated devices: compute between two sync points is dilated (`ctx.dilate`) before
+each collective, so a Pi-like agent really holds the others up as a Pi would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import queue
+import re
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.errors import (
+    CheckpointError,
+    DeployError,
+    EdgeRuntimeError,
+    InputError,
+    is_user_error,
+)
+from transports.collectives import CollectiveGroup, GroupListener
+from transports.errors import CollectiveError
+from transports.security import Security
+from transports.wire import Frame, error_frame
+
+log = logging.getLogger(__name__)
+
+TYPE = "llm-shard"
+# Frame kinds this deployment type adds (coordinator -> agent, meta names deployment_id).
+READY = "llm_ready"
+CONNECT = "llm_connect"
+STEP = "llm_step"
+REPLY = "reply"
+
+# A member silent for this long inside one allreduce or gather fails the step on every
+# live member, naming it. Far above one layer's compute on an emulated Pi (tens of ms
+# for the models an edge device serves), short enough that a dead agent is reported
+# well within the coordinator's request timeout (30 s). The spec may override it.
+COLLECTIVE_TIMEOUT_S = 10.0
+# How long `close()` waits for the worker thread to finish the job it is running.
+WORKER_JOIN_TIMEOUT_S = 5.0
+# Sub-directory of the agent's cache holding converted shares (one per digest+share).
+CACHE_SUBDIR = "llm"
+
+_RANK = re.compile(r"^rank (\d+) ")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What one agent needs to serve its share (the wire dict of `deploy`)."""
+
+    checkpoint: str
+    checkpoint_digest: str
+    plan_json: str
+    rank: int
+    names: tuple[str, ...]
+    public_keys: tuple[str | None, ...]
+    max_context: int
+    memory_budget: int | None
+    memory_bytes: int
+    advertise_host: str
+    collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "checkpoint_digest": self.checkpoint_digest,
+            "plan": self.plan_json,
+            "rank": self.rank,
+            "names": list(self.names),
+            "public_keys": list(self.public_keys),
+            "max_context": self.max_context,
+            "memory_budget": self.memory_budget,
+            "memory_bytes": self.memory_bytes,
+            "advertise_host": self.advertise_host,
+            "collective_timeout_s": self.collective_timeout_s,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ShardSpec:
+        try:
+            budget = data.get("memory_budget")
+            spec = cls(
+                checkpoint=str(data["checkpoint"]),
+                checkpoint_digest=str(data["checkpoint_digest"]),
+                plan_json=str(data["plan"]),
+                rank=int(data["rank"]),
+                names=tuple(str(n) for n in data["names"]),
+                public_keys=tuple(None if k is None else str(k) for k in data["public_keys"]),
+                max_context=int(data["max_context"]),
+                memory_budget=None if budget is None else int(budget),
+                memory_bytes=int(data["memory_bytes"]),
+                advertise_host=str(data["advertise_host"]),
+                collective_timeout_s=float(data.get("collective_timeout_s",
+                                                    COLLECTIVE_TIMEOUT_S)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DeployError(f"malformed llm-shard spec: {error!r}; redeploy with this "
+                              "release's SDK") from error
+        if not 0 <= spec.rank < len(spec.names) or len(spec.public_keys) != len(spec.names):
+            raise DeployError(f"llm-shard spec: rank {spec.rank} of {len(spec.names)} members "
+                              f"with {len(spec.public_keys)} keys")
+        return spec
+
+
+def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
+    """The plan's peak bytes for this share (weights or window, KV cache, activations)."""
+    return ShardSpec.from_wire(spec).memory_bytes
+
+
+def load(deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> LlmShard:
+    shard = ShardSpec.from_wire(spec)
+    if not Path(shard.checkpoint).is_dir():
+        raise CheckpointError(
+            f"agent {ctx.name} cannot see the checkpoint directory {shard.checkpoint}; copy "
+            "it to the same path on this device (or run the cluster locally)")
+    return LlmShard(deployment_id, shard, ctx)
+
+
+def rss_bytes() -> tuple[int, int]:
+    """(current, peak) resident set size of this process; peak since `reset_peak_rss`."""
+    current = peak = 0
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    if peak == 0:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS) is the lifetime peak
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return current, peak
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux `clear_refs` 5), so the peak a benchmark
+    reports is the serving peak, not the conversion's transient one."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+@dataclass
+class _Job:
+    kind: str
+    request_id: int = 0
+    client: bytes = b""
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Clock:
+    """Splits a step's wall time into compute (dilated on emulated devices) and comm."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
+        self.compute_s = 0.0
+        self.comm_s = 0.0
+        self._mark = time.perf_counter()
+
+    def sync(self) -> None:
+        """Called before each collective: dilate the compute since the last one."""
+        busy = time.perf_counter() - self._mark
+        self._ctx.dilate(busy)
+        now = time.perf_counter()
+        self.compute_s += now - self._mark
+        self._mark = now
+
+    def synced(self) -> None:
+        now = time.perf_counter()
+        self.comm_s += now - self._mark
+        self._mark = now
+
+
+class LlmShard:
+    """A loaded (or loading) share with its worker thread and collective group."""
+
+    def __init__(self, deployment_id: str, spec: ShardSpec, ctx: AgentContext) -> None:
+        from partitioner.tensor import TensorPlan
+
+        self.id = deployment_id
+        self.spec = spec
+        self._ctx = ctx
+        self.plan = TensorPlan.from_json(spec.plan_json)
+        if len(self.plan.shares) != len(spec.names):
+            raise DeployError(f"the plan has {len(self.plan.shares)} shares for "
+                              f"{len(spec.names)} agents; redeploy")
+        self.share = self.plan.shares[spec.rank]
+        self._worker: Any = None
+        self._listener: GroupListener | None = None
+        self._group: CollectiveGroup | None = None
+        self._failed: EdgeRuntimeError | None = None
+        self._endpoints: list[str] = []
+        self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
+                          "load_s": 0.0}
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue.put(_Job("load"))
+        self._thread = threading.Thread(target=self._loop, name=f"llm-{deployment_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.spec.memory_bytes
+
+    # --- control loop side: queue only, never block ---
+
+    def handle(self, kind: str, sender: bytes, frame: Frame) -> None:
+        if kind not in (READY, CONNECT, STEP):
+            raise InputError(f"an llm-shard deployment does not take {kind!r} frames")
+        self._queue.put(_Job(kind, int(frame.request_id), sender, dict(frame.meta),
+                             dict(frame.tensors)))
+
+    # --- worker thread ---
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                answer = self._run(job)
+            except Exception as error:
+                if not is_user_error(error):
+                    log.exception("llm-shard %s: %s job failed", self.id, job.kind)
+                if job.kind == "load":
+                    self._failed = error if isinstance(error, EdgeRuntimeError) else DeployError(
+                        f"loading the share failed: {type(error).__name__}: {error}")
+                    log.error("llm-shard %s failed to load: %s", self.id, error)
+                    continue
+                self._answer_error(job, error)
+                continue
+            if answer is not None:
+                self._ctx.send_to_client(job.client, answer)
+
+    def _run(self, job: _Job) -> Frame | None:
+        if job.kind == "load":
+            self._load()
+            return None
+        if self._failed is not None:
+            raise self._failed
+        if job.kind == READY:
+            return self._reply(job, {"address": self._address(), "status": self.status()})
+        if job.kind == CONNECT:
+            self._connect(job)
+            return self._reply(job, {"connected": len(self._endpoints)})
+        return self._step(job)
+
+    def _reply(self, job: _Job, meta: dict[str, Any],
+               tensors: dict[str, np.ndarray] | None = None) -> Frame:
+        return Frame(kind=REPLY, request_id=job.request_id, sender=self._ctx.name,
+                     meta={"deployment_id": self.id, **meta}, tensors=tensors or {})
+
+    def _answer_error(self, job: _Job, error: BaseException) -> None:
+        error_type, agent = type(error).__name__, self._ctx.name
+        message = str(error)
+        if isinstance(error, CollectiveError):
+            culprit = self._member_name(error.member)
+            error_type, agent = "AgentUnavailableError", culprit or agent
+            message = (f"the tensor-parallel group lost {culprit or error.member} during a "
+                       f"step ({error}); redeploy the model without it")
+        self._ctx.send_to_client(job.client, error_frame(
+            job.request_id, error_type, message, sender=self._ctx.name,
+            details={"agent": agent, "deployment_id": self.id, "reported_by": self._ctx.name}))
+
+    def _member_name(self, member: str | None) -> str:
+        match = _RANK.match(member or "")
+        if match and int(match.group(1)) < len(self.spec.names):
+            return self.spec.names[int(match.group(1))]
+        return ""
+
+    def _load(self) -> None:
+        from edge_runtime.llm.checkpoint import Checkpoint
+        from edge_runtime.llm.local import window_budget
+        from edge_runtime.llm.slices import convert_share
+        from edge_runtime.llm.worker import TensorWorker
+
+        started = time.perf_counter()
+        ckpt = Checkpoint(self.spec.checkpoint)
+        if ckpt.digest != self.spec.checkpoint_digest:
+            raise CheckpointError(
+                f"the checkpoint at {self.spec.checkpoint} on agent {self._ctx.name} differs "
+                "from the coordinator's (digest mismatch); copy the same checkpoint here")
+        slices = convert_share(ckpt, self.share, self._ctx.cache.root / CACHE_SUBDIR)
+        config = ckpt.config
+        del ckpt  # unmap the checkpoint before serving: only the slices stay
+        gc.collect()
+        window = window_budget(config, self.share, slices, self.spec.memory_budget,
+                               self.spec.max_context)
+        self._worker = TensorWorker(config, slices, self.share,
+                                    max_context=self.spec.max_context,
+                                    window_budget_bytes=window)
+        security = getattr(self._ctx, "security", None)
+        if not isinstance(security, Security):
+            raise DeployError(f"agent {self._ctx.name} has no transport security settings")
+        keys = [] if security.insecure else [k.encode() for k in self.spec.public_keys if k]
+        self._listener = GroupListener(f"tcp://{self._bind_host()}:0", security,
+                                       peer_keys=keys)
+        self._counters["load_s"] = time.perf_counter() - started
+        reset_peak_rss()
+        log.info("llm-shard %s rank %d loaded in %.2f s (window %s)", self.id, self.spec.rank,
+                 self._counters["load_s"], "all resident" if window is None else f"{window} B")
+
+    def _bind_host(self) -> str:
+        address = str(getattr(self._ctx, "address", "tcp://127.0.0.1:0"))
+        host = address.removeprefix("tcp://").rsplit(":", 1)[0]
+        return host if host and host != "*" else "0.0.0.0"
+
+    def _address(self) -> str:
+        assert self._listener is not None
+        port = self._listener.address.rsplit(":", 1)[1]
+        host = self._bind_host()
+        if host == "0.0.0.0":
+            host = self.spec.advertise_host
+        return f"tcp://{host}:{port}"
+
+    def _connect(self, job: _Job) -> None:
+        endpoints = job.meta.get("endpoints")
+        if not isinstance(endpoints, list) or len(endpoints) != len(self.spec.names):
+            raise InputError(f"llm_connect needs {len(self.spec.names)} endpoints")
+        if self._group is not None:
+            self._group.close()
+        security = getattr(self._ctx, "security", None)
+        assert isinstance(security, Security) and self._listener is not None
+        keys = None if security.insecure else [(k or "").encode() for k in self.spec.public_keys]
+        self._endpoints = [str(e) for e in endpoints]
+        self._group = CollectiveGroup(self.spec.rank, self._endpoints, security,
+                                      timeout_s=self.spec.collective_timeout_s,
+                                      peer_keys=keys, listener=self._listener)
+        # Every member connects now (CURVE handshakes included), not on the first token.
+        self._group.barrier()
+
+    def _step(self, job: _Job) -> Frame | None:
+        if self._group is None:
+            raise InputError("llm_step before llm_connect; redeploy the model")
+        ids = job.tensors.get("ids")
+        if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise InputError("llm_step needs a 1-D integer tensor 'ids'")
+        start = int(job.meta.get("start", 0))
+        last_only = bool(job.meta.get("last_only", True))
+        group, hub, clock = self._group, self.plan.hub, _Clock(self._ctx)
+
+        def allreduce(x: np.ndarray) -> np.ndarray:
+            clock.sync()
+            out = group.star_allreduce(x, hub)
+            clock.synced()
+            return np.array(out)  # writable: the worker adds into it
+
+        def gather(x: np.ndarray) -> np.ndarray | None:
+            clock.sync()
+            parts = group.gather(np.ascontiguousarray(x), hub)
+            clock.synced()
+            return None if parts is None else np.concatenate(parts, axis=-1)
+
+        positions = np.arange(start, start + len(ids))
+        logits = self._worker.forward(ids, positions, allreduce, gather, last_only=last_only)
+        counters = self._counters
+        counters["steps"] += 1
+        counters["tokens"] += len(ids)
+        counters["compute_s"] += clock.compute_s
+        counters["comm_s"] += clock.comm_s
+        if logits is None:
+            return None
+        return self._reply(job, {"compute_s": clock.compute_s, "comm_s": clock.comm_s},
+                           {"logits": np.ascontiguousarray(logits, dtype=np.float32)})
+
+    def status(self) -> dict[str, Any]:
+        current, peak = rss_bytes()
+        window: dict[str, Any] = {}
+        if self._worker is not None:
+            window = dataclasses.asdict(self._worker.stats())
+        return {
+            "type": TYPE,
+            "rank": self.spec.rank,
+            "hub": self.plan.hub,
+            "ready": self._worker is not None,
+            "failed": None if self._failed is None else str(self._failed),
+            "share": {"kv_heads": list(self.share.kv_heads),
+                      "mlp_columns": list(self.share.mlp_columns),
+                      "vocab_rows": list(self.share.vocab_rows),
+                      "weight_bytes": self.share.weight_bytes},
+            "memory_bytes": self.spec.memory_bytes,
+            "rss_bytes": current,
+            "peak_rss_bytes": peak,
+            "window": window,
+            **self._counters,
+        }
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(WORKER_JOIN_TIMEOUT_S)
+        if self._group is not None:
+            self._group.close()
+        elif self._listener is not None:
+            self._listener.close()
+        if self._worker is not None:
+            self._worker.close()
+

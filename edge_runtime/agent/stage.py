@@ -1,0 +1,231 @@
+"""The "onnx-stage" deployment type: one stage of a pipeline, with its exit.
+
+Each stage owns a worker thread and a queue, so the control loop keeps answering
+pings while a stage computes, and stage k takes request i+1 while stage k+1 runs
+request i (pipelining across agents). The worker never touches a socket: it
+hands finished frames to the agent (`ctx.send_to_peer` / `ctx.send_to_client`),
+whose control loop owns every socket.
+
+Data path of one request: the coordinator sends `run` (model inputs) to stage 0;
+each stage runs its shard, then either answers the coordinator with `result`
+(last stage, or its exit fired) or sends `activation` to the next stage's agent
+with the tensors of `spec.forward` (shard outputs and pass-through inputs) and
+the model outputs collected so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.agent import protocol as p
+from edge_runtime.agent.backends import Backend, TensorSpec, open_backend
+from edge_runtime.agent.backends.onnxruntime import check_feeds
+from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
+from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.errors import DeployError, EdgeRuntimeError, InputError
+from transports.wire import Frame, error_frame
+
+log = logging.getLogger(__name__)
+
+# How long `close()` waits for the worker to finish the request it is running.
+WORKER_JOIN_TIMEOUT_S = 5.0
+
+
+def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
+    """The plan's `memory_bytes` if given, else the shard's size × SHARD_MEMORY_FACTOR."""
+    stage = p.StageSpec.from_wire(spec)
+    if stage.memory_bytes is not None:
+        return stage.memory_bytes
+    path = ctx.cache.path_for(stage.shard_sha256, stage.shard_ext)
+    if not path.is_file():
+        raise DeployError(f"shard {stage.shard_sha256[:12]}… is not on this agent; send it first")
+    return int(path.stat().st_size * SHARD_MEMORY_FACTOR)
+
+
+def load(deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> OnnxStage:
+    stage = p.StageSpec.from_wire(spec)
+    path = ctx.cache.verified_path(stage.shard_sha256, stage.shard_ext)
+    backend = open_backend(path, threads=ctx.threads)
+    for key in stage.allow_keys:
+        ctx.allow(key)
+    return OnnxStage(stage, backend, ctx, estimate_memory(spec, ctx))
+
+
+@dataclass(frozen=True)
+class _Work:
+    request_id: int
+    client: bytes
+    tensors: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    arrived: float  # perf_counter at arrival
+    transfer_s: float
+
+
+def _exit_fires(rule: p.ExitRule, available: dict[str, np.ndarray],
+                collected: dict[str, np.ndarray]) -> bool:
+    """True when every sample of the batch may stop here under the exit's policy.
+
+    A batch leaves at one exit together (its tensors travel as one), so one
+    undecided sample keeps the whole batch going.
+    """
+    from partitioner.exit_policies import exit_decision
+
+    previous = [collected[name] for name in rule.previous if name in collected]
+    decision = exit_decision(rule.policy, available[rule.output], rule.threshold,
+                             previous=previous)
+    return bool(np.asarray(decision).all())
+
+
+class OnnxStage:
+    """A loaded pipeline stage with its worker thread."""
+
+    def __init__(
+        self, spec: p.StageSpec, backend: Backend, ctx: AgentContext, memory_bytes: int
+    ) -> None:
+        self.spec = spec
+        self._backend = backend
+        self._ctx = ctx
+        self._memory = memory_bytes
+        self._signature = tuple(
+            TensorSpec(name, dtype, shape) for name, dtype, shape in spec.signature
+        )
+        self._queue: queue.Queue[_Work | None] = queue.Queue()
+        self._served = 0
+        self._busy_s = 0.0
+        self._worker = threading.Thread(
+            target=self._loop, name=f"stage-{spec.deployment_id}-{spec.stage}", daemon=True
+        )
+        self._worker.start()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._memory
+
+    def handle(self, kind: str, sender: bytes, frame: Frame) -> None:
+        now = time.time()
+        meta = dict(frame.meta)
+        transfer_s = max(0.0, now - float(meta.get("sent_at", now)))
+        if kind == p.RUN:
+            if self.spec.stage != 0:
+                raise InputError(f"stage {self.spec.stage} takes activations, not run requests")
+            tensors = {f"{p.ACT_PREFIX}{k}": v for k, v in frame.tensors.items()}
+            if self._signature:
+                check_feeds(self._signature, dict(frame.tensors))
+            client = sender
+        elif kind == p.ACTIVATION:
+            tensors = dict(frame.tensors)
+            client = bytes(meta["client"])
+        else:
+            raise InputError(f"an onnx-stage deployment does not take {kind!r} frames")
+        self._queue.put(
+            _Work(int(frame.request_id), client, tensors, meta, time.perf_counter(), transfer_s)
+        )
+
+    def _loop(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            try:
+                self._serve(work)
+            except Exception as error:  # answer the request; the worker keeps serving
+                if not isinstance(error, EdgeRuntimeError):
+                    log.exception("stage %d failed on request %d", self.spec.stage, work.request_id)
+                self._ctx.send_to_client(
+                    work.client,
+                    error_frame(
+                        work.request_id,
+                        type(error).__name__,
+                        str(error),
+                        sender=self._ctx.name,
+                        details={"agent": self._ctx.name,
+                                 "deployment_id": self.spec.deployment_id},
+                    ),
+                )
+
+    def _serve(self, work: _Work) -> None:
+        spec = self.spec
+        start = time.perf_counter()
+        started_at = time.time()
+        queue_s = start - work.arrived
+        acts = {k[len(p.ACT_PREFIX):]: v for k, v in work.tensors.items()
+                if k.startswith(p.ACT_PREFIX)}
+        collected = {k[len(p.OUT_PREFIX):]: v for k, v in work.tensors.items()
+                     if k.startswith(p.OUT_PREFIX)}
+        needed = [*spec.inputs, *(s.name for s in self._backend.inputs)]
+        missing = sorted({name for name in needed if name not in acts})
+        if missing:
+            raise InputError(f"stage {spec.stage} did not receive {missing}; the previous "
+                             "stage's plan does not match this one — redeploy the model")
+        feeds = {s.name: acts[s.name] for s in self._backend.inputs}
+        produced = self._backend.run(feeds)
+        busy = time.perf_counter() - start
+        self._ctx.dilate(busy)
+        compute_s = time.perf_counter() - start
+        self._served += 1
+        self._busy_s += compute_s
+        available = {**acts, **produced}
+        for name in spec.outputs:
+            collected[name] = available[name]
+        timings = list(work.meta.get("timings", []))
+        timings.append(
+            p.StageTiming(spec.stage, self._ctx.name, queue_s, compute_s, work.transfer_s,
+                          self._ctx.emulated, started_at).to_wire()
+        )
+        fired = spec.exit is not None and _exit_fires(spec.exit, available, collected)
+        last = spec.stage == spec.n_stages - 1 or spec.next_hop is None
+        if fired or last:
+            exit_name = spec.exit.name if fired and spec.exit is not None else None
+            self._ctx.send_to_client(
+                work.client,
+                Frame(
+                    kind=p.RESULT,
+                    request_id=work.request_id,
+                    sender=self._ctx.name,
+                    meta={"deployment_id": spec.deployment_id, "exit": exit_name,
+                          "stage": spec.stage, "timings": timings, "sent_at": time.time()},
+                    tensors=collected,
+                ),
+            )
+            return
+        assert spec.next_hop is not None  # guarded by `last` above
+        tensors = {f"{p.ACT_PREFIX}{name}": available[name] for name in spec.forward}
+        tensors.update({f"{p.OUT_PREFIX}{name}": value for name, value in collected.items()})
+        self._ctx.send_to_peer(
+            spec.next_hop,
+            Frame(
+                kind=p.ACTIVATION,
+                request_id=work.request_id,
+                sender=self._ctx.name,
+                meta={"deployment_id": spec.next_hop.deployment_id, "client": work.client,
+                      "stage": spec.stage + 1, "timings": timings, "sent_at": time.time()},
+                tensors=tensors,
+            ),
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "type": "onnx-stage",
+            "stage": self.spec.stage,
+            "n_stages": self.spec.n_stages,
+            "shard": self.spec.shard_sha256,
+            "memory_bytes": self._memory,
+            "queued": self._queue.qsize(),
+            "served": self._served,
+            "busy_s": round(self._busy_s, 6),
+            "exit": None if self.spec.exit is None else self.spec.exit.name,
+            "next": None if self.spec.next_hop is None else self.spec.next_hop.name,
+            "inputs": [s.describe() for s in self._backend.inputs],
+        }
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(WORKER_JOIN_TIMEOUT_S)
+        self._backend.close()

@@ -1,0 +1,58 @@
+"""`edge-runtime agent`: run this device's agent daemon until SIGTERM.
+
+Heavy imports (onnxruntime, zmq, the agent) happen in `run`, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="tcp://0.0.0.0:7700",
+                        help="control socket address (default tcp://0.0.0.0:7700; port 0 = any)")
+    parser.add_argument("--name", default="",
+                        help="agent name (default: host name, or preset@host)")
+    parser.add_argument("--preset", default=None,
+                        help="emulate this device preset (see `edge-runtime profile --list`)")
+    parser.add_argument("--memory-budget", default=None,
+                        help="memory the agent may hold for deployments, e.g. 512MB or 1GB "
+                             "(default: the preset's memory, else unlimited)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per stage (default: the preset's cores, else onnxruntime's)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/edge-runtime/agent"),
+                        help="where verified shards are kept across restarts")
+    parser.add_argument("--profile-cache", type=Path, default=None,
+                        help="profile cache directory (default ~/.cache/edge-runtime/profiles)")
+    parser.add_argument("--refresh-profile", action="store_true",
+                        help="measure this device again even if a cached profile is fresh")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--keys", type=Path, default=None,
+                          help="CURVE keys directory (default ~/.config/edge-runtime/keys)")
+    security.add_argument("--insecure", action="store_true",
+                          help="no encryption or authentication (local experiments only)")
+    parser.add_argument("--ready-file", type=Path, default=None,
+                        help="write {address, public_key, name, pid} as JSON here once listening")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_runtime.agent.config import AgentConfig, parse_size
+    from edge_runtime.agent.startup import run_agent
+    from edge_runtime.errors import ConfigError
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    config = AgentConfig(
+        listen=args.listen,
+        name=args.name,
+        preset=args.preset,
+        memory_budget=None if args.memory_budget is None else parse_size(args.memory_budget),
+        threads=args.threads,
+        cache_dir=args.cache_dir.expanduser(),
+        keys_dir=None if args.keys is None else args.keys.expanduser(),
+        insecure=args.insecure,
+        refresh_profile=args.refresh_profile,
+        profile_cache=None if args.profile_cache is None else args.profile_cache.expanduser(),
+    )
+    return run_agent(config, ready_file=args.ready_file)

@@ -1,0 +1,272 @@
+"""`Cluster.deploy`: plan a model over the agents, extract shards, send and load them.
+
+Steps, each logged: analyse the model (`ModelGraph`), measure links between
+agents (cached per cluster), plan (`partitioner`), extract one shard per stage,
+send only the shards an agent's content-addressed cache lacks (in acknowledged
+chunks, with progress), then load stages last-first so every stage's next hop is
+ready before the first request can reach it.
+
+Strategies: "single" puts the whole model on the device predicted fastest;
+"auto" runs the exact pipeline planner over all agents, which returns one device
+when no split beats it (often: a split pays transfers); "pipeline" forces a
+split over at least two agents (re-planning for throughput, then with memory
+shares, when the latency optimum is one device), for when the model must be
+spread or throughput matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.agent import protocol as p
+from edge_runtime.errors import ConfigError, DeployError
+from edge_runtime.sdk.cluster import Cluster
+from edge_runtime.sdk.config import CHUNK_BYTES
+from edge_runtime.sdk.deployment import Deployment
+from edge_runtime.sdk.whole_file import WHOLE_FILE_SUFFIXES, whole_file_plan
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "pipeline", "single")
+
+
+def _exit_rules(plan: Any, exits: Any, policy: str = "max_prob") -> dict[str, p.ExitRule]:
+    """Exit name -> rule for exits that may fire (a threshold and not the final one)."""
+    thresholds: dict[str, tuple[str, float | None]] = {}
+    for spec in plan.exits:
+        thresholds[spec.name] = (spec.policy, spec.threshold)
+    if isinstance(exits, Mapping):
+        unknown = sorted(set(exits) - set(thresholds))
+        if unknown:
+            raise ConfigError(
+                f"exits {unknown} are not exit heads of this plan (known: {sorted(thresholds)})"
+            )
+        for name, value in exits.items():
+            if isinstance(value, tuple):
+                thresholds[name] = (str(value[0]), float(value[1]))
+            else:
+                thresholds[name] = (policy, None if value is None else float(value))
+    rules: dict[str, p.ExitRule] = {}
+    earlier: list[str] = []
+    for spec in plan.exits:
+        chosen_policy, threshold = thresholds[spec.name]
+        if not spec.final and threshold is not None:
+            rules[spec.name] = p.ExitRule(spec.name, spec.output, chosen_policy,
+                                          float(threshold), tuple(earlier))
+        earlier.append(spec.output)
+    return rules
+
+
+def _exit_names(exits: Any) -> list[str] | None:
+    if exits is None:
+        return None
+    if isinstance(exits, Mapping):
+        return [str(k) for k in exits]
+    return [e if isinstance(e, str) else e.name for e in exits]
+
+
+def exit_logits(model: Path, graph: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Every exit head's logits on calibration `inputs` (whole model, local onnxruntime)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outputs = [head.output for head in graph.exits]
+    return [np.asarray(x) for x in session.run(outputs, dict(inputs))]
+
+
+def make_plan(cluster: Cluster, model: Path, strategy: str, exits: Any, objective: str,
+              batch_size: int, devices: Sequence[str] | None, slo_ms: float | None,
+              calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+              exit_policy: str = "max_prob") -> Any:
+    """The plan for `model` on this cluster's agents (pure planning, after link probes)."""
+    from partitioner.graph import ModelGraph
+    from partitioner.pipeline import plan_pipeline, plan_single
+
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    graph = ModelGraph.from_onnx(model, batch_size)
+    infos = [cluster.info(n) for n in devices] if devices else list(cluster.agents)
+    profiles = [info.profile for info in infos]
+    budgets = [info.memory_budget for info in infos]
+    names = _exit_names(exits)
+    if slo_ms is not None:
+        from partitioner.exits import plan_with_slo
+
+        if calibration is None:
+            raise ConfigError(
+                "slo_ms needs labelled calibration data to choose exit thresholds: pass "
+                "calibration=(inputs_dict, labels)")
+        logits = exit_logits(model, graph, calibration[0])
+        links = cluster.links() if len(profiles) > 1 else []
+        plan = plan_with_slo(graph, profiles, links, logits, np.asarray(calibration[1]),
+                             slo_ms / 1e3, policy=exit_policy, memory_budgets=budgets)
+        return plan, graph
+    if strategy == "single" or len(profiles) == 1:
+        options = [plan_single(graph, prof, memory_budget=b, exits=names)
+                   for prof, b in zip(profiles, budgets, strict=True)]
+        return min(options, key=lambda plan: plan.predicted_latency_s), graph
+    links = cluster.links()
+    plan = plan_pipeline(graph, profiles, links, objective=objective, memory_budgets=budgets,
+                         exits=names)
+    if strategy == "pipeline" and len({s.device for s in plan.stages}) < 2:
+        plan = plan_pipeline(graph, profiles, links, objective="throughput",
+                             memory_budgets=budgets, exits=names)
+    if strategy == "pipeline" and len({s.device for s in plan.stages}) < 2:
+        plan = _forced_split(graph, profiles, links, budgets, names, plan)
+    return plan, graph
+
+
+# A link that costs nothing: planning over it with the throughput objective
+# splits a model wherever compute can be shared (used to force a "pipeline").
+_IDEAL_RTT_S = 0.0
+_IDEAL_BANDWIDTH = 1e15
+
+
+def _forced_split(graph: Any, profiles: list[Any], links: list[Any], budgets: list[int | None],
+                  names: list[str] | None, fallback: Any) -> Any:
+    """A plan over ≥ 2 devices: the throughput optimum over free links, with its
+    transfer predictions then recomputed over the measured links. `fallback` (one
+    device) when even that keeps the model whole (a model of one node)."""
+    from devices.links import LinkProfile
+    from partitioner.cost import Links
+    from partitioner.pipeline import plan_pipeline
+
+    ideal = [LinkProfile(a.name, b.name, _IDEAL_RTT_S, _IDEAL_BANDWIDTH)
+             for a in profiles for b in profiles if a.name != b.name]
+    plan = plan_pipeline(graph, profiles, ideal, objective="throughput",
+                         memory_budgets=budgets, exits=names)
+    if len({s.device for s in plan.stages}) < 2:
+        log.warning("strategy 'pipeline': %s cannot be split over %d devices; deploying on "
+                    "one device", graph.name, len(profiles))
+        return fallback
+    real = Links(links)
+    stages = list(plan.stages)
+    for i, stage in enumerate(stages[:-1]):
+        nxt = stages[i + 1]
+        transfer = (real.transfer_time(stage.device, nxt.device, stage.transfer_bytes)
+                    if nxt.device != stage.device else 0.0)
+        stages[i] = dataclasses.replace(stage, predicted_transfer_s=transfer)
+    latency = sum(s.predicted_compute_s + s.predicted_transfer_s for s in stages)
+    worst = max(max(s.predicted_compute_s, s.predicted_transfer_s) for s in stages)
+    return dataclasses.replace(plan, stages=tuple(stages), predicted_latency_s=latency,
+                               predicted_throughput_rps=1.0 / worst if worst > 0 else 0.0)
+
+
+def upload(cluster: Cluster, agent: str, shard: Path, sha256: str,
+           progress: Callable[[str, int, int], None] | None) -> int:
+    """Send `shard` to `agent` unless its cache has it; returns bytes sent."""
+    ext = shard.suffix
+    missing = cluster.call(agent, p.HAS_SHARDS, {"shards": [[sha256, ext]]}).meta["missing"]
+    if sha256 not in missing:
+        log.info("%s already holds shard %s…", agent, sha256[:12])
+        return 0
+    data = np.fromfile(shard, dtype=np.uint8)
+    total = int(data.size)
+    sent = 0
+    while True:
+        chunk = data[sent:sent + CHUNK_BYTES]
+        reply = cluster.call(agent, p.PUT_CHUNK,
+                             {"sha256": sha256, "ext": ext, "offset": sent, "total": total},
+                             {"data": chunk}, timeout_s=cluster.timeouts.chunk_s)
+        sent += int(chunk.size)
+        if progress is not None:
+            progress(agent, sent, total)
+        log.info("sent %s to %s: %d / %d bytes", shard.name, agent, sent, total)
+        if reply.meta.get("complete"):
+            break
+        if sent >= total:
+            raise DeployError(f"{agent} did not accept shard {shard.name} after all its bytes")
+    return total
+
+
+def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
+                 slo_ms: float | None, objective: str, batch_size: int, plan: Any,
+                 devices: Sequence[str] | None,
+                 progress: Callable[[str, int, int], None] | None,
+                 calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+                 exit_policy: str = "max_prob") -> Deployment:
+    """Plan (unless `plan` is given), extract, upload and load; see the module doc."""
+    from partitioner.extract import extract_shards
+
+    if not model.is_file():
+        raise ConfigError(f"no model file at {model}")
+    started = time.perf_counter()
+    graph = None
+    whole = model.suffix.lower() in WHOLE_FILE_SUFFIXES
+    if whole:
+        plan = whole_file_plan(cluster, model, devices)
+    elif plan is None:
+        plan, graph = make_plan(cluster, model, strategy, exits, objective, batch_size,
+                                devices, slo_ms, calibration, exit_policy)
+    rules = _exit_rules(plan, exits, exit_policy)
+    deployment_id = uuid.uuid4().hex[:12]
+    with tempfile.TemporaryDirectory(prefix="edge-runtime-shards-") as tmp:
+        if whole:
+            shard_dir = model.parent
+        else:
+            plan = extract_shards(plan, model, tmp, graph=graph, save_plan=False)
+            shard_dir = Path(tmp)
+        sent = 0
+        for stage in plan.stages:
+            cluster.link(stage.device)  # fails early on a plan for other devices
+            assert stage.shard_file is not None and stage.shard_sha256 is not None
+            sent += upload(cluster, stage.device, shard_dir / stage.shard_file,
+                           stage.shard_sha256, progress)
+    specs = stage_specs(cluster, plan, rules, deployment_id)
+    loaded: list[tuple[str, str]] = []
+    try:
+        for spec, stage in reversed(list(zip(specs, plan.stages, strict=True))):
+            cluster.call(stage.device, p.DEPLOY,
+                         {"deployment_id": spec.deployment_id, "type": "onnx-stage",
+                          "spec": spec.to_wire()}, timeout_s=cluster.timeouts.deploy_s)
+            loaded.append((stage.device, spec.deployment_id))
+    except BaseException:
+        for agent, stage_id in loaded:
+            try:
+                cluster.call(agent, p.UNLOAD, {"deployment_id": stage_id})
+            except Exception as error:  # best effort: the agent may be the one that failed
+                log.debug("rollback unload on %s failed: %s", agent, error)
+        raise
+    log.info("deployed %s as %s over %s in %.2f s (%d bytes sent)", model.name, deployment_id,
+             [s.device for s in plan.stages], time.perf_counter() - started, sent)
+    return Deployment(cluster, deployment_id, plan, specs, bytes_sent=sent)
+
+
+def stage_specs(cluster: Cluster, plan: Any, rules: dict[str, p.ExitRule],
+                deployment_id: str) -> list[p.StageSpec]:
+    stages = list(plan.stages)
+    keys = tuple(i.public_key for i in cluster.agents if i.public_key)
+    signature = tuple((s.name, s.dtype, tuple(s.shape)) for s in plan.model_inputs)
+    specs: list[p.StageSpec] = []
+    for index, stage in enumerate(stages):
+        nxt = stages[index + 1] if index + 1 < len(stages) else None
+        hop = None
+        if nxt is not None:
+            info = cluster.info(nxt.device)
+            hop = p.Hop(info.name, info.address, info.public_key, f"{deployment_id}.{index + 1}")
+        specs.append(p.StageSpec(
+            deployment_id=f"{deployment_id}.{index}", stage=index, n_stages=len(stages),
+            shard_sha256=str(stage.shard_sha256), shard_ext=Path(str(stage.shard_file)).suffix,
+            inputs=tuple(stage.inputs), forward=tuple(stage.forward),
+            outputs=tuple(stage.outputs),
+            exit=rules.get(stage.exit) if stage.exit else None, next_hop=hop,
+            memory_bytes=int(stage.memory_bytes) or None,
+            signature=signature if index == 0 else (), allow_keys=keys,
+        ))
+    return specs
+
+
+def replace_thresholds(plan: Any, thresholds: Mapping[str, float | None]) -> Any:
+    """`plan` with the given exit thresholds (helper for apps and tests)."""
+    exits = tuple(dataclasses.replace(e, threshold=thresholds.get(e.name, e.threshold))
+                  for e in plan.exits)
+    return dataclasses.replace(plan, exits=exits)

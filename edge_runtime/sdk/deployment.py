@@ -1,0 +1,160 @@
+"""`Deployment`: a model loaded on the cluster; `run` and the pipelined `run_many`.
+
+`run` sends the inputs to the first stage's agent and waits for the `result`
+frame that the last stage (or the stage whose exit fired) sends straight back.
+`run_many` keeps up to `max_in_flight` requests in the pipeline at once, so
+stage k works on request i+1 while stage k+1 works on request i, and yields
+results in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_runtime.agent import protocol as p
+from edge_runtime.agent.backends.base import TensorSpec
+from edge_runtime.errors import ConfigError
+from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
+from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.inputs import check_inputs
+from edge_runtime.sdk.result import Result
+from transports.wire import Frame
+
+if TYPE_CHECKING:
+    from edge_runtime.sdk.cluster import Cluster
+    from edge_runtime.sdk.hub import AgentLink
+
+log = logging.getLogger(__name__)
+
+
+class Deployment:
+    """A model deployed on a cluster (one pipeline of stages)."""
+
+    def __init__(self, cluster: Cluster, deployment_id: str, plan: Any,
+                 specs: list[p.StageSpec], bytes_sent: int = 0) -> None:
+        self.cluster = cluster
+        self.id = deployment_id
+        self.plan = plan
+        self.specs = tuple(specs)
+        self.bytes_sent = bytes_sent  # shard bytes this deploy transferred (0: all cached)
+        self.signature = tuple(TensorSpec(s.name, s.dtype, tuple(s.shape))
+                               for s in plan.model_inputs)
+        self.agents = tuple(dict.fromkeys(stage.device for stage in plan.stages))
+        self._links: list[AgentLink] = [cluster.link(name) for name in self.agents]
+        self._first = cluster.link(plan.stages[0].device)
+        self._predicted_stages = tuple(s.predicted_compute_s + s.predicted_transfer_s
+                                       for s in plan.stages)
+        self._unloaded = False
+
+    @property
+    def strategy(self) -> str:
+        return str(self.plan.strategy)
+
+    def describe(self) -> str:
+        stages = " → ".join(f"{s.device}[{s.node_start}:{s.node_end}]" for s in self.plan.stages)
+        return (f"{self.plan.model_name} ({self.plan.strategy}): {stages}; predicted "
+                f"{self.plan.predicted_latency_s * 1e3:.2f} ms")
+
+    def _send(self, inputs: Mapping[str, Any]) -> tuple[int, float]:
+        if self._unloaded:
+            raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
+        arrays = check_inputs(self.signature, inputs)
+        hub = self.cluster.hub
+        request_id = hub.next_id()
+        start = time.perf_counter()
+        hub.send(self._first, Frame(
+            kind=p.RUN, request_id=request_id,
+            meta={"deployment_id": self.specs[0].deployment_id, "sent_at": time.time()},
+            tensors=arrays), timeout_s=self.cluster.timeouts.hello_s)
+        return request_id, start
+
+    def _result(self, frame: Frame, start: float) -> Result:
+        if frame.is_error:
+            raise error_from_frame(frame, frame.sender or self.agents[0])
+        if frame.kind != p.RESULT:
+            raise error_from_frame(
+                Frame(kind="error", meta={"error_type": "AgentError",
+                                          "message": f"unexpected {frame.kind!r} frame"}),
+                frame.sender)
+        latency = time.perf_counter() - start
+        timings = tuple(p.StageTiming.from_wire(t) for t in frame.meta.get("timings", []))
+        outputs = {name: np.array(value) for name, value in frame.tensors.items()}
+        return Result(
+            outputs=outputs, exit=frame.meta.get("exit"), stage=int(frame.meta.get("stage", -1)),
+            latency_s=latency, stages=timings,
+            predicted_latency_s=float(self.plan.predicted_latency_s),
+            predicted_stages=self._predicted_stages, request_id=frame.request_id,
+        )
+
+    def run(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
+        """One inference. Raises `InputError` before sending anything if inputs do not match,
+        `AgentUnavailableError` naming the agent if one dies or stays silent."""
+        timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
+        request_id, start = self._send(inputs)
+        try:
+            frame = self.cluster.hub.wait({request_id}, timeout, self._links, "result")
+        except BaseException:
+            self.cluster.hub.forget([request_id])
+            raise
+        return self._result(frame, start)
+
+    def run_many(self, inputs: Iterable[Mapping[str, Any]], *,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                 timeout_s: float | None = None) -> Iterator[Result]:
+        """Stream `inputs` through the pipeline, at most `max_in_flight` at once.
+
+        Yields results in input order. `timeout_s` bounds the wait for each result.
+        On an error the remaining requests are abandoned and the error raised.
+        """
+        if max_in_flight < 1:
+            raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
+        hub = self.cluster.hub
+        pending: deque[tuple[int, float]] = deque()
+        source = iter(inputs)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < max_in_flight:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append(self._send(item))
+                if not pending:
+                    return
+                request_id, start = pending[0]
+                frame = hub.wait({request_id}, timeout, self._links, "result")
+                pending.popleft()
+                yield self._result(frame, start)
+        finally:
+            hub.forget(request_id for request_id, _ in pending)
+
+    def status(self) -> dict[str, Any]:
+        """Each stage's status as its agent reports it."""
+        table: dict[str, Any] = {}
+        for spec, stage in zip(self.specs, self.plan.stages, strict=True):
+            reply = self.cluster.call(stage.device, p.STATUS)
+            table[spec.deployment_id] = reply.meta["deployments"].get(spec.deployment_id)
+        return table
+
+    def unload(self) -> None:
+        """Unload every stage from its agent (best effort for agents that are gone)."""
+        if self._unloaded:
+            return
+        self._unloaded = True
+        errors: list[str] = []
+        for spec, stage in zip(self.specs, self.plan.stages, strict=True):
+            try:
+                self.cluster.call(stage.device, p.UNLOAD, {"deployment_id": spec.deployment_id})
+            except Exception as error:  # keep unloading the others
+                errors.append(str(error))
+        if errors:
+            log.warning("unload of %s incomplete: %s", self.id, "; ".join(errors))

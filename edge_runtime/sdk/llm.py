@@ -1,0 +1,350 @@
+"""`Cluster.deploy_llm`: an LLM split tensor-parallel over agents, driven as an engine `Runner`.
+
+Why a Runner: the generation logic (prefill, decode loop, sampling, stop tokens,
+streaming) is `edge_runtime.llm.LlmEngine`'s and is the same for in-process workers
+and agents; this module only moves one forward step at a time to the agents. So
+sampling happens here, at the coordinator, and `generate(stream=True)` yields each
+token as soon as the hub's logits arrive.
+
+Deploy, in order, each step failing with a typed error before the next:
+validate the checkpoint here (`Checkpoint`: config, every tensor's name and shape),
+plan (`partitioner.plan_tensor_parallel` over the agents' reported profiles, memory
+budgets and measured links: the hub is the agent with the lowest summed latency),
+then `deploy` an "llm-shard" to every agent (it converts its share once into its
+cache, off its control loop), wait until every agent is loaded (`llm_ready`, which
+returns its collective endpoint), and connect the group (`llm_connect`). Any
+failure unloads what was loaded.
+
+One step: the same small frame (`llm_step`: start, last_only, int64 token ids) to
+every agent over the coordinator's persistent sockets; the hub answers with the
+logits. No per-token connection, no JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_runtime.agent import protocol as p
+from edge_runtime.agent.config import parse_size
+from edge_runtime.agent.llm_shard import CONNECT, READY, STEP, TYPE, ShardSpec
+from edge_runtime.errors import AgentUnavailableError, ConfigError, EdgeRuntimeError
+from edge_runtime.sdk.errors_map import error_from_frame
+from transports.wire import Frame
+
+if TYPE_CHECKING:
+    from edge_runtime.llm import Generation, LlmConfig, LlmEngine, TokenEvent
+    from edge_runtime.sdk.cluster import Cluster
+    from edge_runtime.sdk.hub import AgentLink
+    from partitioner.tensor import TensorPlan
+
+log = logging.getLogger(__name__)
+
+# Context the KV caches are preallocated for unless `max_context` is given: enough for
+# a prompt and a reply on the small models edge devices serve, 2 MB of KV per layer
+# for a 1 B-parameter model.
+DEFAULT_MAX_CONTEXT = 512
+
+Budget = str | int | None
+
+
+def _host(address: str) -> str:
+    return address.removeprefix("tcp://").rsplit(":", 1)[0]
+
+
+def _budgets(cluster: Cluster, names: Sequence[str],
+             memory_budget: Budget | Sequence[Budget]) -> list[int | None]:
+    """Per agent: the given budget (one for all, or one each), else the agent's own."""
+    if memory_budget is None:
+        return [cluster.info(n).memory_budget for n in names]
+    if isinstance(memory_budget, str | int):
+        return [parse_size(memory_budget)] * len(names)
+    given = list(memory_budget)
+    if len(given) != len(names):
+        raise ConfigError(f"memory_budget has {len(given)} entries for {len(names)} agents")
+    return [cluster.info(n).memory_budget if b is None else parse_size(b)
+            for n, b in zip(names, given, strict=True)]
+
+
+def _rtts(cluster: Cluster, names: Sequence[str]) -> dict[tuple[int, int], float] | None:
+    """Measured round trips between the chosen agents, by plan index (None for one agent)."""
+    if len(names) < 2:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    table: dict[tuple[int, int], float] = {}
+    for link in cluster.links():
+        if link.src in index and link.dst in index:
+            table[(index[link.src], index[link.dst])] = link.rtt_s
+    return table
+
+
+def plan_llm(cluster: Cluster, config: LlmConfig, digest: str, names: Sequence[str],
+             budgets: Sequence[int | None], max_context: int) -> TensorPlan:
+    """The tensor plan over the agents' profiles (pure apart from the link probes)."""
+    from partitioner.tensor import plan_tensor_parallel
+
+    profiles = [cluster.info(n).profile for n in names]
+    return plan_tensor_parallel(config.decoder_shape(max_context), profiles,
+                                memory_budgets=list(budgets), links=_rtts(cluster, names),
+                                streaming=True, model_digest=digest)
+
+
+class AgentRunner:
+    """`Runner` over the agents of one deployment: one `llm_step` frame per forward."""
+
+    def __init__(self, cluster: Cluster, deployment_id: str, names: Sequence[str], hub: int,
+                 max_context: int, timeout_s: float | None = None) -> None:
+        self._cluster = cluster
+        self._id = deployment_id
+        self._names = tuple(names)
+        self._links: list[AgentLink] = [cluster.link(n) for n in names]
+        self._hub = hub
+        self._max_context = max_context
+        self._timeout_s = timeout_s
+        self.broken: EdgeRuntimeError | None = None
+        self.last_step: dict[str, float] = {}
+        self.closed = False
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    def forward(self, token_ids: Sequence[int], start: int, *,
+                last_only: bool = True) -> np.ndarray:
+        if self.closed:
+            raise ConfigError(f"LLM deployment {self._id} was unloaded; deploy it again")
+        if self.broken is not None:
+            raise AgentUnavailableError(
+                f"LLM deployment {self._id} lost an agent earlier ({self.broken}); redeploy "
+                "it on the remaining agents", agent=getattr(self.broken, "agent", ""))
+        hub = self._cluster.hub
+        timeouts = self._cluster.timeouts
+        request_id = hub.next_id()
+        ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
+        meta = {"deployment_id": self._id, "start": int(start), "last_only": bool(last_only)}
+        started = time.perf_counter()
+        try:
+            for link in self._links:
+                hub.send(link, Frame(kind=STEP, request_id=request_id, meta=meta,
+                                     tensors={"ids": ids}), timeout_s=timeouts.hello_s)
+            timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
+            frame = hub.wait({request_id}, timeout, self._links, "logits")
+        except AgentUnavailableError as error:
+            hub.forget([request_id])
+            self.broken = error
+            raise
+        if frame.is_error:
+            hub.forget([request_id])  # the other members' copies of the same error
+            failure = error_from_frame(frame, frame.sender or self._names[self._hub])
+            if isinstance(failure, AgentUnavailableError):
+                self.broken = failure
+            raise failure
+        self.last_step = {"wall_s": time.perf_counter() - started,
+                          "compute_s": float(frame.meta.get("compute_s", 0.0)),
+                          "comm_s": float(frame.meta.get("comm_s", 0.0))}
+        return np.array(frame.tensors["logits"])
+
+
+class LlmDeployment:
+    """An LLM deployed tensor-parallel on a cluster: `generate`, `logits`, `status`."""
+
+    def __init__(self, cluster: Cluster, deployment_id: str, plan: TensorPlan,
+                 names: Sequence[str], engine: LlmEngine, runner: AgentRunner,
+                 checkpoint: Path) -> None:
+        self.cluster = cluster
+        self.id = deployment_id
+        self.plan = plan
+        self.agents = tuple(names)
+        self.engine = engine
+        self.runner = runner
+        self.checkpoint = checkpoint
+        self._unloaded = False
+
+    @property
+    def config(self) -> LlmConfig:
+        return self.engine.config
+
+    @property
+    def max_context(self) -> int:
+        return self.runner.max_context
+
+    @property
+    def hub_agent(self) -> str:
+        return self.agents[self.plan.hub]
+
+    def describe(self) -> str:
+        shares = ", ".join(
+            f"{name}: {s.n_kv_heads} kv heads, {s.n_columns} mlp cols, "
+            f"{s.weight_bytes / 1e6:.1f} MB{' (streaming)' if s.streaming else ''}"
+            for name, s in zip(self.agents, self.plan.shares, strict=True))
+        return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), hub "
+                f"{self.hub_agent}: {shares}")
+
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, stop: Sequence[int | str] | None = None,
+                 stream: bool = False) -> Generation | Iterator[TokenEvent]:
+        """Generate up to `max_new_tokens` after `prompt` (text or token ids).
+
+        `stream=False`: the finished `Generation` (text, ids, time to first token,
+        s/token). `stream=True`: an iterator of `TokenEvent`s, each yielded as soon
+        as it is sampled. `stop`: token ids and/or strings (default: the checkpoint's
+        EOS ids). Raises `GenerationError` (prompt too long for `max_context`, bad
+        ids) before anything is sent, `AgentUnavailableError` naming an agent that
+        died mid-generation.
+        """
+        kwargs: dict[str, Any] = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                                  "seed": seed, "stop": stop}
+        if stream:
+            return self.engine.stream(prompt, max_new_tokens, **kwargs)
+        return self.engine.generate(prompt, max_new_tokens, **kwargs)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] of a fresh sequence at positions 0.. (for verification)."""
+        return self.engine.logits(ids)
+
+    def status(self) -> dict[str, Any]:
+        """Each agent's view of its share: rss/peak RSS, window counters, steps, compute, comm."""
+        table: dict[str, Any] = {}
+        for name in self.agents:
+            reply = self.cluster.call(name, p.STATUS)
+            table[name] = reply.meta["deployments"].get(self.id)
+        return table
+
+    def unload(self) -> None:
+        """Unload every share (best effort for agents that are gone)."""
+        if self._unloaded:
+            return
+        self._unloaded = True
+        self.runner.closed = True
+        _unload(self.cluster, self.id, self.agents)
+
+
+def _check_plan(plan: TensorPlan, config: LlmConfig, names: Sequence[str]) -> None:
+    shape = config.decoder_shape(plan.shape.max_context)
+    if plan.shape != shape:
+        raise ConfigError(f"the plan was made for another model ({plan.shape}), not this "
+                          f"checkpoint ({shape}); plan again")
+    if [s.device for s in plan.shares] != list(names):
+        raise ConfigError(f"the plan's devices {[s.device for s in plan.shares]} are not the "
+                          f"agents {list(names)}; name the shares after the agents")
+
+
+def _unload(cluster: Cluster, deployment_id: str, names: Sequence[str]) -> None:
+    problems = []
+    for name in names:
+        try:
+            cluster.call(name, p.UNLOAD, {"deployment_id": deployment_id})
+        except Exception as error:  # keep unloading the others; an agent may be gone
+            problems.append(str(error))
+    if problems:
+        log.warning("unload of %s incomplete: %s", deployment_id, "; ".join(problems))
+
+
+def _ask_all(cluster: Cluster, names: Sequence[str], kind: str,
+             metas: Sequence[dict[str, Any]], timeout_s: float) -> list[Frame]:
+    """Send one request to each agent at once, then collect every reply (typed errors)."""
+    hub = cluster.hub
+    sent: list[tuple[str, int]] = []
+    for name, meta in zip(names, metas, strict=True):
+        request_id = hub.next_id()
+        hub.send(cluster.link(name), Frame(kind=kind, request_id=request_id, meta=meta),
+                 timeout_s=cluster.timeouts.hello_s)
+        sent.append((name, request_id))
+    replies: list[Frame] = []
+    try:
+        for name, request_id in sent:
+            frame = hub.wait({request_id}, timeout_s, [cluster.link(name)], f"reply to {kind}")
+            if frame.is_error:
+                raise error_from_frame(frame, name)
+            replies.append(frame)
+    except BaseException:
+        hub.forget(request_id for _, request_id in sent)
+        raise
+    return replies
+
+
+def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
+               memory_budget: Budget | Sequence[Budget] = None,
+               max_context: int = DEFAULT_MAX_CONTEXT, devices: Sequence[str] | None = None,
+               timeout_s: float | None = None,
+               collective_timeout_s: float | None = None,
+               plan: TensorPlan | None = None) -> LlmDeployment:
+    """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
+
+    `memory_budget`: bytes or "512MB" for every agent, or one per agent (None = the
+    agent's own budget, unlimited if it has none); a share above its budget streams
+    through a sliding window. `devices`: agent names to use (default: all).
+    `timeout_s`: per forward step (default the cluster's `request_s`).
+    `collective_timeout_s`: how long agents wait for each other inside a step.
+    `plan`: deploy a ready `TensorPlan` whose share devices are agent names (skips
+    planning; e.g. a plan made for other speeds than the agents report).
+    Errors before any agent loads anything: `ConfigError` (strategy, devices),
+    `CheckpointError` (unsupported config, missing shards, tensors that do not match
+    the config), `InfeasiblePlanError` (a budget below one block plus the KV cache).
+    """
+    from edge_runtime.llm import Checkpoint, LlmEngine, LlmTokenizer
+
+    if strategy != "tensor":
+        raise ConfigError(f"LLM strategy {strategy!r} is not supported; use strategy='tensor'")
+    if max_context < 1:
+        raise ConfigError(f"max_context must be at least 1, got {max_context}")
+    if plan is not None and not devices:
+        devices = [share.device for share in plan.shares]
+    names = list(devices) if devices else [a.name for a in cluster.agents]
+    if not names:
+        raise ConfigError("no agents to deploy on")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"devices lists an agent twice: {names}")
+    for name in names:
+        cluster.link(name)  # ConfigError naming the known agents
+    checkpoint = Path(path).expanduser().resolve()
+    ckpt = Checkpoint(checkpoint)
+    config, digest = ckpt.config, ckpt.digest
+    del ckpt
+    tokenizer = LlmTokenizer.from_checkpoint(checkpoint)
+    budgets = _budgets(cluster, names, memory_budget)
+    if plan is None:
+        plan = plan_llm(cluster, config, digest, names, budgets, max_context)
+    else:
+        _check_plan(plan, config, names)
+    deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
+    keys = tuple(cluster.info(n).public_key for n in names)
+    loaded: list[str] = []
+    try:
+        for rank, name in enumerate(names):
+            share = plan.shares[rank]
+            spec = ShardSpec(
+                checkpoint=str(checkpoint), checkpoint_digest=digest, plan_json=plan.to_json(),
+                rank=rank, names=tuple(names), public_keys=keys, max_context=max_context,
+                memory_budget=budgets[rank], memory_bytes=share.peak_memory_bytes,
+                advertise_host=_host(cluster.info(name).address),
+                **({} if collective_timeout_s is None
+                   else {"collective_timeout_s": collective_timeout_s}))
+            cluster.call(name, p.DEPLOY, {"deployment_id": deployment_id, "type": TYPE,
+                                          "spec": spec.to_wire()},
+                         timeout_s=cluster.timeouts.deploy_s)
+            loaded.append(name)
+        base = {"deployment_id": deployment_id}
+        ready = _ask_all(cluster, names, READY, [base] * len(names), cluster.timeouts.deploy_s)
+        endpoints = [str(f.meta["address"]) for f in ready]
+        _ask_all(cluster, names, CONNECT, [{**base, "endpoints": endpoints}] * len(names),
+                 cluster.timeouts.hello_s)
+    except BaseException:
+        _unload(cluster, deployment_id, loaded)
+        raise
+    log.info("LLM %s deployed as %s over %s (hub %s)", checkpoint.name, deployment_id, names,
+             names[plan.hub])
+    runner = AgentRunner(cluster, deployment_id, names, plan.hub, max_context, timeout_s)
+    engine = LlmEngine(runner, config, tokenizer)
+    return LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint)
+
+
+__all__ = ["DEFAULT_MAX_CONTEXT", "AgentRunner", "LlmDeployment", "deploy_llm", "plan_llm"]
+
