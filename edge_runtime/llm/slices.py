@@ -1,0 +1,245 @@
+"""Convert a checkpoint once into one device's per-block slice files in a cache directory.
+
+Why per-block files: the sliding window (`window.LayerWindow`) streams whole blocks —
+attention of layer i, MLP of layer i, then the LM head's vocabulary rows in chunks no
+larger than a layer block — so each block is one file read
+sequentially with a single `readinto`. Weights are stored fp32, transposed to
+[in, out] so a decode step `x @ W` streams each matrix contiguously, with q/k/v fused
+into one matrix and gate/up into another (one BLAS call each). The embedding table is
+one fp32 file read by memory map, row by row, so it is never resident as a whole.
+
+Layout of a block file: arrays back to back, each at a 64-byte aligned offset; the
+`manifest.json` next to them names every array's offset and shape. The manifest is
+written last (atomic rename), so an interrupted conversion is simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.errors import CheckpointError
+from edge_runtime.llm.checkpoint import Checkpoint
+from partitioner.tensor import TensorShare
+
+log = logging.getLogger(__name__)
+
+_ALIGN = 64
+MANIFEST_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array inside a block file."""
+
+    offset: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block: its name, file, size in bytes and the arrays it holds."""
+
+    name: str
+    path: Path
+    nbytes: int
+    arrays: dict[str, ArraySpec]
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """A converted share: its blocks in order of use and the embedding file."""
+
+    directory: Path
+    blocks: tuple[BlockSpec, ...]
+    embedding: Path
+    vocab: int
+    hidden: int
+
+    def embedding_table(self) -> np.memmap[Any, np.dtype[np.float32]]:
+        """The whole embedding as a read-only memory map (rows are paged in on use)."""
+        return np.memmap(
+            self.embedding, dtype=np.float32, mode="r", shape=(self.vocab, self.hidden)
+        )
+
+
+def share_key(checkpoint_digest: str, share: TensorShare) -> str:
+    """Cache key of a share: the checkpoint identity and the three ranges."""
+    text = json.dumps([checkpoint_digest, share.kv_heads, share.mlp_columns, share.vocab_rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _layer_arrays(
+    ckpt: Checkpoint, share: TensorShare, i: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    c = ckpt.config
+    t = ckpt.tensor
+    p = f"model.layers.{i}."
+    hd = c.head_dim
+    k0, k1 = share.kv_heads
+    q_rows = slice(k0 * c.group_size * hd, k1 * c.group_size * hd)
+    kv_rows = slice(k0 * hd, k1 * hd)
+    attn: dict[str, np.ndarray] = {"norm": t(p + "input_layernorm.weight")}
+    if k1 > k0:
+        wq = t(p + "self_attn.q_proj.weight")[q_rows]
+        wk = t(p + "self_attn.k_proj.weight")[kv_rows]
+        wv = t(p + "self_attn.v_proj.weight")[kv_rows]
+        attn["wqkv_t"] = np.concatenate([wq, wk, wv], axis=0).T
+        if c.qkv_bias:
+            attn["bqkv"] = np.concatenate(
+                [
+                    t(p + "self_attn.q_proj.bias")[q_rows],
+                    t(p + "self_attn.k_proj.bias")[kv_rows],
+                    t(p + "self_attn.v_proj.bias")[kv_rows],
+                ]
+            )
+        attn["wo_t"] = t(p + "self_attn.o_proj.weight")[:, q_rows].T
+    if c.o_bias:
+        attn["bo"] = t(p + "self_attn.o_proj.bias")
+    c0, c1 = share.mlp_columns
+    mlp: dict[str, np.ndarray] = {"norm": t(p + "post_attention_layernorm.weight")}
+    if c1 > c0:
+        gate = t(p + "mlp.gate_proj.weight")[c0:c1]
+        up = t(p + "mlp.up_proj.weight")[c0:c1]
+        mlp["wgu_t"] = np.concatenate([gate, up], axis=0).T
+        mlp["wdown_t"] = t(p + "mlp.down_proj.weight")[:, c0:c1].T
+    return attn, mlp
+
+
+def _write_block(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, ArraySpec]:
+    specs: dict[str, ArraySpec] = {}
+    offset = 0
+    with path.open("wb") as f:
+        for name, arr in arrays.items():
+            pad = (-offset) % _ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            data = np.ascontiguousarray(arr, dtype=np.float32)
+            f.write(data.tobytes())
+            specs[name] = ArraySpec(offset, tuple(data.shape))
+            offset += data.nbytes
+    return specs
+
+
+def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -> SliceSet:
+    """Write (or reuse) the slice files of `share`; returns the loaded manifest."""
+    directory = Path(cache_dir) / share_key(ckpt.digest, share)
+    manifest = directory / "manifest.json"
+    if manifest.is_file():
+        try:
+            return load_slices(directory)
+        except CheckpointError as exc:
+            log.warning("re-converting %s: %s", directory, exc)
+    directory.mkdir(parents=True, exist_ok=True)
+    c = ckpt.config
+    log.info("converting %s share %s into %s", ckpt.directory, share.device, directory)
+    blocks: list[dict[str, Any]] = []
+
+    def add(name: str, arrays: dict[str, np.ndarray]) -> None:
+        path = directory / f"{name}.bin"
+        specs = _write_block(path, arrays)
+        blocks.append(
+            {
+                "name": name,
+                "file": path.name,
+                "nbytes": path.stat().st_size,
+                "arrays": {k: [s.offset, list(s.shape)] for k, s in specs.items()},
+            }
+        )
+
+    for i in range(c.layers):
+        attn, mlp = _layer_arrays(ckpt, share, i)
+        add(f"layer{i}.attn", attn)
+        add(f"layer{i}.mlp", mlp)
+    # The LM head is cut into row chunks no larger than the biggest layer block, so the
+    # window's smallest useful size is set by the layers, not by the vocabulary.
+    v0, v1 = share.vocab_rows
+    largest = max(b["nbytes"] for b in blocks)
+    rows_per_chunk = max(1, largest // (c.hidden * 4))
+    head = ckpt.tensor(ckpt.lm_head_name())
+    norm = ckpt.tensor("model.norm.weight")
+    starts = list(range(v0, v1, rows_per_chunk)) or [v0]
+    for j, r0 in enumerate(starts):
+        r1 = min(v1, r0 + rows_per_chunk)
+        chunk: dict[str, np.ndarray] = {"norm": norm}
+        if r1 > r0:
+            chunk["lm_t"] = head[r0:r1].T
+        add(f"head{j}", chunk)
+    embed_path = directory / "embedding.f32"
+    table = ckpt.tensor("model.embed_tokens.weight")
+    with embed_path.open("wb") as f:
+        for r in range(0, c.vocab, 4096):
+            f.write(np.ascontiguousarray(table[r : r + 4096], dtype=np.float32).tobytes())
+    doc = {
+        "version": MANIFEST_VERSION,
+        "checkpoint_digest": ckpt.digest,
+        "share": {
+            "kv_heads": share.kv_heads,
+            "mlp_columns": share.mlp_columns,
+            "vocab_rows": share.vocab_rows,
+        },
+        "vocab": c.vocab,
+        "hidden": c.hidden,
+        "embedding": embed_path.name,
+        "blocks": blocks,
+    }
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, manifest)
+    return load_slices(directory)
+
+
+def load_slices(directory: str | Path) -> SliceSet:
+    """Read a slice directory's manifest and check that every file is complete."""
+    directory = Path(directory)
+    try:
+        doc = json.loads((directory / "manifest.json").read_text())
+        if doc.get("version") != MANIFEST_VERSION:
+            raise CheckpointError(f"{directory}: slice manifest version {doc.get('version')}")
+        blocks = []
+        for b in doc["blocks"]:
+            path = directory / b["file"]
+            if not path.is_file() or path.stat().st_size != b["nbytes"]:
+                raise CheckpointError(
+                    f"{path} is missing or truncated; delete {directory} to redo it"
+                )
+            arrays = {k: ArraySpec(int(o), tuple(s)) for k, (o, s) in b["arrays"].items()}
+            blocks.append(BlockSpec(b["name"], path, int(b["nbytes"]), arrays))
+        embedding = directory / doc["embedding"]
+        vocab, hidden = int(doc["vocab"]), int(doc["hidden"])
+        if not embedding.is_file() or embedding.stat().st_size != vocab * hidden * 4:
+            raise CheckpointError(
+                f"{embedding} is missing or truncated; delete {directory} to redo it"
+            )
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{directory}: unreadable slice manifest ({exc}); delete it to redo"
+        ) from exc
+    return SliceSet(directory, tuple(blocks), embedding, vocab, hidden)
+
+
+def block_arrays(block: BlockSpec, buffer: np.ndarray) -> dict[str, np.ndarray]:
+    """Views of a loaded block's arrays into its byte buffer (no copies)."""
+    out = {}
+    for name, spec in block.arrays.items():
+        n = int(np.prod(spec.shape)) * 4
+        out[name] = buffer[spec.offset : spec.offset + n].view(np.float32).reshape(spec.shape)
+    return out
+
+
+__all__ = [
+    "ArraySpec",
+    "BlockSpec",
+    "SliceSet",
+    "block_arrays",
+    "convert_share",
+    "load_slices",
+    "share_key",
+]
