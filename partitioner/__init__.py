@@ -25,6 +25,7 @@ from partitioner.exits import (
 )
 from partitioner.extract import build_shard, extract_shards
 from partitioner.graph import CutPoint, ExitHead, ModelGraph, Node
+from partitioner.memory import SegmentMemory, admits, device_bytes, overcommitted
 from partitioner.pipeline import plan_cuts, plan_pipeline, plan_single
 from partitioner.plan import (
     ExitSpec,
@@ -54,17 +55,21 @@ __all__ = [
     "PartitionError",
     "Plan",
     "PlanMismatchError",
+    "SegmentMemory",
     "Stage",
     "TensorSpec",
+    "admits",
     "apply_calibration",
     "build_shard",
     "calibrate_exits",
     "check_model_digest",
+    "device_bytes",
     "exit_decision",
     "exit_latencies",
     "exit_scores",
     "extract_shards",
     "first_exits",
+    "overcommitted",
     "plan_cuts",
     "plan_pipeline",
     "plan_single",

@@ -9,7 +9,8 @@ Inputs are arrays so the solver stays independent of ONNX: the compute of device
 on [p, q) is ``A[e, q] - B[e, p]`` (prefix sums plus per-stage overheads), a hop
 from d to e after position p costs ``X[d, e, p]``, and ``lo_mem[e, q]`` is the
 smallest start p whose segment [p, q) fits e's memory (memory only grows with the
-segment, so the feasible starts form an interval ending at q - 1).
+segment, so the feasible starts form an interval ending at q - 1). A segment's memory
+is what the agent will charge: the sum over the stages it becomes (`partitioner.memory`).
 
 Latency: f[S, d][q] = best time to finish positions [0, q) using device set S with
 d last. f[S+e, e][q] = A[e, q] + min over p in [lo(q), q-1] of (f[S, d][p] + X[d, e, p]

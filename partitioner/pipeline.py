@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from partitioner.cost import DEFAULT_COST_MODEL, CostModel, DeviceLike, LinkLike
 from partitioner.dp import Problem, Segment, solve_latency, solve_throughput
 from partitioner.errors import InfeasiblePlanError, PartitionError
 from partitioner.graph import ExitHead, ModelGraph
+from partitioner.memory import SegmentMemory
 from partitioner.plan import ExitSpec, Plan, Stage
 
 log = logging.getLogger(__name__)
@@ -52,21 +52,6 @@ def _budgets(
     return budgets
 
 
-def _range_max_table(values: np.ndarray) -> list[np.ndarray]:
-    table = [values]
-    width = 1
-    while width * 2 <= len(values):
-        prev = table[-1]
-        table.append(np.maximum(prev[: len(prev) - width], prev[width:]))
-        width *= 2
-    return table
-
-
-def _range_max(table: list[np.ndarray], lo: int, hi: int) -> float:
-    k = math.floor(math.log2(hi - lo + 1))
-    return float(max(table[k][lo], table[k][hi - (1 << k) + 1]))
-
-
 def stage_memory(graph: ModelGraph) -> tuple[np.ndarray, np.ndarray]:
     """(parameter-byte prefix sums, live activation bytes at each node).
 
@@ -78,20 +63,6 @@ def stage_memory(graph: ModelGraph) -> tuple[np.ndarray, np.ndarray]:
     crossing = graph.crossing_bytes()
     live = crossing[:-1] + np.array([n.output_bytes for n in graph.nodes], dtype=np.float64)
     return params, live
-
-
-def _lo_memory(params: np.ndarray, live: np.ndarray, budget: float) -> np.ndarray:
-    """For every end q, the smallest start p with memory([p, q)) ≤ budget (q if none)."""
-    n = len(live)
-    table = _range_max_table(live) if n else []
-    lo = np.zeros(n + 1, dtype=np.int64)
-    p = 0
-    for q in range(1, n + 1):
-        p = max(p, 0)
-        while p < q and params[q] - params[p] + _range_max(table, p, q - 1) > budget:
-            p += 1
-        lo[q] = p
-    return lo
 
 
 def build_problem(
@@ -112,13 +83,15 @@ def build_problem(
     so = cost_model.stage_overhead_s
     a_rows, b_rows, lo_rows = [], [], []
     params, live = stage_memory(graph)
+    # each device's segment is charged as the agent will: the sum over its stages
+    memory = SegmentMemory(params, live, exit_positions)
     for e, device in enumerate(devices):
         prefix = np.concatenate([[0.0], np.cumsum(cost_model.node_times(graph, device)[:n])])
         # segment [p, q) runs 1 + (#exit cuts strictly inside) stages
         inside_end = np.concatenate([[0.0], exit_count[:n]])  # exit cuts at positions < q
         a_rows.append(prefix + so * (inside_end + 1))
         b_rows.append(prefix + so * exit_count)
-        lo_rows.append(_lo_memory(params[: n + 1], live[:n], budgets[e]))
+        lo_rows.append(memory.lowest_starts(budgets[e], n))
     crossing = graph.crossing_bytes()[: n + 1].copy()
     crossing[~graph.cuttable()[: n + 1]] = np.inf  # no shard can start at an untyped cut
     d_count = len(devices)
@@ -190,7 +163,7 @@ def plan_pipeline(
     else:
         value, segments = solve_throughput(problem)
     if not segments:
-        raise _infeasible(graph, devices, budgets, n)
+        raise _infeasible(graph, devices, budgets, n, [h.position for h in heads])
     log.info(
         "planned %s over %d device(s): %s = %.4g s", graph.name, len(devices), objective, value
     )
@@ -247,10 +220,14 @@ def plan_cuts(
 
 
 def _infeasible(
-    graph: ModelGraph, devices: Sequence[DeviceLike], budgets: Sequence[float], n: int
+    graph: ModelGraph,
+    devices: Sequence[DeviceLike],
+    budgets: Sequence[float],
+    n: int,
+    exit_positions: Sequence[int] = (),
 ) -> InfeasiblePlanError:
     params, live = stage_memory(graph)
-    need = params[n] + float(live[:n].max(initial=0.0))
+    need = SegmentMemory(params, live, exit_positions).bytes(0, n) if n else 0
     largest_node = max(
         (n_.param_bytes + live[i] for i, n_ in enumerate(graph.nodes[:n])), default=0
     )
@@ -274,6 +251,7 @@ def assemble_plan(
 ) -> Plan:
     """Turn DP segments into stages (split at exit cuts) with predictions."""
     params, live = stage_memory(graph)
+    memory = SegmentMemory(params, live)
     crossing_bytes = graph.crossing_bytes()
     exit_at = {h.position: h for h in heads}
     pieces: list[tuple[int, int, int]] = []
@@ -322,7 +300,7 @@ def assemble_plan(
                 + cost_model.stage_overhead_s,
                 predicted_transfer_s=transfer,
                 transfer_bytes=int(cross),
-                memory_bytes=int(params[stop] - params[start] + live[start:stop].max()),
+                memory_bytes=memory.stage_bytes(start, stop),
                 flops=float(sum(n.flops for n in graph.nodes[start:stop])),
                 input_specs=tuple(graph.spec(t) for t in inputs),
                 output_specs=tuple(graph.spec(t) for t in dict.fromkeys(shard_outputs)),
