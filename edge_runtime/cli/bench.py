@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"edge_runtime.bench.{args.suite}")
     results = module.run(args)
-    out: Path = args.out or Path("bench-results") / f"{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out or Path("bench-results") / f"{args.suite}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, sort_keys=True))
     print(f"\nresults written to {out}")

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from edge_runtime.errors import EdgeRuntimeError, is_user_error
+from edge_runtime.errors import is_user_error
 
 # name -> (module, one-line help). The order is the order `--help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
