@@ -1,3 +1,79 @@
-"""transports package."""
+"""transports: everything that crosses a device boundary.
 
-__all__: list[str] = []
+Wire format (`Frame`, `encode`, `decode`), CURVE keys and security, ZeroMQ
+channels, collectives, their cost model and a user-space link emulator. It
+imports nothing else of the project. `transports.cost` is pure arithmetic,
+safe for the partitioner to import.
+"""
+
+from transports import cost
+from transports.channels import Client, Incoming, Server
+from transports.collectives import CollectiveGroup, GroupListener
+from transports.compression import Compression, parse_compression
+from transports.errors import (
+    CollectiveError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    ProtocolError,
+    RemoteError,
+    SecurityError,
+    TransportError,
+)
+from transports.keys import (
+    KeyPair,
+    TrustedKey,
+    generate_keypair,
+    init_keys,
+    load_keypair,
+    server_key_for,
+    trust,
+    trusted_keys,
+)
+from transports.linkemu import LinkEmulator, LinkSpec
+from transports.security import Authorizer, Security
+from transports.wire import (
+    ALLOWED_DTYPES,
+    PROTOCOL_VERSION,
+    Frame,
+    decode,
+    encode,
+    error_frame,
+    raise_if_error,
+)
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "PROTOCOL_VERSION",
+    "Authorizer",
+    "Client",
+    "CollectiveError",
+    "CollectiveGroup",
+    "Compression",
+    "Frame",
+    "GroupListener",
+    "Incoming",
+    "KeyPair",
+    "LinkEmulator",
+    "LinkSpec",
+    "PeerTimeoutError",
+    "PeerUnreachableError",
+    "ProtocolError",
+    "RemoteError",
+    "Security",
+    "SecurityError",
+    "Server",
+    "TransportError",
+    "TrustedKey",
+    "cost",
+    "decode",
+    "encode",
+    "error_frame",
+    "generate_keypair",
+    "init_keys",
+    "load_keypair",
+    "parse_compression",
+    "raise_if_error",
+    "server_key_for",
+    "trust",
+    "trusted_keys",
+]

@@ -34,3 +34,30 @@ class CollectiveError(TransportError):
     def __init__(self, message: str, member: str = "") -> None:
         super().__init__(message)
         self.member = member
+
+
+class RemoteError(TransportError):
+    """A peer answered with an error frame.
+
+    `error_type` is the class name of the error on the remote side (e.g.
+    ``"ProtocolError"``, ``"InputError"``), `remote_message` its message, and
+    `peer` who sent it, so a caller can tell a bad request of its own from a
+    broken peer without parsing text.
+    """
+
+    def __init__(self, error_type: str, message: str, peer: str = "") -> None:
+        where = f" from {peer}" if peer else ""
+        super().__init__(f"remote {error_type}{where}: {message}")
+        self.error_type = error_type
+        self.remote_message = message
+        self.peer = peer
+
+
+class PeerUnreachableError(TransportError):
+    """A message could not be routed to a peer (it is not connected, or was never seen)."""
+
+    def __init__(self, peer: str, message: str = "") -> None:
+        super().__init__(
+            message or f"peer {peer} is not connected; it may have exited or never connected"
+        )
+        self.peer = peer

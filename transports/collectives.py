@@ -1,0 +1,181 @@
+"""Collectives over a fixed group of members: allreduce (star, ring, one-hop
+all-to-all), broadcast, gather, barrier.
+
+Built for persistent agents that call an allreduce about twice per transformer
+layer per token: sockets are set up once (each member binds one ROUTER for
+everything it receives and keeps one DEALER to every other member), and a call
+costs one msgpack header per message plus the tensor bytes, sent zero-copy.
+
+Rules every member follows (SPMD): all members call the same collectives in the
+same order with tensors of the same shape and dtype. Each call gets a sequence
+number; messages are matched by (sequence, step, source), so members of any
+speed may run ahead and out-of-order arrivals are buffered.
+
+Messaging, matching and failure detection live in `transports.group`: a member
+that does not deliver within `timeout_s` fails the call on every live member with
+a `CollectiveError` naming it.
+
+Sums are computed in float32 for floating inputs (int64 for integers) in rank
+order, and the result has the input's dtype. Results may be read-only views on
+received buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import zmq
+
+from transports.errors import CollectiveError
+from transports.group import DEFAULT_TIMEOUT_S, GroupListener, GroupMember
+
+__all__ = ["DEFAULT_TIMEOUT_S", "CollectiveGroup", "GroupListener"]
+
+log = logging.getLogger(__name__)
+
+
+def _accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind in "iu":
+        return np.dtype(np.int64)
+    if dtype.kind == "f" or dtype.name == "bfloat16":
+        return np.dtype(np.float32)
+    raise CollectiveError(f"cannot sum tensors of dtype {dtype}; use a float or integer dtype")
+
+
+class CollectiveGroup(GroupMember):
+    """Member `rank` of a collective group (see `GroupMember` for the constructor:
+    rank, endpoints, security, timeout_s, peer_keys, listener, context, emulation,
+    compression, max_message_bytes)."""
+
+
+    def star_allreduce(self, x: np.ndarray, hub: int = 0) -> np.ndarray:
+        """Sum of every member's `x`: members send to `hub`, which sums and sends back."""
+        x = np.asarray(x)
+        seq, deadline = self._begin(x)
+        acc_dtype = _accumulator_dtype(x.dtype)
+        if self.size == 1:
+            return x.copy()
+        if not 0 <= hub < self.size:
+            raise CollectiveError(f"hub {hub} is outside a group of {self.size} members")
+        if self.rank != hub:
+            self._send(hub, seq, 0, x)
+            result = self._expect(seq, 1, hub, deadline)
+            self._check_like(result, x, hub)
+            return result
+        acc: np.ndarray | None = None
+        for src in range(self.size):
+            part = x if src == hub else self._expect(seq, 0, src, deadline)
+            if src != hub:
+                self._check_like(part, x, src)
+            if acc is None:
+                acc = part.astype(acc_dtype, copy=True)
+            else:
+                acc += part
+        assert acc is not None
+        result = acc.astype(x.dtype, copy=False)
+        # big frames leave zero-copy after we return: send a buffer the caller cannot touch
+        sent = result if result.nbytes < zmq.COPY_THRESHOLD else result.copy()
+        for dst in range(self.size):
+            if dst != hub:
+                self._send(dst, seq, 1, sent)
+        return result
+
+    def ring_allreduce(self, x: np.ndarray) -> np.ndarray:
+        """Sum via reduce-scatter then all-gather around the ring rank → rank+1.
+
+        Partial sums travel in the accumulator dtype (float32/int64), final chunks
+        in the input dtype."""
+        x = np.asarray(x)
+        seq, deadline = self._begin(x)
+        acc = np.array(x, dtype=_accumulator_dtype(x.dtype), copy=True).reshape(-1)
+        n = self.size
+        if n == 1:
+            return acc.astype(x.dtype).reshape(x.shape)
+        chunks = np.array_split(acc, n)
+        right, left = (self.rank + 1) % n, (self.rank - 1) % n
+        for k in range(n - 1):  # reduce-scatter: chunk (rank-k) leaves, (rank-k-1) arrives
+            self._send(right, seq, k, chunks[(self.rank - k) % n].copy())  # partial sums
+            index = (self.rank - k - 1) % n
+            part = self._expect(seq, k, left, deadline)
+            if part.shape != chunks[index].shape:
+                raise self._fail(left, "sent a chunk of the wrong size (shapes differ)")
+            chunks[index] += part
+        for k in range(n - 1):  # all-gather: each member owns chunk (rank+1) reduced
+            self._send(right, seq, n - 1 + k, chunks[(self.rank + 1 - k) % n].astype(x.dtype))
+            index = (self.rank - k) % n
+            part = self._expect(seq, n - 1 + k, left, deadline)
+            if part.shape != chunks[index].shape:
+                raise self._fail(left, "sent a chunk of the wrong size (shapes differ)")
+            chunks[index][...] = part
+        return acc.astype(x.dtype).reshape(x.shape)
+
+    def all_to_all_allreduce(self, x: np.ndarray) -> np.ndarray:
+        """Sum in two hops: member j reduces chunk j from everyone, then sends it to all."""
+        x = np.asarray(x)
+        seq, deadline = self._begin(x)
+        acc_dtype = _accumulator_dtype(x.dtype)
+        n = self.size
+        if n == 1:
+            return x.copy()
+        chunks = np.array_split(np.ascontiguousarray(x).reshape(-1), n)
+        for dst in range(n):
+            if dst != self.rank:
+                self._send(dst, seq, 0, chunks[dst])
+        own: np.ndarray | None = None
+        for src in range(n):
+            part = chunks[self.rank] if src == self.rank else self._expect(seq, 0, src, deadline)
+            if part.shape != chunks[self.rank].shape or part.dtype != x.dtype:
+                raise self._fail(src, "sent a chunk of the wrong size or dtype")
+            if own is None:
+                own = part.astype(acc_dtype, copy=True)
+            else:
+                own += part
+        assert own is not None
+        reduced = own.astype(x.dtype, copy=False)
+        for dst in range(n):
+            if dst != self.rank:
+                self._send(dst, seq, 1, reduced)
+        pieces = [
+            reduced if src == self.rank else self._expect(seq, 1, src, deadline)
+            for src in range(n)
+        ]
+        for src, piece in enumerate(pieces):
+            if piece.shape != chunks[src].shape:
+                raise self._fail(src, "sent a reduced chunk of the wrong size")
+        return np.concatenate(pieces).reshape(x.shape)
+
+    def broadcast(self, x: np.ndarray | None, root: int = 0) -> np.ndarray:
+        """`root`'s `x` on every member (others may pass None)."""
+        seq, deadline = self._begin(x)
+        if self.rank == root:
+            if x is None:
+                raise CollectiveError(f"broadcast root {root} must pass a tensor")
+            data = np.array(x, copy=True)  # the caller may reuse x while it is in flight
+            for dst in range(self.size):
+                if dst != root:
+                    self._send(dst, seq, 0, data)
+            return np.asarray(x)
+        return self._expect(seq, 0, root, deadline)
+
+    def gather(self, x: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+        """Every member's `x`, in rank order, on `root`; None on the others."""
+        seq, deadline = self._begin(x)
+        if self.rank != root:
+            self._send(root, seq, 0, np.array(x, copy=True))
+            return None
+        return [
+            np.asarray(x) if src == root else self._expect(seq, 0, src, deadline)
+            for src in range(self.size)
+        ]
+
+    def barrier(self) -> None:
+        """Return once every member has reached the barrier."""
+        self.star_allreduce(np.zeros(1, np.int8), hub=0)
+
+    def __enter__(self) -> CollectiveGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,355 @@
+"""Group messaging for collectives: one ROUTER in, one DEALER to each peer,
+messages matched by (call sequence, step, source), and failure detection.
+
+Failure: if a member does not deliver within `timeout_s`, the member waiting
+for it probes it (``ping``; a live member answers with whom it waits on, and the
+chain is followed) so that the dead or stuck member is named, not a live hub
+stuck behind it; it then raises `CollectiveError` naming it and tells the others
+(an ``abort`` message), so every live member fails fast naming the same culprit.
+The error comes within `timeout_s` plus one liveness grace (≤ 1 s) per probed
+member. A group that failed stays failed: rebuild it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from transports.errors import CollectiveError, ProtocolError
+from transports.linkemu import LinkEmulator, Outbox
+from transports.security import Authorizer, Security
+from transports.sockets import bound_address, configure_socket, poll_ms
+from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, Frame, decode, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 10.0
+"""Longest a collective call waits for any member before failing: generous for a
+4 MB tensor over slow Wi-Fi, short enough that a dead device is noticed quickly."""
+
+_DATA = "c"
+_ABORT = "abort"
+_PING = "ping"
+_PONG = "pong"
+
+
+def _liveness_grace(timeout_s: float) -> float:
+    """How long a member that timed out waits for a liveness answer from each member
+    it probes: a quarter of the timeout, between 0.2 s and 1 s (a live member answers
+    within a round trip; a dead one never does)."""
+    return min(1.0, max(0.2, timeout_s / 4))
+
+
+class GroupListener:
+    """The bound ROUTER a member receives on; bind it first when the port is chosen
+    by the OS (``tcp://host:0``), share `address` with the group, then build the group.
+
+    Pass the members' keys as `peer_keys` here when they are known: libzmq never
+    retries a connection whose CURVE handshake was refused, so a member's key must
+    be admitted before any member can reach this address."""
+
+    def __init__(
+        self,
+        bind_address: str,
+        security: Security,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        peer_keys: Sequence[bytes] = (),
+    ) -> None:
+        self.own_context = context is None
+        self.context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        self.security = security
+        self.socket: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
+        configure_socket(self.socket)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.authorizer = None if security.insecure else Authorizer.acquire(self.context, security)
+        if self.authorizer is not None:
+            for key in peer_keys:
+                self.authorizer.allow(key)
+        security.apply_server(self.socket)
+        self.socket.bind(bind_address)
+        self.address = bound_address(self.socket)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.socket.closed)
+
+    def close(self) -> None:
+        if self.socket.closed:
+            return
+        self.socket.close(linger=0)
+        if self.authorizer is not None:
+            self.authorizer.release()
+            self.authorizer = None
+        if self.own_context:
+            self.context.term()
+
+
+class GroupMember:
+    """Member `rank` of the group whose members listen at `endpoints`.
+
+    `peer_keys[i]` is member i's CURVE public key (z85); each member admits the
+    others' keys and checks the key of each member it dials. Without `peer_keys`,
+    server keys are looked up by address in `security.trusted_dir`. Pass a bound
+    `listener` when endpoints[rank] was bound on port 0.
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        endpoints: Sequence[str],
+        security: Security,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        peer_keys: Sequence[bytes] | None = None,
+        listener: GroupListener | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        emulation: LinkEmulator | None = None,
+        compression: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.size = len(endpoints)
+        if not 0 <= rank < self.size:
+            raise CollectiveError(f"rank {rank} is outside a group of {self.size} members")
+        if peer_keys is not None and len(peer_keys) != self.size:
+            raise CollectiveError(f"{len(peer_keys)} peer keys for {self.size} members")
+        self.rank = rank
+        self.endpoints = list(endpoints)
+        self.timeout_s = timeout_s
+        self.compression = compression
+        self.max_message_bytes = max_message_bytes
+        if listener is not None and listener.closed:
+            raise CollectiveError(
+                "the listener is closed (CollectiveGroup.close() closes it unless "
+                "keep_listener=True); bind a new GroupListener"
+            )
+        self._listener = listener or GroupListener(
+            endpoints[rank], security, context=context, max_message_bytes=max_message_bytes,
+            peer_keys=peer_keys or (),
+        )
+        self._context = self._listener.context
+        self._router = self._listener.socket
+        self._emulation = emulation
+        self._outbox = Outbox(emulation.clock) if emulation else None
+        self._inbox: dict[tuple[int, int, int], Frame] = {}
+        self._aborts: dict[int, tuple[int, str]] = {}
+        self._pongs: dict[int, int] = {}
+        self._waiting_on = -1
+        self._seq = 0
+        self._broken: str | None = None
+        self._closed = False
+        self._peers: list[zmq.Socket[bytes] | None] = [None] * self.size
+        try:
+            self._connect(security, peer_keys)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, security: Security, peer_keys: Sequence[bytes] | None) -> None:
+        authorizer = self._listener.authorizer
+        if authorizer is not None and peer_keys is not None:
+            for key in peer_keys:  # before dialling anyone (see GroupListener)
+                authorizer.allow(key)
+        for other in range(self.size):
+            if other == self.rank:
+                continue
+            socket = self._context.socket(zmq.DEALER)
+            configure_socket(socket)
+            # a fresh identity per group: a rebuilt group's DEALER must not collide with
+            # the old one's lingering connection (the ROUTER would drop its messages)
+            socket.setsockopt(zmq.IDENTITY, b"%d-%s" % (self.rank, os.urandom(6).hex().encode()))
+            server_key = None
+            if not security.insecure:
+                server_key = (
+                    peer_keys[other]
+                    if peer_keys is not None
+                    else security.server_key_for(self.endpoints[other])
+                )
+            security.apply_client(socket, server_key)
+            socket.connect(self.endpoints[other])
+            self._peers[other] = socket
+
+    @property
+    def address(self) -> str:
+        return self._listener.address
+
+    def member_name(self, rank: int) -> str:
+        return f"rank {rank} ({self.endpoints[rank]})"
+
+    # ----------------------------------------------------------------- messaging
+
+    def _send(self, dst: int, seq: int, step: int, array: np.ndarray | None, kind: str = _DATA,
+              meta: dict[str, Any] | None = None) -> None:
+        socket = self._peers[dst]
+        assert socket is not None
+        tensors = {} if array is None else {"x": array}
+        frame = Frame(kind, seq, meta={"r": self.rank, "s": step, **(meta or {})}, tensors=tensors)
+        parts = encode(frame, compression=self.compression if kind == _DATA else None)
+        if self._emulation is None or self._outbox is None:
+            self._raw_send(socket, parts, dst)
+            return
+        due = self._emulation.schedule(str(dst), sum(memoryview(p).nbytes for p in parts))
+        if due is None:
+            return
+        held = [bytes(p) for p in parts]
+        self._outbox.push(due, lambda: self._raw_send(socket, held, dst))
+        self._outbox.flush()
+
+    def _raw_send(self, socket: zmq.Socket[bytes], parts: Sequence[Any], dst: int) -> None:
+        try:
+            socket.send_multipart(parts, copy=False)
+        except zmq.Again:
+            raise self._fail(dst, "its send queue stayed full") from None
+
+    def _receive(self, deadline: float) -> bool:
+        """Receive one message into the inbox; False if the deadline passed first."""
+        if self._outbox is not None:
+            self._outbox.flush()
+        try:  # a message already waiting needs no poller (the common case under load)
+            parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            parts = None
+        while parts is None:
+            now = time.monotonic()
+            if self._outbox is not None:
+                self._outbox.flush()
+                wait = self._outbox.poll_timeout(deadline)
+            else:
+                wait = max(0.0, deadline - now)
+            if self._router.poll(poll_ms(wait, self._outbox)):
+                parts = self._router.recv_multipart(copy=False)
+            elif time.monotonic() >= deadline:
+                return False
+        try:
+            frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
+            src, step = frame.meta["r"], frame.meta["s"]
+            if type(src) is not int or not 0 <= src < self.size or type(step) is not int:
+                raise ProtocolError("collective message without a valid source rank and step")
+        except (ProtocolError, KeyError) as error:
+            log.warning("rank %d dropped a malformed collective message: %s", self.rank, error)
+            return True
+        if frame.kind == _PING:  # liveness probe from a member that timed out waiting
+            with contextlib.suppress(CollectiveError, zmq.ZMQError):
+                self._send(src, frame.request_id, -1, None, _PONG, {"w": self._waiting_on})
+            return True
+        if frame.kind == _PONG:
+            waiting_on = frame.meta.get("w")
+            self._pongs[src] = waiting_on if type(waiting_on) is int else -1
+            return True
+        if frame.request_id < self._seq:
+            return True  # left over from a call that already failed
+        if frame.kind == _ABORT:
+            culprit = frame.meta.get("m")
+            why = str(frame.meta.get("why", ""))
+            if type(culprit) is int and 0 <= culprit < self.size:
+                self._aborts[frame.request_id] = (culprit, why)
+            return True
+        self._inbox[(frame.request_id, step, src)] = frame
+        return True
+
+    def _check_abort(self, seq: int) -> None:
+        abort = self._aborts.get(seq)
+        if abort is not None:
+            culprit, why = abort
+            self._broken = f"{self.member_name(culprit)} {why}"
+            raise CollectiveError(
+                f"collective #{seq} failed: {self._broken} (reported by another member)",
+                member=self.member_name(culprit),
+            )
+
+    def _expect(self, seq: int, step: int, src: int, deadline: float) -> np.ndarray:
+        key = (seq, step, src)
+        self._waiting_on = src
+        while key not in self._inbox:
+            self._check_abort(seq)
+            if not self._receive(deadline):
+                self._find_culprit(seq, key, src)
+        self._waiting_on = -1
+        frame = self._inbox.pop(key)
+        tensor = frame.tensors.get("x")
+        if tensor is None:
+            raise self._fail(src, "sent a collective message without a tensor")
+        return tensor
+
+    def _find_culprit(self, seq: int, key: tuple[int, int, int], src: int) -> None:
+        """After a timeout waiting for `src`: ping it. No answer: it is the culprit.
+        An answer says whom it waits on; follow that chain (bounded by the group size)
+        so that a dead member is named, not the live member stuck behind it. Returns
+        if the awaited message arrives meanwhile; raises CollectiveError otherwise."""
+        grace = _liveness_grace(self.timeout_s)
+        candidate, visited = src, {self.rank}
+        while True:
+            visited.add(candidate)
+            self._pongs.pop(candidate, None)
+            with contextlib.suppress(CollectiveError, zmq.ZMQError):
+                self._send(candidate, seq, -1, None, _PING)
+            probe_deadline = time.monotonic() + grace
+            while candidate not in self._pongs and key not in self._inbox:
+                self._check_abort(seq)
+                if not self._receive(probe_deadline):
+                    break
+            if key in self._inbox:
+                return
+            self._check_abort(seq)
+            if candidate not in self._pongs:
+                raise self._fail(candidate, f"did not answer within {self.timeout_s:g} s")
+            waiting_on = self._pongs[candidate]
+            if not 0 <= waiting_on < self.size or waiting_on in visited:
+                why = f"is alive but sent nothing within {self.timeout_s:g} s"
+                raise self._fail(candidate, why)
+            candidate = waiting_on
+
+    def _fail(self, culprit: int, why: str) -> CollectiveError:
+        """Mark the group broken, tell the other members, and build the error to raise."""
+        self._broken = f"{self.member_name(culprit)} {why}"
+        for other in range(self.size):
+            if other != self.rank:  # the culprit too: it may be alive but misbehaving
+                # best effort: a member we cannot reach will time out on its own
+                with contextlib.suppress(CollectiveError, zmq.ZMQError):
+                    self._send(other, self._seq, -1, None, _ABORT, {"m": culprit, "why": why})
+        return CollectiveError(
+            f"collective #{self._seq} on rank {self.rank} failed: {self._broken}; "
+            "the group must be rebuilt",
+            member=self.member_name(culprit),
+        )
+
+    def _begin(self, x: np.ndarray | None) -> tuple[int, float]:
+        if self._closed:
+            raise CollectiveError("the collective group is closed")
+        if self._broken is not None:
+            raise CollectiveError(
+                f"the collective group failed earlier ({self._broken}); rebuild it"
+            )
+        self._seq += 1
+        return self._seq, time.monotonic() + self.timeout_s
+
+    def _check_like(self, got: np.ndarray, want: np.ndarray, src: int) -> None:
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise self._fail(
+                src,
+                f"sent {got.dtype}{list(got.shape)} where {want.dtype}{list(want.shape)} "
+                "was expected (all members must pass the same shape and dtype)",
+            )
+
+    def close(self, *, keep_listener: bool = False) -> None:
+        """Close every socket (a collective in flight is abandoned), the listener too
+        unless `keep_listener` (to build a new group on the same bound address)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._outbox is not None:
+            self._outbox.drain(time.monotonic() + 0.5)
+        for socket in self._peers:
+            if socket is not None:
+                socket.close(linger=100)
+        if not keep_listener:
+            self._listener.close()
