@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         connect,
         local_cluster,
     )
+    from edge_runtime.sdk.llm import LlmDeployment
 
 _LAZY = {
     "Cluster": "edge_runtime.sdk",
@@ -39,6 +40,7 @@ _LAZY = {
     "connect": "edge_runtime.sdk",
     "local_cluster": "edge_runtime.sdk",
     "StageTiming": "edge_runtime.agent.protocol",
+    "LlmDeployment": "edge_runtime.sdk.llm",
 }
 
 
@@ -52,6 +54,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Cluster",
     "Deployment",
+    "LlmDeployment",
     "LocalCluster",
     "Result",
     "StageTiming",

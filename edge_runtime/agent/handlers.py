@@ -195,10 +195,12 @@ class Handlers:
         state = self.agent.state
         if deployment_id in state.deployments:
             raise DeployError(f"deployment {deployment_id!r} already exists; unload it first")
+        from partitioner import admits  # the planner counts with the same rule
+
         need = deployments.estimate_memory(str(kind), spec, self.agent)
         budget = self.agent.config.memory_budget
         used = sum(d.memory_bytes for d in state.deployments.values())
-        if budget is not None and used + need > budget:
+        if budget is not None and not admits(used, need, budget):
             raise MemoryBudgetError(
                 f"agent {self.agent.name}: deployment {deployment_id} needs {_mb(need)} but only "
                 f"{_mb(max(budget - used, 0))} of its {_mb(budget)} memory budget is free "

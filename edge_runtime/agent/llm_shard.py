@@ -2,11 +2,14 @@
 
 Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
 
-1. `deploy` (type "llm-shard"): the spec names the checkpoint directory (a path this
-   agent can read), its digest, the tensor plan, this agent's rank and the group's
-   public keys. `load` only checks the spec and queues the real work, because the
-   control loop must keep answering heartbeats while a share is converted (seconds
-   to minutes for a real model). The worker thread then checks the checkpoint
+1. `deploy` (type "llm-shard"): the spec names the checkpoint directory, its digest
+   and files, the tensor plan, this agent's rank and the group's public keys. An
+   agent that can read the directory (a local cluster) uses it; otherwise the deploy
+   reply lists the files it lacks in its content-addressed cache, and the coordinator
+   sends them (`llm_put`, acknowledged 1 MiB chunks, sha256-checked; `llm_files.py`).
+   `load` only checks the spec and queues the real work, because the control loop
+   must keep answering heartbeats while a share is converted (seconds to minutes
+   for a real model). The worker thread then checks the checkpoint
    against the digest, converts this share ONCE into `<cache>/llm/` (keyed by
    checkpoint digest and share ranges, so a restart or a redeploy reuses it),
    builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
@@ -29,13 +32,11 @@ each collective, so a Pi-like agent really holds the others up as a Pi would.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import logging
 import queue
 import re
-import resource
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,17 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.agent.llm_files import CheckpointInbox
+from edge_runtime.agent.llm_spec import (
+    CONNECT,
+    PUT,
+    READY,
+    REPLY,
+    STEP,
+    TYPE,
+    ShardSpec,
+)
+from edge_runtime.agent.llm_timing import StepClock, reset_peak_rss, rss_bytes
 from edge_runtime.errors import (
     CheckpointError,
     DeployError,
@@ -59,82 +71,12 @@ from transports.wire import Frame, error_frame
 
 log = logging.getLogger(__name__)
 
-TYPE = "llm-shard"
-# Frame kinds this deployment type adds (coordinator -> agent, meta names deployment_id).
-READY = "llm_ready"
-CONNECT = "llm_connect"
-STEP = "llm_step"
-REPLY = "reply"
-
-# A member silent for this long inside one allreduce or gather fails the step on every
-# live member, naming it. Far above one layer's compute on an emulated Pi (tens of ms
-# for the models an edge device serves), short enough that a dead agent is reported
-# well within the coordinator's request timeout (30 s). The spec may override it.
-COLLECTIVE_TIMEOUT_S = 10.0
 # How long `close()` waits for the worker thread to finish the job it is running.
 WORKER_JOIN_TIMEOUT_S = 5.0
 # Sub-directory of the agent's cache holding converted shares (one per digest+share).
 CACHE_SUBDIR = "llm"
 
 _RANK = re.compile(r"^rank (\d+) ")
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """What one agent needs to serve its share (the wire dict of `deploy`)."""
-
-    checkpoint: str
-    checkpoint_digest: str
-    plan_json: str
-    rank: int
-    names: tuple[str, ...]
-    public_keys: tuple[str | None, ...]
-    max_context: int
-    memory_budget: int | None
-    memory_bytes: int
-    advertise_host: str
-    collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "checkpoint": self.checkpoint,
-            "checkpoint_digest": self.checkpoint_digest,
-            "plan": self.plan_json,
-            "rank": self.rank,
-            "names": list(self.names),
-            "public_keys": list(self.public_keys),
-            "max_context": self.max_context,
-            "memory_budget": self.memory_budget,
-            "memory_bytes": self.memory_bytes,
-            "advertise_host": self.advertise_host,
-            "collective_timeout_s": self.collective_timeout_s,
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> ShardSpec:
-        try:
-            budget = data.get("memory_budget")
-            spec = cls(
-                checkpoint=str(data["checkpoint"]),
-                checkpoint_digest=str(data["checkpoint_digest"]),
-                plan_json=str(data["plan"]),
-                rank=int(data["rank"]),
-                names=tuple(str(n) for n in data["names"]),
-                public_keys=tuple(None if k is None else str(k) for k in data["public_keys"]),
-                max_context=int(data["max_context"]),
-                memory_budget=None if budget is None else int(budget),
-                memory_bytes=int(data["memory_bytes"]),
-                advertise_host=str(data["advertise_host"]),
-                collective_timeout_s=float(data.get("collective_timeout_s",
-                                                    COLLECTIVE_TIMEOUT_S)),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise DeployError(f"malformed llm-shard spec: {error!r}; redeploy with this "
-                              "release's SDK") from error
-        if not 0 <= spec.rank < len(spec.names) or len(spec.public_keys) != len(spec.names):
-            raise DeployError(f"llm-shard spec: rank {spec.rank} of {len(spec.names)} members "
-                              f"with {len(spec.public_keys)} keys")
-        return spec
 
 
 def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
@@ -144,32 +86,15 @@ def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
 
 def load(deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> LlmShard:
     shard = ShardSpec.from_wire(spec)
-    if not Path(shard.checkpoint).is_dir():
-        raise CheckpointError(
-            f"agent {ctx.name} cannot see the checkpoint directory {shard.checkpoint}; copy "
-            "it to the same path on this device (or run the cluster locally)")
-    return LlmShard(deployment_id, shard, ctx)
-
-
-def rss_bytes() -> tuple[int, int]:
-    """(current, peak) resident set size of this process; peak since `reset_peak_rss`."""
-    current = peak = 0
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                current = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-    if peak == 0:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS) is the lifetime peak
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return current, peak
-
-
-def reset_peak_rss() -> None:
-    """Start the peak-RSS count afresh (Linux `clear_refs` 5), so the peak a benchmark
-    reports is the serving peak, not the conversion's transient one."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
+    inbox = None
+    if not (shard.checkpoint and Path(shard.checkpoint).is_dir()):
+        if not shard.files:
+            raise CheckpointError(
+                f"agent {ctx.name} cannot see the checkpoint directory {shard.checkpoint!r} "
+                "and was not offered its files; deploy with send_checkpoint=True")
+        inbox = CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
+                                shard.checkpoint_digest, list(shard.files))
+    return LlmShard(deployment_id, shard, ctx, inbox)
 
 
 @dataclass
@@ -181,33 +106,11 @@ class _Job:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class _Clock:
-    """Splits a step's wall time into compute (dilated on emulated devices) and comm."""
-
-    def __init__(self, ctx: AgentContext) -> None:
-        self._ctx = ctx
-        self.compute_s = 0.0
-        self.comm_s = 0.0
-        self._mark = time.perf_counter()
-
-    def sync(self) -> None:
-        """Called before each collective: dilate the compute since the last one."""
-        busy = time.perf_counter() - self._mark
-        self._ctx.dilate(busy)
-        now = time.perf_counter()
-        self.compute_s += now - self._mark
-        self._mark = now
-
-    def synced(self) -> None:
-        now = time.perf_counter()
-        self.comm_s += now - self._mark
-        self._mark = now
-
-
 class LlmShard:
     """A loaded (or loading) share with its worker thread and collective group."""
 
-    def __init__(self, deployment_id: str, spec: ShardSpec, ctx: AgentContext) -> None:
+    def __init__(self, deployment_id: str, spec: ShardSpec, ctx: AgentContext,
+                 inbox: CheckpointInbox | None = None) -> None:
         from partitioner.tensor import TensorPlan
 
         self.id = deployment_id
@@ -219,6 +122,8 @@ class LlmShard:
                               f"{len(spec.names)} agents; redeploy")
         self.share = self.plan.shares[spec.rank]
         self._worker: Any = None
+        self._blas_limit: Any = None
+        self._blas_threads: int | None = None
         self._listener: GroupListener | None = None
         self._group: CollectiveGroup | None = None
         self._failed: EdgeRuntimeError | None = None
@@ -226,7 +131,10 @@ class LlmShard:
         self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
                           "load_s": 0.0}
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._queue.put(_Job("load"))
+        self._inbox = inbox
+        self._load_queued = False
+        if inbox is None or inbox.complete:
+            self._queue_load()
         self._thread = threading.Thread(target=self._loop, name=f"llm-{deployment_id}",
                                         daemon=True)
         self._thread.start()
@@ -235,13 +143,43 @@ class LlmShard:
     def memory_bytes(self) -> int:
         return self.spec.memory_bytes
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.spec.checkpoint) if self._inbox is None else self._inbox.directory
+
+    def _queue_load(self) -> None:
+        if not self._load_queued:
+            self._load_queued = True
+            self._queue.put(_Job("load"))
+
     # --- control loop side: queue only, never block ---
 
     def handle(self, kind: str, sender: bytes, frame: Frame) -> None:
+        if kind == PUT:
+            self._ctx.send_to_client(sender, self._put(frame))
+            return
         if kind not in (READY, CONNECT, STEP):
             raise InputError(f"an llm-shard deployment does not take {kind!r} frames")
         self._queue.put(_Job(kind, int(frame.request_id), sender, dict(frame.meta),
                              dict(frame.tensors)))
+
+    def _put(self, frame: Frame) -> Frame:
+        """One chunk of a checkpoint file (in the control loop: a 1 MiB append)."""
+        if self._inbox is None:
+            raise InputError("this agent reads the checkpoint from its path; send no files")
+        data = frame.tensors.get("data")
+        if data is None or data.dtype != np.uint8 or data.ndim != 1:
+            raise InputError("llm_put needs a 1-D uint8 tensor 'data'")
+        meta = frame.meta
+        try:
+            done = self._inbox.put(str(meta["name"]), int(meta["offset"]), data.tobytes(),
+                                   str(meta["sha256"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"llm_put needs name, offset and sha256: {error!r}") from error
+        if done and self._inbox.complete:
+            self._queue_load()
+        return Frame(kind=REPLY, request_id=frame.request_id, sender=self._ctx.name,
+                     meta={"deployment_id": self.id, "complete": done})
 
     # --- worker thread ---
 
@@ -249,6 +187,7 @@ class LlmShard:
         while True:
             job = self._queue.get()
             if job is None:
+                self._release()
                 return
             try:
                 answer = self._run(job)
@@ -271,6 +210,10 @@ class LlmShard:
             return None
         if self._failed is not None:
             raise self._failed
+        if job.kind == READY and self._worker is None:
+            missing = self._inbox.missing() if self._inbox is not None else []
+            raise DeployError(f"the share is not loaded: checkpoint files {missing} have not "
+                              "arrived; redeploy")
         if job.kind == READY:
             return self._reply(job, {"address": self._address(), "status": self.status()})
         if job.kind == CONNECT:
@@ -308,10 +251,11 @@ class LlmShard:
         from edge_runtime.llm.worker import TensorWorker
 
         started = time.perf_counter()
-        ckpt = Checkpoint(self.spec.checkpoint)
+        self._limit_blas()
+        ckpt = Checkpoint(self.checkpoint_dir)
         if ckpt.digest != self.spec.checkpoint_digest:
             raise CheckpointError(
-                f"the checkpoint at {self.spec.checkpoint} on agent {self._ctx.name} differs "
+                f"the checkpoint at {self.checkpoint_dir} on agent {self._ctx.name} differs "
                 "from the coordinator's (digest mismatch); copy the same checkpoint here")
         slices = convert_share(ckpt, self.share, self._ctx.cache.root / CACHE_SUBDIR)
         config = ckpt.config
@@ -322,6 +266,12 @@ class LlmShard:
         self._worker = TensorWorker(config, slices, self.share,
                                     max_context=self.spec.max_context,
                                     window_budget_bytes=window)
+        resident = self._worker.window
+        if resident is not None and resident.resident:
+            # read the whole share now: the load belongs to the deploy, not the first token
+            for index in range(resident.n):
+                with resident.use(index):
+                    pass
         security = getattr(self._ctx, "security", None)
         if not isinstance(security, Security):
             raise DeployError(f"agent {self._ctx.name} has no transport security settings")
@@ -332,6 +282,24 @@ class LlmShard:
         reset_peak_rss()
         log.info("llm-shard %s rank %d loaded in %.2f s (window %s)", self.id, self.spec.rank,
                  self._counters["load_s"], "all resident" if window is None else f"{window} B")
+
+    def _limit_blas(self) -> None:
+        """Cap numpy's BLAS pool: the spec's count, never above the agent's own thread cap.
+
+        Why: several agents on one host each start a pool as large as the machine;
+        multi-token steps (the prefill) then oversubscribe the cores and run 20x slower.
+        """
+        threads = self.spec.blas_threads
+        own = self._ctx.threads
+        if own is not None:
+            threads = own if threads is None else min(threads, own)
+        if threads is None:
+            return
+        from threadpoolctl import threadpool_limits
+
+        self._blas_limit = threadpool_limits(limits=threads, user_api="blas")
+        self._blas_threads = threads
+        log.info("llm-shard %s: BLAS limited to %d thread(s)", self.id, threads)
 
     def _bind_host(self) -> str:
         address = str(getattr(self._ctx, "address", "tcp://127.0.0.1:0"))
@@ -351,7 +319,8 @@ class LlmShard:
         if not isinstance(endpoints, list) or len(endpoints) != len(self.spec.names):
             raise InputError(f"llm_connect needs {len(self.spec.names)} endpoints")
         if self._group is not None:
-            self._group.close()
+            # A reconnect builds a new group on the same bound listener.
+            self._group.close(keep_listener=True)
         security = getattr(self._ctx, "security", None)
         assert isinstance(security, Security) and self._listener is not None
         keys = None if security.insecure else [(k or "").encode() for k in self.spec.public_keys]
@@ -370,7 +339,7 @@ class LlmShard:
             raise InputError("llm_step needs a 1-D integer tensor 'ids'")
         start = int(job.meta.get("start", 0))
         last_only = bool(job.meta.get("last_only", True))
-        group, hub, clock = self._group, self.plan.hub, _Clock(self._ctx)
+        group, hub, clock = self._group, self.plan.hub, StepClock(self._ctx)
 
         def allreduce(x: np.ndarray) -> np.ndarray:
             clock.sync()
@@ -406,12 +375,14 @@ class LlmShard:
             "rank": self.spec.rank,
             "hub": self.plan.hub,
             "ready": self._worker is not None,
+            "missing": [] if self._inbox is None else self._inbox.missing(),
             "failed": None if self._failed is None else str(self._failed),
             "share": {"kv_heads": list(self.share.kv_heads),
                       "mlp_columns": list(self.share.mlp_columns),
                       "vocab_rows": list(self.share.vocab_rows),
                       "weight_bytes": self.share.weight_bytes},
             "memory_bytes": self.spec.memory_bytes,
+            "blas_threads": self._blas_threads,
             "rss_bytes": current,
             "peak_rss_bytes": peak,
             "window": window,
@@ -419,12 +390,22 @@ class LlmShard:
         }
 
     def close(self) -> None:
+        """Stop the worker; it releases the group, window and BLAS limit as it exits, so a
+        job still running (a conversion, a step stuck in a collective) is never cut off."""
         self._queue.put(None)
         self._thread.join(WORKER_JOIN_TIMEOUT_S)
+        if self._thread.is_alive():
+            log.warning("llm-shard %s: still busy after %.0f s; it releases its share when "
+                        "the running job ends", self.id, WORKER_JOIN_TIMEOUT_S)
+
+    def _release(self) -> None:
+        """Runs on the worker thread, once, as it exits."""
         if self._group is not None:
             self._group.close()
         elif self._listener is not None:
             self._listener.close()
         if self._worker is not None:
             self._worker.close()
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
 

@@ -29,6 +29,8 @@ DEPLOY = "deploy"  # load a deployment (kind + spec)
 UNLOAD = "unload"  # drop a deployment
 STATUS = "status"  # deployments, memory, emulation
 SHUTDOWN = "shutdown"  # reply, then exit cleanly
+# coordinator -> a stage holding an exit: replace its exit rule in place (-> REPLY)
+SET_EXIT = "set_exit"
 # coordinator -> first stage (no reply; answered later by RESULT or ERROR)
 RUN = "run"
 # agent -> agent (no reply)

@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -122,11 +122,37 @@ class OnnxStage:
         elif kind == p.ACTIVATION:
             tensors = dict(frame.tensors)
             client = bytes(meta["client"])
+        elif kind == p.SET_EXIT:
+            self._set_exit(sender, frame)
+            return
         else:
             raise InputError(f"an onnx-stage deployment does not take {kind!r} frames")
         self._queue.put(
             _Work(int(frame.request_id), client, tensors, meta, time.perf_counter(), transfer_s)
         )
+
+    def _set_exit(self, sender: bytes, frame: Frame) -> None:
+        """Replace this stage's exit rule (a new threshold; None: never stop here).
+
+        Only the rule changes, not the shard, so no session is rebuilt. The worker
+        reads `self.spec` once per request, so a request in progress finishes under
+        the rule it started with and the next one uses the new rule.
+        """
+        data = frame.meta.get("exit")
+        try:
+            rule = None if data is None else p.ExitRule.from_wire(dict(data))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"set_exit: 'exit' must be an exit rule map or nil ({error!r})"
+                             ) from error
+        if rule is not None and rule.output not in self.spec.outputs:
+            raise InputError(f"stage {self.spec.stage} does not produce {rule.output!r} (it "
+                             f"produces {list(self.spec.outputs)}); set that exit's threshold "
+                             "on the stage that ends at it")
+        self.spec = replace(self.spec, exit=rule)
+        self._ctx.send_to_client(sender, Frame(
+            kind=p.REPLY, request_id=frame.request_id, sender=self._ctx.name,
+            meta={"deployment_id": self.spec.deployment_id,
+                  "exit": None if rule is None else rule.to_wire()}))
 
     def _loop(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import edge_runtime
 from edge_runtime.agent.backends import backend_kinds
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.daemon import Agent, install_signal_handlers
+from edge_runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +67,97 @@ def build_identity(config: AgentConfig) -> tuple[AgentConfig, dict[str, Any]]:
     return config, identity
 
 
-def run_agent(config: AgentConfig, ready_file: Path | None = None) -> int:
-    """Start the agent and serve until SIGTERM/SIGINT or a `shutdown` request."""
+def announce_target(address: str) -> tuple[int, list[str] | None]:
+    """(port, IPv4 addresses to publish and announce on) for the bound control `address`.
+
+    An agent bound to 0.0.0.0 announces every non-loopback address on every
+    interface (None: the `Announcer`'s defaults); one bound to a single IPv4
+    address announces only that address, on that interface, so an agent bound
+    to 127.0.0.1 is visible to browsers on this host and nowhere else.
+    """
+    rest = address.removeprefix("tcp://")
+    host, _, port_text = rest.rpartition(":")
+    if not address.startswith("tcp://") or not port_text.isdigit():
+        raise ConfigError(f"--announce needs a tcp:// listen address, got {address}")
+    if host in ("0.0.0.0", "*"):
+        return int(port_text), None
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        raise ConfigError(
+            f"--announce needs an IPv4 listen address or 0.0.0.0, got {host!r}; "
+            "use --listen tcp://0.0.0.0:PORT"
+        ) from None
+    return int(port_text), [host]
+
+
+def mdns_instance_name(agent_name: str) -> str:
+    """The agent's name as a DNS-SD instance name: no dots, at most 63 bytes."""
+    name = agent_name.replace(".", "-") or "edge-runtime-agent"
+    while len(name.encode()) > 63:
+        name = name[:-1]
+    return name
+
+
+def start_announcer(agent: Agent) -> Any:
+    """Announce `agent` over mDNS; returns the `Announcer` (the caller closes it) or None.
+
+    The TXT record carries the agent's CURVE public key, preset and version, so a
+    coordinator can find it without a static address list. The key is a hint,
+    not trust: mDNS is unauthenticated, and `connect` refuses an announced key
+    that is not in its trusted-keys directory. A network where mDNS sockets cannot
+    be opened (no multicast) is logged and the agent serves anyway: static
+    addresses always work.
+    """
+    from edge_runtime.discovery import INSTALL_HINT, Announcer, zeroconf_available
+
+    if not zeroconf_available():
+        raise ConfigError(INSTALL_HINT)
+    port, addresses = announce_target(agent.address)
+    properties = {
+        "name": agent.name,
+        "public_key": agent.public_key or "",
+        "preset": str(agent.identity.get("preset") or ""),
+        "version": edge_runtime.__version__,
+    }
+    try:
+        announcer = Announcer(port, mdns_instance_name(agent.name), addresses=addresses,
+                              properties=properties, interfaces=addresses)
+    except ConfigError as error:
+        log.warning("not announced over mDNS (%s); coordinators must use this agent's "
+                    "address %s", error, agent.address)
+        return None
+    return announcer
+
+
+def run_agent(config: AgentConfig, ready_file: Path | None = None,
+              announce: bool = False) -> int:
+    """Start the agent and serve until SIGTERM/SIGINT or a `shutdown` request.
+
+    With `announce`, the agent is announced over mDNS once it listens, and the
+    announcement withdrawn (an mDNS goodbye) when it stops, SIGTERM included.
+    """
     config, identity = build_identity(config)
     agent = Agent(config, identity)
+    announcer: Any = None
     try:
         install_signal_handlers(agent)
+        if announce:
+            announcer = start_announcer(agent)
         if ready_file is not None:
             tmp = ready_file.with_name(ready_file.name + ".tmp")
-            tmp.write_text(json.dumps({"address": agent.address, "public_key": agent.public_key,
-                                       "name": agent.name, "pid": os.getpid()}))
+            tmp.write_text(json.dumps({
+                "address": agent.address, "public_key": agent.public_key, "name": agent.name,
+                "pid": os.getpid(), "mdns_name": None if announcer is None else announcer.name}))
             os.replace(tmp, ready_file)
-        print(f"agent {agent.name} listening on {agent.address}", flush=True)
+        print(f"agent {agent.name} listening on {agent.address}"
+              + (f", announced as {announcer.name}" if announcer is not None else ""), flush=True)
         agent.serve_forever()
     finally:
+        if announcer is not None:
+            try:
+                announcer.close()
+            except Exception:  # the agent's own shutdown must go on
+                log.exception("withdrawing the mDNS announcement failed")
         agent.close()
     return 0

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="no encryption or authentication (local experiments only)")
     parser.add_argument("--ready-file", type=Path, default=None,
                         help="write {address, public_key, name, pid} as JSON here once listening")
+    parser.add_argument("--announce", action="store_true",
+                        help="announce this agent on the local network over mDNS (needs "
+                             "edge-runtime[discovery]); coordinators still connect only to "
+                             "agents whose public key they trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
         refresh_profile=args.refresh_profile,
         profile_cache=None if args.profile_cache is None else args.profile_cache.expanduser(),
     )
-    return run_agent(config, ready_file=args.ready_file)
+    return run_agent(config, ready_file=args.ready_file, announce=args.announce)

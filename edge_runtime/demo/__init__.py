@@ -17,6 +17,7 @@ from typing import TextIO
 
 from edge_runtime.demo.cluster_steps import ShowDevices, StartCluster, Summary
 from edge_runtime.demo.digits import ClassifyTestSplit, CompareLatency, PlanAndDeploy, Throughput
+from edge_runtime.demo.generation import GenerateText
 from edge_runtime.demo.render import Column, Console
 from edge_runtime.demo.stats import LatencyStats, accuracy, exit_counts
 from edge_runtime.demo.steps import (
@@ -43,6 +44,7 @@ def default_steps() -> list[Step]:
         ClassifyTestSplit(),
         CompareLatency(),
         Throughput(),
+        GenerateText(),
         Summary(),
     ]
 

@@ -1,6 +1,6 @@
 """Demo steps with the multi-exit digits CNN: plan, calibrate, classify, compare.
 
-Only the public SDK (`Cluster.deploy`, `Deployment.run`/`run_many`, `Result`) and
+Only the public SDK (`Cluster.plan`/`deploy`, `Deployment.run`/`run_many`, `Result`) and
 the partitioner's public exit calibration are used, so these steps double as an
 example. Latency is measured side by side: each test image goes to the 3-device
 pipeline and to the single-device baseline in turn, so the noise of a shared
@@ -87,42 +87,38 @@ class PlanAndDeploy:
         console = ctx.console
         assets = find_assets(ctx.options.assets)
         with console.progress(f"planning {MODEL_FILE} over the devices") as line:
-
-            def progress(agent: str, done: int, total: int) -> None:
-                line.update(f"sending a shard to {agent}: {fmt_bytes(done)} / {fmt_bytes(total)}")
-
-            draft = ctx.cluster.deploy(
-                assets / MODEL_FILE, strategy=ctx.options.strategy, progress=progress
-            )
+            draft = ctx.cluster.plan(assets / MODEL_FILE, strategy=ctx.options.strategy)
+            used = dict.fromkeys(s.device for s in draft.stages)
+            line.done(f"planned {len(draft.stages)} stages on {len(used)} devices")
+        with console.progress("deploying the baseline") as line:
             # The baseline: the whole model on the device predicted fastest, no exits.
             single = ctx.cluster.deploy(assets / MODEL_FILE, strategy="single", exits=[])
             ctx.exit_stack.callback(single.unload)
             device = single.plan.stages[0].device
-            line.done(
-                f"planned {len(draft.plan.stages)} stages on {len(draft.agents)} devices, "
-                f"sent {fmt_bytes(draft.bytes_sent)} of shards"
-            )
-        console.ok(f"baseline for comparison: the whole model on {device} alone, no exits")
+            line.done(f"baseline for comparison: the whole model on {device} alone, no exits")
         calibration = load_split(assets / CALIBRATION_FILE)
         with console.progress(f"calibrating exits on {len(calibration)} held-out images") as line:
             # One batched request to the baseline returns every exit head's logits;
             # the search scores thresholds by the pipeline plan's predicted timings.
             outputs = single.run({"image": calibration.images}).outputs
-            logits = [outputs[spec.output] for spec in draft.plan.exits]
+            logits = [outputs[spec.output] for spec in draft.exits]
             chosen = calibrate_exits(
-                logits, calibration.labels, exit_latencies(draft.plan), tolerance=TOLERANCE
+                logits, calibration.labels, exit_latencies(draft), tolerance=TOLERANCE
             )
-            plan = apply_calibration(draft.plan, chosen)
+            plan = apply_calibration(draft, chosen)
             thresholds = {s.name: float(s.threshold) for s in plan.exits if s.threshold is not None}
             line.done(
                 "calibrated exit thresholds: "
                 + ", ".join(f"{name} p ≥ {t:.2f}" for name, t in thresholds.items())
             )
-        draft.unload()
         with console.progress("deploying the calibrated plan") as line:
-            model = ctx.cluster.deploy(assets / MODEL_FILE, plan=plan)
+
+            def progress(agent: str, done: int, total: int) -> None:
+                line.update(f"sending a shard to {agent}: {fmt_bytes(done)} / {fmt_bytes(total)}")
+
+            model = ctx.cluster.deploy(assets / MODEL_FILE, plan=plan, progress=progress)
             ctx.exit_stack.callback(model.unload)
-            line.done(f"deployed the calibrated plan ({fmt_bytes(model.bytes_sent)} sent: cached)")
+            line.done(f"deployed the calibrated plan ({fmt_bytes(model.bytes_sent)} sent)")
         self._show_plan(ctx, model.plan, thresholds)
         ctx.state.update(deployment=model, single=single)
         ctx.results["plan"] = {

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from devices.links import LinkProfile
 from devices.profile import DeviceProfile
 from edge_runtime.agent import protocol as p
+from edge_runtime.discovery import AgentAddress
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
 from edge_runtime.sdk.errors_map import error_from_frame
@@ -121,6 +122,23 @@ class Cluster:
         self._measured_links = found
         return found
 
+    def plan(self, model: str | os.PathLike[str], strategy: str = "auto", *,
+             exits: Any = None, slo_ms: float | None = None, objective: str = "latency",
+             batch_size: int = 1, devices: Sequence[str] | None = None,
+             calibration: tuple[Mapping[str, Any], Any] | None = None,
+             exit_policy: str = "max_prob") -> Any:
+        """The `partitioner.Plan` that `deploy` would use, without deploying anything.
+
+        Planning uses the agents' profiles and the links between them (measured
+        once per cluster). Inspect or adjust the plan (e.g. calibrated exit
+        thresholds), then `deploy(model, plan=plan)`; arguments as for `deploy`.
+        """
+        from edge_runtime.sdk.deploy import plan_model
+
+        return plan_model(self, Path(model), strategy=strategy, exits=exits, slo_ms=slo_ms,
+                          objective=objective, batch_size=batch_size, devices=devices,
+                          calibration=calibration, exit_policy=exit_policy)
+
     def deploy(self, model: str | os.PathLike[str], strategy: str = "auto", *,
                exits: Any = None, slo_ms: float | None = None, objective: str = "latency",
                batch_size: int = 1, plan: Any = None, devices: Sequence[str] | None = None,
@@ -216,14 +234,48 @@ def _security(keys: str | os.PathLike[str] | None, insecure: bool) -> Security:
     return Security.from_dir(Path(keys).expanduser() if keys else DEFAULT_KEYS_DIR.expanduser())
 
 
-def connect(addresses: Sequence[str], keys: str | os.PathLike[str] | None = None, *,
-            insecure: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS,
+def discovered_key(agent: AgentAddress, security: Security) -> str:
+    """The server key to use for an agent found over mDNS: its announced key, if trusted.
+
+    mDNS is unauthenticated (anyone on the network can announce anything), so an
+    announced key is used only if it is also in the trusted-keys directory and
+    does not contradict a key trusted for that address; otherwise the user is
+    told to check the key on the device and trust it. An agent that announced no
+    key is looked up by address, as for a static address.
+    """
+    from transports.errors import SecurityError
+    from transports.keys import trusted_keys_in
+
+    announced = agent.properties.get("public_key", "")
+    if not announced:
+        return security.server_key_for(agent.endpoint).decode()
+    trusted = trusted_keys_in(security.trusted_dir) if security.trusted_dir else {}
+    by_address = [t for t in trusted.values() if t.address == agent.endpoint]
+    if by_address and all(t.public.decode() != announced for t in by_address):
+        raise SecurityError(
+            f"agent {agent.name or agent.endpoint} at {agent.endpoint} announced public key "
+            f"{announced} over mDNS, but a different key is trusted for that address "
+            f"({by_address[0].name}); the device was re-keyed or someone else announces it: "
+            "check `edge-runtime keys show` on the device before trusting the new key")
+    if not any(t.public.decode() == announced for t in trusted.values()):
+        raise SecurityError(
+            f"agent {agent.name or agent.endpoint} at {agent.endpoint} announced public key "
+            f"{announced} over mDNS, which is not trusted here (mDNS is not authenticated); "
+            "check it on the device with `edge-runtime keys show`, then run `edge-runtime keys "
+            f"trust {announced} --name <device> --address {agent.endpoint}`")
+    return announced
+
+
+def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str] | None = None,
+            *, insecure: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS,
             server_keys: Sequence[str | None] | None = None) -> Cluster:
     """A cluster of running agents at `addresses` (e.g. ``tcp://10.0.0.2:7700``).
 
     `keys`: this machine's keys directory (default ``~/.config/edge-runtime/keys``);
     each agent's public key is looked up there by address (`edge-runtime keys trust
     KEY --name N --address ADDR`) unless `server_keys` gives them in order.
+    Agents found by `edge_runtime.discovery.browse()` may be passed as they are:
+    their announced key is used only if it is trusted (`discovered_key`).
     """
     if not addresses:
         raise ConfigError("connect() needs at least one agent address, e.g. tcp://10.0.0.2:7700")
@@ -231,11 +283,17 @@ def connect(addresses: Sequence[str], keys: str | os.PathLike[str] | None = None
     hub = Hub(security, timeouts)
     try:
         links: list[AgentLink] = []
-        for index, address in enumerate(addresses):
+        for index, entry in enumerate(addresses):
+            address = entry.endpoint if isinstance(entry, AgentAddress) else entry
             key: str | None = None
             if not insecure:
                 given = server_keys[index] if server_keys else None
-                key = given or security.server_key_for(address).decode()
+                if given:
+                    key = given
+                elif isinstance(entry, AgentAddress):
+                    key = discovered_key(entry, security)
+                else:
+                    key = security.server_key_for(address).decode()
             links.append(hub.connect(address, key))
         return assemble(hub, links)
     except BaseException:

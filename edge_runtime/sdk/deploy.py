@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "pipeline", "single")
 
 
-def _exit_rules(plan: Any, exits: Any, policy: str = "max_prob") -> dict[str, p.ExitRule]:
-    """Exit name -> rule for exits that may fire (a threshold and not the final one)."""
+def exit_thresholds(plan: Any, exits: Any,
+                    policy: str = "max_prob") -> dict[str, tuple[str, float | None]]:
+    """Exit name -> (policy, threshold): the plan's, overridden by an `exits` mapping
+    (`{name: threshold}` or `{name: (policy, threshold)}`; None: never stop there)."""
     thresholds: dict[str, tuple[str, float | None]] = {}
     for spec in plan.exits:
         thresholds[spec.name] = (spec.policy, spec.threshold)
@@ -55,6 +57,12 @@ def _exit_rules(plan: Any, exits: Any, policy: str = "max_prob") -> dict[str, p.
                 thresholds[name] = (str(value[0]), float(value[1]))
             else:
                 thresholds[name] = (policy, None if value is None else float(value))
+    return thresholds
+
+
+def exit_rules(plan: Any, exits: Any, policy: str = "max_prob") -> dict[str, p.ExitRule]:
+    """Exit name -> rule for exits that may fire (a threshold and not the final one)."""
+    thresholds = exit_thresholds(plan, exits, policy)
     rules: dict[str, p.ExitRule] = {}
     earlier: list[str] = []
     for spec in plan.exits:
@@ -188,6 +196,30 @@ def upload(cluster: Cluster, agent: str, shard: Path, sha256: str,
     return total
 
 
+def plan_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
+               slo_ms: float | None, objective: str, batch_size: int,
+               devices: Sequence[str] | None,
+               calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+               exit_policy: str = "max_prob") -> Any:
+    """`Cluster.plan`: the plan `deploy` would use, without deploying anything.
+
+    Thresholds given as an `exits` mapping are written into the plan's exits, so
+    `deploy(plan=...)` applies them without being told again.
+    """
+    if not model.is_file():
+        raise ConfigError(f"no model file at {model}")
+    if model.suffix.lower() in WHOLE_FILE_SUFFIXES:
+        return whole_file_plan(cluster, model, devices)
+    plan, _graph = make_plan(cluster, model, strategy, exits, objective, batch_size, devices,
+                             slo_ms, calibration, exit_policy)
+    if isinstance(exits, Mapping):
+        chosen = exit_thresholds(plan, exits, exit_policy)
+        plan = dataclasses.replace(plan, exits=tuple(
+            dataclasses.replace(e, policy=chosen[e.name][0], threshold=chosen[e.name][1])
+            for e in plan.exits))
+    return plan
+
+
 def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
                  slo_ms: float | None, objective: str, batch_size: int, plan: Any,
                  devices: Sequence[str] | None,
@@ -207,7 +239,7 @@ def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
     elif plan is None:
         plan, graph = make_plan(cluster, model, strategy, exits, objective, batch_size,
                                 devices, slo_ms, calibration, exit_policy)
-    rules = _exit_rules(plan, exits, exit_policy)
+    rules = exit_rules(plan, exits, exit_policy)
     deployment_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory(prefix="edge-runtime-shards-") as tmp:
         if whole:

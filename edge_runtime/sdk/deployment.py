@@ -9,6 +9,7 @@ results in input order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -31,6 +32,13 @@ if TYPE_CHECKING:
     from edge_runtime.sdk.hub import AgentLink
 
 log = logging.getLogger(__name__)
+
+
+def _number(value: Any, exit_name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"exit {exit_name!r}: threshold {value!r} is not a number") from None
 
 
 class Deployment:
@@ -136,6 +144,56 @@ class Deployment:
                 yield self._result(frame, start)
         finally:
             hub.forget(request_id for request_id, _ in pending)
+
+    def set_exit_thresholds(self, thresholds: Mapping[str, Any]) -> None:
+        """Change early-exit thresholds while deployed: no new plan, shard or session.
+
+        `thresholds`: exit name -> threshold under that exit's policy, None (never
+        stop there), or `(policy, threshold)`. Only the agents holding those exits'
+        stages are told (one `set_exit` message each); requests already running
+        finish under the old rule. `plan` and `specs` are updated to match.
+        """
+        from edge_runtime.sdk.deploy import exit_rules, exit_thresholds
+        from partitioner.exit_policies import POLICIES
+
+        if self._unloaded:
+            raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
+        current = {e.name: e for e in self.plan.exits}
+        earlier = sorted(name for name, e in current.items() if not e.final)
+        wanted: dict[str, Any] = {}
+        for name, value in thresholds.items():
+            spec = current.get(name)
+            if spec is None or spec.final:
+                why = "is the final exit, which always answers" if spec else "is not an exit"
+                raise ConfigError(f"{name!r} {why} of this deployment; set thresholds on "
+                                  f"{earlier or 'its early exits (it has none)'}")
+            if value is None:
+                wanted[name] = None
+                continue
+            if isinstance(value, tuple) and len(value) != 2:
+                raise ConfigError(f"exit {name!r}: give a threshold or (policy, threshold)")
+            policy, threshold = value if isinstance(value, tuple) else (spec.policy, value)
+            if policy not in POLICIES or not np.isfinite(_number(threshold, name)):
+                raise ConfigError(f"exit {name!r}: need a finite threshold and a policy of "
+                                  f"{POLICIES}, got ({policy!r}, {threshold!r})")
+            wanted[name] = (str(policy), float(threshold))
+        chosen = exit_thresholds(self.plan, wanted)
+        plan = dataclasses.replace(self.plan, exits=tuple(
+            dataclasses.replace(e, policy=chosen[e.name][0], threshold=chosen[e.name][1])
+            for e in self.plan.exits))
+        rules = exit_rules(plan, None)
+        specs = list(self.specs)
+        for index, (spec, stage) in enumerate(zip(self.specs, self.plan.stages, strict=True)):
+            if stage.exit not in wanted:
+                continue
+            rule = rules.get(stage.exit)
+            self.cluster.call(stage.device, p.SET_EXIT, {
+                "deployment_id": spec.deployment_id,
+                "exit": None if rule is None else rule.to_wire()})
+            specs[index] = dataclasses.replace(spec, exit=rule)
+            log.info("%s: exit %s of stage %d on %s now %s", self.id, stage.exit, index,
+                     stage.device, "off" if rule is None else f"{rule.policy} {rule.threshold:g}")
+        self.plan, self.specs = plan, tuple(specs)
 
     def status(self) -> dict[str, Any]:
         """Each stage's status as its agent reports it."""

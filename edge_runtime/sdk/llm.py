@@ -33,9 +33,17 @@ import numpy as np
 
 from edge_runtime.agent import protocol as p
 from edge_runtime.agent.config import parse_size
-from edge_runtime.agent.llm_shard import CONNECT, READY, STEP, TYPE, ShardSpec
+from edge_runtime.agent.llm_spec import (
+    COLLECTIVE_TIMEOUT_S,
+    CONNECT,
+    READY,
+    STEP,
+    TYPE,
+    ShardSpec,
+)
 from edge_runtime.errors import AgentUnavailableError, ConfigError, EdgeRuntimeError
 from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
 from transports.wire import Frame
 
 if TYPE_CHECKING:
@@ -164,6 +172,7 @@ class LlmDeployment:
         self.engine = engine
         self.runner = runner
         self.checkpoint = checkpoint
+        self.bytes_sent = 0  # checkpoint bytes this deploy sent (0: agents read it or had it)
         self._unloaded = False
 
     @property
@@ -226,6 +235,18 @@ class LlmDeployment:
         _unload(self.cluster, self.id, self.agents)
 
 
+def _blas_threads(cluster: Cluster, names: Sequence[str]) -> list[int | None]:
+    """Per agent: None when it has its host to itself, else its host's cores divided
+    among the deployment's agents there (their BLAS pools would oversubscribe it)."""
+    hosts = [_host(cluster.info(n).address) for n in names]
+    out: list[int | None] = []
+    for name, host in zip(names, hosts, strict=True):
+        sharing = hosts.count(host)
+        cores = max(1, int(cluster.info(name).profile.cores))
+        out.append(None if sharing == 1 else max(1, cores // sharing))
+    return out
+
+
 def _check_plan(plan: TensorPlan, config: LlmConfig, names: Sequence[str]) -> None:
     shape = config.decoder_shape(plan.shape.max_context)
     if plan.shape != shape:
@@ -275,7 +296,8 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
                max_context: int = DEFAULT_MAX_CONTEXT, devices: Sequence[str] | None = None,
                timeout_s: float | None = None,
                collective_timeout_s: float | None = None,
-               plan: TensorPlan | None = None) -> LlmDeployment:
+               plan: TensorPlan | None = None, send_checkpoint: bool = False,
+               progress: Progress | None = None, threads: int | None = None) -> LlmDeployment:
     """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
 
     `memory_budget`: bytes or "512MB" for every agent, or one per agent (None = the
@@ -285,6 +307,11 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
     `collective_timeout_s`: how long agents wait for each other inside a step.
     `plan`: deploy a ready `TensorPlan` whose share devices are agent names (skips
     planning; e.g. a plan made for other speeds than the agents report).
+    `send_checkpoint`: send the checkpoint's files even to agents that could read
+    `path` (an agent that cannot read it is always sent the files its cache lacks);
+    `progress(agent, bytes_sent, total)` is called per chunk.
+    `threads`: BLAS threads per agent; default: all of its cores, or its share of them
+    when several of the agents run on one host (a local cluster).
     Errors before any agent loads anything: `ConfigError` (strategy, devices),
     `CheckpointError` (unsupported config, missing shards, tensors that do not match
     the config), `InfeasiblePlanError` (a budget below one block plus the KV cache).
@@ -316,21 +343,28 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
         _check_plan(plan, config, names)
     deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
     keys = tuple(cluster.info(n).public_key for n in names)
+    files = checkpoint_files(checkpoint)
+    blas = _blas_threads(cluster, names) if threads is None else [threads] * len(names)
+    sender = FileSender(cluster, checkpoint, progress)
     loaded: list[str] = []
     try:
         for rank, name in enumerate(names):
             share = plan.shares[rank]
             spec = ShardSpec(
-                checkpoint=str(checkpoint), checkpoint_digest=digest, plan_json=plan.to_json(),
-                rank=rank, names=tuple(names), public_keys=keys, max_context=max_context,
-                memory_budget=budgets[rank], memory_bytes=share.peak_memory_bytes,
+                checkpoint="" if send_checkpoint else str(checkpoint), checkpoint_digest=digest,
+                plan_json=plan.to_json(), rank=rank, names=tuple(names), public_keys=keys,
+                max_context=max_context, memory_budget=budgets[rank],
+                memory_bytes=share.peak_memory_bytes,
                 advertise_host=_host(cluster.info(name).address),
-                **({} if collective_timeout_s is None
-                   else {"collective_timeout_s": collective_timeout_s}))
-            cluster.call(name, p.DEPLOY, {"deployment_id": deployment_id, "type": TYPE,
-                                          "spec": spec.to_wire()},
-                         timeout_s=cluster.timeouts.deploy_s)
+                collective_timeout_s=collective_timeout_s or COLLECTIVE_TIMEOUT_S,
+                files=tuple(files), blas_threads=blas[rank])
+            reply = cluster.call(name, p.DEPLOY, {"deployment_id": deployment_id, "type": TYPE,
+                                                  "spec": spec.to_wire()},
+                                 timeout_s=cluster.timeouts.deploy_s)
             loaded.append(name)
+            missing = reply.meta.get("status", {}).get("missing", [])
+            if missing:
+                sender.send(name, deployment_id, [str(m) for m in missing])
         base = {"deployment_id": deployment_id}
         ready = _ask_all(cluster, names, READY, [base] * len(names), cluster.timeouts.deploy_s)
         endpoints = [str(f.meta["address"]) for f in ready]
@@ -343,7 +377,9 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
              names[plan.hub])
     runner = AgentRunner(cluster, deployment_id, names, plan.hub, max_context, timeout_s)
     engine = LlmEngine(runner, config, tokenizer)
-    return LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint)
+    deployment = LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint)
+    deployment.bytes_sent = sender.bytes_sent
+    return deployment
 
 
 __all__ = ["DEFAULT_MAX_CONTEXT", "AgentRunner", "LlmDeployment", "deploy_llm", "plan_llm"]

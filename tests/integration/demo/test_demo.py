@@ -67,7 +67,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         "4. Classify the test split",
         "5. Latency",
         "6. Throughput",
-        "7. Summary",
+        "7. Generate text with a tiny LLM",
+        "8. Summary",
     ]
     for heading in headings:
         assert heading in text

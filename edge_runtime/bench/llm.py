@@ -1,0 +1,256 @@
+"""`edge-runtime bench llm`: tensor-parallel decoding over real agents, resident and streamed.
+
+A synthetic Llama-shaped checkpoint (random fp32 weights, written here without torch;
+~1 GB by default, or TARGETS.md's reference shape with `--reference`) is deployed on
+1, 2 and 4 agent processes (`--agents`), each twice: with every weight resident, and
+with a memory budget that holds `--budget-fraction` (¼) of each agent's share, the
+rest streaming from disk through the sliding window. All deployments are loaded at
+once and the generations are interleaved round by round (`--repeats`), so a busy
+machine slows every variant alike; the table reports medians.
+
+Per variant: time to first token for a `--prompt-tokens` prompt, median ms/token over
+`--new-tokens` decode steps, tokens/s, the peak RSS of each agent while serving, and
+for streamed variants the overlap efficiency: token time with prefetch ÷
+max(compute+comm, disk) and ÷ (compute+comm + disk), where compute+comm is the
+resident variant's token time with the same agents and disk is the window's read time
+per token (the loader thread's seconds per decode step, slowest agent).
+
+Each agent gets `--threads` BLAS threads (OPENBLAS_NUM_THREADS) and, with `--pin`, its
+own cores (every thread's affinity set, like taskset), so agents do not share cores
+on a machine that has enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT = 512
+# Hidden sizes of the default ~1 GB shape (TARGETS.md's reference with fewer layers
+# and a smaller vocabulary): 205 MB per layer, 131 MB embedding + 131 MB LM head.
+_HIDDEN, _INTERMEDIATE, _HEADS, _VOCAB = 2048, 5632, 16, 16000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agents", default="1,2,4", help="agent counts to compare")
+    parser.add_argument("--size", default="1GB",
+                        help="approximate checkpoint size; layers are added to reach it")
+    parser.add_argument("--reference", action="store_true",
+                        help="use TARGETS.md's reference shape (1.76 GB) instead of --size")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved rounds over all variants")
+    parser.add_argument("--budget-fraction", type=float, default=0.25,
+                        help="share of each agent's weights its window holds (0 = skip)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads per agent")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin each agent to its own core(s) with taskset")
+    parser.add_argument("--insecure", action="store_true",
+                        help="agents without CURVE (to see what encryption costs)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the checkpoint and agent caches go (default: "
+                        "~/.cache/edge-runtime/bench-llm, kept so reruns skip the writing)")
+
+
+def _shape(args: argparse.Namespace) -> Any:
+    from edge_runtime.agent.config import parse_size
+    from edge_runtime.llm.synthetic import REFERENCE, SyntheticShape
+
+    if args.reference:
+        return REFERENCE
+    target = parse_size(args.size)
+    layer = (4 * _HIDDEN * _HIDDEN + 3 * _HIDDEN * _INTERMEDIATE) * 4
+    fixed = 2 * _VOCAB * _HIDDEN * 4
+    layers = max(1, round((target - fixed) / layer))
+    return SyntheticShape(hidden=_HIDDEN, intermediate=_INTERMEDIATE, layers=layers,
+                          heads=_HEADS, kv_heads=_HEADS, vocab=_VOCAB)
+
+
+def _print_row(cells: list[str], widths: list[int]) -> None:
+    print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
+
+
+def _budgets(llm_plan: Any, fraction: float, config: Any) -> list[int]:
+    from edge_runtime.llm.local import kv_cache_bytes
+    from partitioner.tensor import ACTIVATION_RESERVE_BYTES
+
+    shape = llm_plan.shape
+    out = []
+    for s in llm_plan.shares:
+        # the window must hold the block in use and the one being read ahead
+        largest = max(s.n_kv_heads * shape.kv_group_bytes(),
+                      s.n_columns * shape.mlp_column_bytes()) + 2 * shape.hidden * 4
+        window = max(int(fraction * s.weight_bytes), 2 * largest)
+        out.append(window + kv_cache_bytes(config, s, MAX_CONTEXT) + ACTIVATION_RESERVE_BYTES)
+    return out
+
+
+def _counters(llm: Any) -> dict[str, dict[str, float]]:
+    return {name: {"load_s": float(st["window"]["load_seconds"]),
+                   "bytes": float(st["window"]["bytes_read"]),
+                   "compute_s": float(st["compute_s"]), "comm_s": float(st["comm_s"]),
+                   "peak_rss": float(st["peak_rss_bytes"])}
+            for name, st in llm.status().items()}
+
+
+def _one_generation(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+    """TTFT, per-token decode intervals, and window/compute counters of the decode."""
+    stream = llm.generate(prompt, new_tokens, stream=True)
+    first = next(stream)
+    prefill = dict(llm.runner.last_step)  # the hub's compute/comm split of the prefill
+    before = _counters(llm)
+    times = [time.perf_counter()]
+    for _ in stream:
+        times.append(time.perf_counter())
+    steps = len(times) - 1
+    after = _counters(llm)
+    decode = {name: {k: (after[name][k] - before[name][k]) / max(steps, 1)
+                     for k in ("load_s", "bytes", "compute_s", "comm_s")}
+              for name in after}
+    return {"ttft_s": first.seconds, "intervals": list(np.diff(times)), "prefill": prefill,
+            "per_agent": decode, "peak_rss": {n: c["peak_rss"] for n, c in after.items()}}
+
+
+def _pin(cluster: Any, threads: int) -> None:
+    """Give agent i cores [i*threads, (i+1)*threads) — every thread of it, BLAS pool included."""
+    cores = sorted(os.sched_getaffinity(0))
+    for i, proc in enumerate(cluster.processes):
+        mine = {cores[(i * threads + k) % len(cores)] for k in range(threads)}
+        pid = proc.process.pid
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), mine)
+        except OSError as error:  # e.g. a sandbox without affinity control
+            print(f"cannot pin agent {i}: {error}; running unpinned", flush=True)
+            return
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import edge_runtime as er
+    from edge_runtime.llm import Checkpoint
+    from edge_runtime.llm.synthetic import write_synthetic_checkpoint
+    from edge_runtime.sdk.llm import plan_llm
+
+    counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
+    shape = _shape(args)
+    workdir = args.workdir or Path("~/.cache/edge-runtime/bench-llm").expanduser()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = workdir / (f"synthetic-{shape.hidden}x{shape.intermediate}x{shape.layers}"
+                          f"-v{shape.vocab}")
+    t0 = time.perf_counter()
+    write_synthetic_checkpoint(ckpt_dir, shape)
+    ckpt = Checkpoint(ckpt_dir)
+    config, digest = ckpt.config, ckpt.digest
+    size = sum(f.stat().st_size for f in ckpt_dir.glob("*.safetensors"))
+    del ckpt
+    print(f"checkpoint {ckpt_dir} ({size / 1e9:.2f} GB: hidden {shape.hidden}, intermediate "
+          f"{shape.intermediate}, {shape.layers} layers, vocab {shape.vocab}) ready in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # inherited by the agents
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(3, shape.vocab, args.prompt_tokens)]
+    variants: list[tuple[str, int, bool]] = [(f"{n} agent(s) resident", n, False) for n in counts]
+    if args.budget_fraction > 0:
+        variants += [(f"{n} agent(s) window {args.budget_fraction:g}", n, True) for n in counts]
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    caches = [workdir / f"agent-cache-{i}" for i in range(max(counts))]
+    # Each variant runs on agents of its own (so RSS is that variant's alone), started
+    # afresh each round; the agents' caches persist, so only the first round converts.
+    for rnd in range(args.repeats):
+        for name, n, streamed in variants:
+            t1 = time.perf_counter()
+            with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
+                                  insecure=args.insecure) as cluster:
+                if args.pin:
+                    _pin(cluster, args.threads)
+                names = [a.name for a in cluster.agents]
+                budgets: list[int] | None = None
+                if streamed:
+                    resident = plan_llm(cluster, config, digest, names, [None] * n, MAX_CONTEXT)
+                    budgets = _budgets(resident, args.budget_fraction, config)
+                llm = cluster.deploy_llm(ckpt_dir, max_context=MAX_CONTEXT,
+                                         memory_budget=budgets, threads=args.threads)
+                ready = time.perf_counter() - t1
+                sample = _one_generation(llm, prompt, args.new_tokens)
+                sample["window_fraction"] = min(
+                    1.0, min(st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
+                             for st in llm.status().values()))
+                samples[name].append(sample)
+                llm.unload()
+            print(f"round {rnd + 1}/{args.repeats} {name}: ready in {ready:.1f} s, TTFT "
+                  f"{sample['ttft_s'] * 1e3:.0f} ms, median "
+                  f"{statistics.median(sample['intervals']) * 1e3:.1f} ms/token", flush=True)
+    return _report(args, shape, size, variants, samples)
+
+
+def _report(args: argparse.Namespace, shape: Any, size: int,
+            variants: list[tuple[str, int, bool]],
+            samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for name, n, streamed in variants:
+        runs = samples[name]
+        token_s = statistics.median(x for r in runs for x in r["intervals"])
+        per_agent = [r["per_agent"] for r in runs]
+        agents = list(per_agent[0])
+        disk = max(statistics.median(p[a]["load_s"] for p in per_agent) for a in agents)
+        read = max(statistics.median(p[a]["bytes"] for p in per_agent) for a in agents)
+        rows[name] = {
+            "agents": n, "streamed": streamed,
+            "ttft_s": statistics.median(r["ttft_s"] for r in runs),
+            "prefill_hub_compute_s": statistics.median(r["prefill"]["compute_s"] for r in runs),
+            "prefill_hub_comm_s": statistics.median(r["prefill"]["comm_s"] for r in runs),
+            "ms_per_token": token_s * 1e3, "tokens_per_s": 1.0 / token_s,
+            "disk_s_per_token": disk, "bytes_read_per_token": read,
+            "compute_s_per_token": {a: statistics.median(p[a]["compute_s"] for p in per_agent)
+                                    for a in agents},
+            "comm_s_per_token": {a: statistics.median(p[a]["comm_s"] for p in per_agent)
+                                 for a in agents},
+            "peak_rss_mib": {a: max(r["peak_rss"][a] for r in runs) / 2**20 for a in agents},
+            "window_fraction": min(r["window_fraction"] for r in runs),
+        }
+    one = next((r for r in rows.values() if r["agents"] == 1 and not r["streamed"]), None)
+    header = ["variant", "TTFT ms", "ms/token", "tok/s", "vs 1 agent", "disk ms/tok",
+              "eff max", "eff sum", "peak RSS MiB per agent"]
+    widths = [26, 8, 9, 7, 10, 11, 8, 8, 30]
+    print()
+    _print_row(header, widths)
+    for name, _n, streamed in variants:
+        row = rows[name]
+        base = next(r for r in rows.values() if r["agents"] == row["agents"] and not r["streamed"])
+        ratio = row["ms_per_token"] / one["ms_per_token"] if one else float("nan")
+        row["ratio_to_1_agent"] = ratio
+        eff_max = eff_sum = float("nan")
+        if streamed:
+            res_s, disk_s = base["ms_per_token"] / 1e3, row["disk_s_per_token"]
+            eff_max = (row["ms_per_token"] / 1e3) / max(res_s, disk_s)
+            eff_sum = (row["ms_per_token"] / 1e3) / (res_s + disk_s)
+            row["overlap_vs_max"], row["overlap_vs_sum"] = eff_max, eff_sum
+        rss = " ".join(f"{v:.0f}" for v in row["peak_rss_mib"].values())
+        _print_row([name, f"{row['ttft_s'] * 1e3:.0f}", f"{row['ms_per_token']:.1f}",
+                    f"{row['tokens_per_s']:.1f}", f"{ratio:.2f}x",
+                    f"{row['disk_s_per_token'] * 1e3:.1f}" if streamed else "-",
+                    f"{eff_max:.2f}" if streamed else "-", f"{eff_sum:.2f}" if streamed else "-",
+                    rss], widths)
+    print("\neff max = token time with prefetch / max(compute+comm, disk); eff sum = ... / "
+          "(compute+comm + disk); compute+comm = the resident variant's token time")
+    return {
+        "suite": "llm",
+        "checkpoint": {"bytes": size, "hidden": shape.hidden, "intermediate": shape.intermediate,
+                       "layers": shape.layers, "heads": shape.heads, "vocab": shape.vocab},
+        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "repeats": args.repeats, "threads": args.threads, "pin": args.pin,
+        "budget_fraction": args.budget_fraction, "cpus": os.cpu_count(),
+        "insecure": args.insecure,
+        "variants": rows,
+    }

@@ -1,0 +1,143 @@
+"""`edge-runtime generate CHECKPOINT`: text generation with an LLM split across agents.
+
+    edge-runtime generate examples/tinylm/checkpoint --local 2 \\
+        --presets raspberry-pi-4,jetson-orin-nano --memory-budget 64MB \\
+        --prompt "Permission is hereby granted" --max-new-tokens 60
+
+Tokens are printed as they stream in, then one summary line: time to first token,
+ms/token, tokens/s and the peak RSS of each agent (its serving peak, after loading).
+The cluster is local (`--local N`, optionally emulating `--presets`) or real agents
+(`--connect ADDR,...` with `--keys DIR`); the checkpoint directory must be readable
+at the same path on every agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path,
+                        help="Hugging Face checkpoint directory (Llama, Mistral, Qwen2)")
+    text = parser.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", default=None, help="the prompt text")
+    text.add_argument("--ids", default=None, metavar="I,J,...",
+                      help="the prompt as token ids (for checkpoints without tokenizer.json)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--local", type=int, default=None, metavar="N",
+                       help="start N agents on this machine (default 1, or one per preset)")
+    where.add_argument("--connect", default=None, metavar="ADDR,...",
+                       help="comma-separated agent addresses, e.g. 10.0.0.2:7700,10.0.0.3:7700")
+    parser.add_argument("--presets", default=None, metavar="A,B",
+                        help="device presets the --local agents emulate, e.g. "
+                        "raspberry-pi-4,jetson-orin-nano (None = this machine's speed)")
+    parser.add_argument("--keys", type=Path, default=None,
+                        help="CURVE keys directory for --connect")
+    parser.add_argument("--insecure", action="store_true",
+                        help="talk to agents without CURVE (experiments only)")
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="memory each agent may use for its share, e.g. 64MB (a larger "
+                        "share streams from disk through a sliding window)")
+    parser.add_argument("--max-context", type=int, default=512,
+                        help="tokens the KV cache holds (prompt + new tokens), default 512")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1.0 = no nucleus filter")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="stop when this text appears (repeatable; default: EOS)")
+
+
+def _presets(args: argparse.Namespace) -> list[str | None] | None:
+    from edge_runtime.errors import ConfigError
+
+    if not args.presets:
+        return None
+    names: list[str | None] = [
+        None if p.strip().lower() in ("", "none") else p.strip() for p in args.presets.split(",")
+    ]
+    if args.local is not None and len(names) != args.local:
+        raise ConfigError(f"--presets lists {len(names)} presets for --local {args.local} agents")
+    return names
+
+
+def _open_cluster(args: argparse.Namespace) -> Any:
+    import edge_runtime as er
+    from edge_runtime.errors import ConfigError
+
+    if args.connect:
+        if args.presets:
+            raise ConfigError("--presets applies to --local agents only")
+        from edge_runtime.discovery import discover
+
+        endpoints = discover(args.connect, mdns=False)
+        print(f"connecting to {len(endpoints)} agent(s): {', '.join(endpoints)}", file=sys.stderr)
+        if args.insecure:
+            return er.connect(endpoints, insecure=True)
+        return er.connect(endpoints, keys=args.keys)
+    presets = _presets(args)
+    count = args.local or (len(presets) if presets else 1)
+    if count < 1:
+        raise ConfigError(f"--local must be at least 1, got {count}")
+    print(f"starting {count} local agent(s)" + (f": {args.presets}" if presets else ""),
+          file=sys.stderr)
+    return er.local_cluster(count, presets=presets, insecure=args.insecure, log_level="WARNING")
+
+
+def _prompt(args: argparse.Namespace) -> str | list[int]:
+    from edge_runtime.errors import ConfigError
+
+    if args.prompt is not None:
+        return str(args.prompt)
+    try:
+        return [int(t) for t in args.ids.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--ids {args.ids!r}: write comma-separated integers") from None
+
+
+def summary_line(ttft_s: float, s_per_token: float, tokens: int,
+                 peaks: dict[str, int]) -> str:
+    """The one line `generate` ends with (also used by the demo)."""
+    rate = 1.0 / s_per_token if s_per_token > 0 else 0.0
+    rss = ", ".join(f"{name} {peak / 2**20:.0f} MiB" for name, peak in peaks.items())
+    return (f"{tokens} tokens: time to first token {ttft_s * 1e3:.0f} ms, "
+            f"{s_per_token * 1e3:.1f} ms/token, {rate:.1f} tokens/s; peak RSS {rss}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_runtime.errors import ConfigError
+
+    if not args.checkpoint.is_dir():
+        raise ConfigError(f"no checkpoint directory at {args.checkpoint}")
+    prompt = _prompt(args)
+    with _open_cluster(args) as cluster:
+        def progress(agent: str, done: int, total: int) -> None:
+            end = "\n" if done >= total else ""
+            print(f"\rsending the checkpoint to {agent}: {done / 1e6:.0f} / "
+                  f"{total / 1e6:.0f} MB", end=end, file=sys.stderr, flush=True)
+
+        llm = cluster.deploy_llm(args.checkpoint, memory_budget=args.memory_budget,
+                                 max_context=args.max_context, progress=progress)
+        print(llm.describe(), file=sys.stderr)
+        if isinstance(prompt, str):
+            print(prompt, end="", flush=True)
+        events = []
+        for event in llm.generate(prompt, args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                  stop=args.stop, stream=True):
+            events.append(event)
+            print(event.text if llm.engine.tokenizer else f" {event.token_id}", end="",
+                  flush=True)
+        print()
+        ttft = events[0].seconds if events else 0.0
+        per_token = (events[-1].seconds - ttft) / (len(events) - 1) if len(events) > 1 else 0.0
+        peaks = {name: int(st["peak_rss_bytes"]) for name, st in llm.status().items() if st}
+        print(summary_line(ttft, per_token, len(events), peaks))
+    return 0

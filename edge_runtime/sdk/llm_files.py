@@ -1,0 +1,90 @@
+"""Sending an LLM checkpoint's files to agents that cannot read the coordinator's copy.
+
+An agent's deploy reply lists the files its cache lacks (`status.missing`); only
+those are sent, in acknowledged `CHUNK_BYTES` chunks (so a transfer never holds a
+whole file in one message and progress can be shown), each file announced with its
+sha256, which the agent checks before using it. Hashes are computed once per deploy
+and only for files some agent lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_runtime.agent.llm_spec import PUT
+from edge_runtime.errors import DeployError
+from edge_runtime.sdk.config import CHUNK_BYTES
+
+if TYPE_CHECKING:
+    from edge_runtime.sdk.cluster import Cluster
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def checkpoint_files(directory: Path) -> list[tuple[str, int]]:
+    """(name, size) of the files an agent needs: config, weights, shard index."""
+    names = ["config.json", *sorted(p.name for p in directory.glob("*.safetensors"))]
+    if (directory / "model.safetensors.index.json").is_file():
+        names.append("model.safetensors.index.json")
+    return [(name, (directory / name).stat().st_size) for name in names]
+
+
+class FileSender:
+    """Sends missing checkpoint files to agents; remembers hashes and bytes sent."""
+
+    def __init__(self, cluster: Cluster, directory: Path,
+                 progress: Progress | None = None) -> None:
+        self._cluster = cluster
+        self._directory = directory
+        self._progress = progress
+        self._hashes: dict[str, str] = {}
+        self.bytes_sent = 0
+
+    def _sha256(self, name: str) -> str:
+        if name not in self._hashes:
+            digest = hashlib.sha256()
+            with (self._directory / name).open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self._hashes[name] = digest.hexdigest()
+        return self._hashes[name]
+
+    def send(self, agent: str, deployment_id: str, missing: Sequence[str]) -> None:
+        sizes = {name: (self._directory / name).stat().st_size for name in missing}
+        total, done = sum(sizes.values()), 0
+        log.info("sending %d checkpoint file(s), %.1f MB, to %s", len(missing), total / 1e6,
+                 agent)
+        for name in missing:
+            sha256 = self._sha256(name)
+            size = sizes[name]
+            complete = False
+            with (self._directory / name).open("rb") as handle:
+                offset = 0
+                while offset < size or (size == 0 and not complete):
+                    chunk = handle.read(CHUNK_BYTES)
+                    reply = self._cluster.call(
+                        agent, PUT, {"deployment_id": deployment_id, "name": name,
+                                     "offset": offset, "sha256": sha256},
+                        {"data": np.frombuffer(chunk, dtype=np.uint8)},
+                        timeout_s=self._cluster.timeouts.chunk_s)
+                    offset += len(chunk)
+                    done += len(chunk)
+                    self.bytes_sent += len(chunk)
+                    complete = bool(reply.meta.get("complete"))
+                    if self._progress is not None:
+                        self._progress(agent, done, total)
+                    if size == 0:
+                        break
+            if not complete:
+                raise DeployError(f"agent {agent} did not confirm {name} complete; redeploy")
+
+
+__all__ = ["FileSender", "checkpoint_files"]
