@@ -26,7 +26,7 @@ import numpy as np
 
 from edge_runtime.agent import protocol as p
 from edge_runtime.agent.backends import Backend, TensorSpec, open_backend
-from edge_runtime.agent.backends.onnxruntime import check_feeds
+from edge_runtime.agent.backends.base import check_feeds
 from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
 from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.errors import DeployError, EdgeRuntimeError, InputError

@@ -24,16 +24,6 @@ log = logging.getLogger(__name__)
 
 # Keys tried, in order, for the input of a one-input model in a calibration .npz.
 _SINGLE_INPUT_KEYS = ("images", "x", "inputs", "input", "data")
-_SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,23 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="directory for plan.json and the shards"
     )
-
-
-def parse_size(text: str) -> int:
-    """'512MB' → 512000000; '1.5GiB' → bytes; a bare number is bytes."""
-    from edge_runtime.errors import ConfigError
-
-    cleaned = text.strip().upper().replace(" ", "")
-    number = cleaned.rstrip("KMGIB")
-    unit = cleaned[len(number) :]
-    if unit not in _SIZE_UNITS:
-        raise ConfigError(f"memory size {text!r}: use a number with B, KB, MB, GB, KiB, MiB or GiB")
-    try:
-        return int(float(number) * _SIZE_UNITS[unit])
-    except ValueError as error:
-        raise ConfigError(
-            f"memory size {text!r} is not a number with a unit, e.g. 512MB"
-        ) from error
 
 
 def load_devices(spec: str) -> tuple[list[Any], list[Any]]:
@@ -204,6 +177,7 @@ def print_plan(plan: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.agent.config import parse_size
     from edge_runtime.errors import ConfigError
     from partitioner import (
         ModelGraph,

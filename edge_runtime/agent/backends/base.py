@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_runtime.errors import InputError
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -56,3 +58,26 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model's memory."""
         ...
+
+
+def check_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray]) -> None:
+    """Raise `InputError` naming the expected signature unless `feeds` matches `specs`."""
+    expected = {spec.name for spec in specs}
+    problems: list[str] = []
+    missing = sorted(expected - feeds.keys())
+    extra = sorted(feeds.keys() - expected)
+    if missing:
+        problems.append(f"missing {missing}")
+    if extra:
+        problems.append(f"unexpected {extra}")
+    for spec in specs:
+        array = feeds.get(spec.name)
+        if array is not None and not isinstance(array, np.ndarray):
+            problems.append(f"{spec.name} must be a numpy array, got {type(array).__name__}")
+        elif array is not None and not spec.accepts(array):
+            problems.append(f"{spec.name} is {array.dtype}{list(array.shape)}")
+    if problems:
+        signature = ", ".join(spec.describe() for spec in specs)
+        raise InputError(
+            f"inputs do not match the model: {'; '.join(problems)}. Expected {signature}"
+        )

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent.backends.base import TensorSpec
-from edge_runtime.errors import ConfigError, DeployError, InputError
+from edge_runtime.agent.backends.base import TensorSpec, check_feeds
+from edge_runtime.errors import ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
@@ -114,32 +114,11 @@ class LiteRTBackend:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self._outputs
 
-    def _check(self, feeds: dict[str, np.ndarray]) -> None:
-        expected = {spec.name for spec in self._inputs}
-        if set(feeds) != expected:
-            missing = sorted(expected - set(feeds))
-            extra = sorted(set(feeds) - expected)
-            raise InputError(
-                f"{self._path.name} takes inputs {sorted(expected)}; "
-                f"missing {missing}, unexpected {extra}"
-            )
-        for spec in self._inputs:
-            array = feeds[spec.name]
-            if not isinstance(array, np.ndarray):
-                raise InputError(
-                    f"input {spec.name!r} must be a numpy array, got {type(array).__name__}"
-                )
-            if not spec.accepts(array):
-                raise InputError(
-                    f"input {spec.name!r} is {array.dtype.name}{list(array.shape)}, "
-                    f"but {self._path.name} expects {spec.describe()}"
-                )
-
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; raises `InputError` if `feeds` does not match `inputs`."""
         if self._closed:
             raise DeployError(f"{self._path.name} was unloaded; deploy it again")
-        self._check(feeds)
+        check_feeds(self._inputs, feeds)
         with self._lock:
             resized = False
             for detail, spec in zip(self._input_details, self._inputs, strict=True):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.agent.backends.base import TensorSpec
-from edge_runtime.errors import DeployError, InputError
+from edge_runtime.agent.backends.base import TensorSpec, check_feeds
+from edge_runtime.errors import DeployError
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +96,3 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         del self._session
-
-
-def check_feeds(specs: tuple[TensorSpec, ...], feeds: dict[str, np.ndarray]) -> None:
-    """Raise `InputError` naming the expected signature unless `feeds` matches `specs`."""
-    expected = {spec.name for spec in specs}
-    problems: list[str] = []
-    missing = sorted(expected - feeds.keys())
-    extra = sorted(feeds.keys() - expected)
-    if missing:
-        problems.append(f"missing {missing}")
-    if extra:
-        problems.append(f"unexpected {extra}")
-    for spec in specs:
-        array = feeds.get(spec.name)
-        if array is not None and not spec.accepts(array):
-            problems.append(f"{spec.name} is {array.dtype}{list(array.shape)}")
-    if problems:
-        signature = ", ".join(spec.describe() for spec in specs)
-        raise InputError(
-            f"inputs do not match the model: {'; '.join(problems)}. Expected {signature}"
-        )

@@ -81,7 +81,7 @@ def test_outputs_are_copies_that_survive_the_next_run(tmp_path: Path) -> None:
         ({}, "missing ['x']"),
         ({"x": np.zeros((1, 3), np.float32), "z": np.zeros(1, np.float32)}, "unexpected ['z']"),
         ({"x": np.zeros((1, 3), np.float64)}, "float64[1, 3]"),
-        ({"x": np.zeros((1, 5), np.float32)}, "expects x: float32[?, 3]"),
+        ({"x": np.zeros((1, 5), np.float32)}, "Expected x: float32[?, 3]"),
         ({"x": np.zeros(3, np.float32)}, "float32[3]"),
         ({"x": [[0.0, 0.0, 0.0]]}, "numpy array"),
     ],

@@ -51,5 +51,5 @@ def test_blazeface_specs_and_outputs_match_plain_litert() -> None:
     blank = backend.run({"input": np.zeros((1, 128, 128, 3), np.float32)})
     scores = 1.0 / (1.0 + np.exp(-np.clip(blank["classificators"], -50, 50)))
     assert float(scores.max()) < 0.2
-    with pytest.raises(InputError, match="expects input: float32"):
+    with pytest.raises(InputError, match=r"Expected input: float32"):
         backend.run({"input": np.zeros((2, 128, 128, 3), np.float32)})

@@ -107,7 +107,7 @@ def test_profiles_json_and_memory_budget(tmp_path: Path) -> None:
         (["--devices", "pi4", "--memory-budget", "1KB"], "needs about"),
         (["--devices", "toaster"], "toaster"),
         (["--devices", "pi4", "--slo-ms", "5"], "--calibration"),
-        (["--devices", "pi4", "--memory-budget", "lots"], "memory size"),
+        (["--devices", "pi4", "--memory-budget", "lots"], "cannot read size 'lots'"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
