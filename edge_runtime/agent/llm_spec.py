@@ -1,7 +1,8 @@
 """The "llm-shard" deployment's wire vocabulary, shared by the agent and the SDK.
 
 Frame kinds, the timeout agents wait inside a collective, and `ShardSpec`: what one
-agent needs to serve its share (the `deploy` spec, a plain dict on the wire).
+agent needs to serve its share (the `deploy` spec, a plain dict on the wire), including
+the weight format (`quantize`: None = fp32, "q4" = 4-bit, see `edge_runtime.llm.quant`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ REPLY = "reply"
 # for the models an edge device serves), short enough that a dead agent is reported
 # well within the coordinator's request timeout (30 s). The spec may override it.
 COLLECTIVE_TIMEOUT_S = 10.0
+# Weight formats an agent can serve: None (fp32, resident or streamed) and "q4"
+# (4-bit MatMulNBits kernels, resident shares only).
+QUANTIZE_CHOICES: tuple[str | None, ...] = (None, "q4")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class ShardSpec:
     # BLAS threads for this share (None: the library's default, all cores); set when
     # several agents share one host so their thread pools do not oversubscribe it
     blas_threads: int | None = None
+    # weight format of this share: None (fp32) or "q4"; every member of a group uses the
+    # same one (the SDK sets it for all), since the partial sums are added together
+    quantize: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -62,6 +69,7 @@ class ShardSpec:
             "collective_timeout_s": self.collective_timeout_s,
             "files": [[name, size] for name, size in self.files],
             "blas_threads": self.blas_threads,
+            "quantize": self.quantize,
         }
 
     @classmethod
@@ -84,6 +92,7 @@ class ShardSpec:
                 files=tuple((str(n), int(z)) for n, z in data.get("files", [])),
                 blas_threads=None if data.get("blas_threads") is None
                 else max(1, int(data["blas_threads"])),
+                quantize=None if data.get("quantize") is None else str(data["quantize"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DeployError(f"malformed llm-shard spec: {error!r}; redeploy with this "
@@ -91,8 +100,12 @@ class ShardSpec:
         if not 0 <= spec.rank < len(spec.names) or len(spec.public_keys) != len(spec.names):
             raise DeployError(f"llm-shard spec: rank {spec.rank} of {len(spec.names)} members "
                               f"with {len(spec.public_keys)} keys")
+        if spec.quantize not in QUANTIZE_CHOICES:
+            raise DeployError(f"llm-shard spec: quantize={spec.quantize!r} is not a weight "
+                              "format this agent serves (None or 'q4'); upgrade the agent or "
+                              "deploy with quantize=None")
         return spec
 
 
-__all__ = ["COLLECTIVE_TIMEOUT_S", "CONNECT", "PUT", "READY", "REPLY", "STEP", "TYPE",
-           "ShardSpec"]
+__all__ = ["COLLECTIVE_TIMEOUT_S", "CONNECT", "PUT", "QUANTIZE_CHOICES", "READY", "REPLY",
+           "STEP", "TYPE", "ShardSpec"]

@@ -15,6 +15,11 @@ max(compute+comm, disk) and ÷ (compute+comm + disk), where compute+comm is the
 resident variant's token time with the same agents and disk is the window's read time
 per token (the loader thread's seconds per decode step, slowest agent).
 
+`--variants fp32,q4` adds 4-bit weights (`deploy_llm(quantize="q4")`, onnxruntime
+`MatMulNBits`) as resident variants next to the fp32 ones, in the same interleaved
+rounds, with a "vs fp32" column (4-bit token time ÷ fp32's with the same agents);
+4-bit serves resident shares only, so it gets no window variants.
+
 Each agent gets `--threads` BLAS threads (OPENBLAS_NUM_THREADS) and, with `--pin`, its
 own cores (every thread's affinity set, like taskset), so agents do not share cores
 on a machine that has enough.
@@ -38,6 +43,8 @@ MAX_CONTEXT = 512
 # Hidden sizes of the default ~1 GB shape (TARGETS.md's reference with fewer layers
 # and a smaller vocabulary): 205 MB per layer, 131 MB embedding + 131 MB LM head.
 _HIDDEN, _INTERMEDIATE, _HEADS, _VOCAB = 2048, 5632, 16, 16000
+# (row name, agents, streamed through a window, quantize: None = fp32 or "q4")
+Variant = tuple[str, int, bool, str | None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved rounds over all variants")
     parser.add_argument("--budget-fraction", type=float, default=0.25,
                         help="share of each agent's weights its window holds (0 = skip)")
+    parser.add_argument("--variants", default="fp32",
+                        help="weight formats to compare side by side: fp32, q4 or fp32,q4")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads per agent")
     parser.add_argument("--pin", action="store_true",
                         help="pin each agent to its own core(s) with taskset")
@@ -74,6 +83,22 @@ def _shape(args: argparse.Namespace) -> Any:
     layers = max(1, round((target - fixed) / layer))
     return SyntheticShape(hidden=_HIDDEN, intermediate=_INTERMEDIATE, layers=layers,
                           heads=_HEADS, kv_heads=_HEADS, vocab=_VOCAB)
+
+
+def _formats(text: str) -> list[str | None]:
+    """`--variants` as deploy_llm's quantize values (None = fp32), in the given order."""
+    from edge_runtime.errors import ConfigError
+
+    out: list[str | None] = []
+    for item in (x.strip().lower() for x in text.split(",") if x.strip()):
+        if item not in ("fp32", "q4"):
+            raise ConfigError(f"--variants: {item!r} is not a weight format; use fp32 and/or q4")
+        fmt = None if item == "fp32" else item
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise ConfigError("--variants names no weight format; use fp32, q4 or fp32,q4")
+    return out
 
 
 def _print_row(cells: list[str], widths: list[int]) -> None:
@@ -142,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edge_runtime.sdk.llm import plan_llm
 
     counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
+    formats = _formats(args.variants)
     shape = _shape(args)
     workdir = args.workdir or Path("~/.cache/edge-runtime/bench-llm").expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -160,15 +186,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(3, shape.vocab, args.prompt_tokens)]
-    variants: list[tuple[str, int, bool]] = [(f"{n} agent(s) resident", n, False) for n in counts]
-    if args.budget_fraction > 0:
-        variants += [(f"{n} agent(s) window {args.budget_fraction:g}", n, True) for n in counts]
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
+    variants: list[Variant] = [
+        (f"{n} agent(s) resident{'' if fmt is None else ' ' + fmt}", n, False, fmt)
+        for fmt in formats for n in counts]
+    if args.budget_fraction > 0 and None in formats:
+        variants += [(f"{n} agent(s) window {args.budget_fraction:g}", n, True, None)
+                     for n in counts]
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in variants}
     caches = [workdir / f"agent-cache-{i}" for i in range(max(counts))]
     # Each variant runs on agents of its own (so RSS is that variant's alone), started
     # afresh each round; the agents' caches persist, so only the first round converts.
     for rnd in range(args.repeats):
-        for name, n, streamed in variants:
+        for name, n, streamed, fmt in variants:
             t1 = time.perf_counter()
             with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
                                   insecure=args.insecure) as cluster:
@@ -180,12 +209,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     resident = plan_llm(cluster, config, digest, names, [None] * n, MAX_CONTEXT)
                     budgets = _budgets(resident, args.budget_fraction, config)
                 llm = cluster.deploy_llm(ckpt_dir, max_context=MAX_CONTEXT,
-                                         memory_budget=budgets, threads=args.threads)
+                                         memory_budget=budgets, threads=args.threads,
+                                         quantize=fmt)
                 ready = time.perf_counter() - t1
                 sample = _one_generation(llm, prompt, args.new_tokens)
                 sample["window_fraction"] = min(
                     1.0, min(st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
                              for st in llm.status().values()))
+                sample["predicted_s_per_token"] = llm.plan.predicted_s_per_token
                 samples[name].append(sample)
                 llm.unload()
             print(f"round {rnd + 1}/{args.repeats} {name}: ready in {ready:.1f} s, TTFT "
@@ -195,10 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace, shape: Any, size: int,
-            variants: list[tuple[str, int, bool]],
+            variants: list[Variant],
             samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    for name, n, streamed in variants:
+    for name, n, streamed, fmt in variants:
         runs = samples[name]
         token_s = statistics.median(x for r in runs for x in r["intervals"])
         per_agent = [r["per_agent"] for r in runs]
@@ -206,7 +237,9 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         disk = max(statistics.median(p[a]["load_s"] for p in per_agent) for a in agents)
         read = max(statistics.median(p[a]["bytes"] for p in per_agent) for a in agents)
         rows[name] = {
-            "agents": n, "streamed": streamed,
+            "agents": n, "streamed": streamed, "weights": fmt or "fp32",
+            "predicted_ms_per_token": 1e3 * statistics.median(
+                r["predicted_s_per_token"] for r in runs),
             "ttft_s": statistics.median(r["ttft_s"] for r in runs),
             "prefill_hub_compute_s": statistics.median(r["prefill"]["compute_s"] for r in runs),
             "prefill_hub_comm_s": statistics.median(r["prefill"]["comm_s"] for r in runs),
@@ -219,31 +252,45 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
             "peak_rss_mib": {a: max(r["peak_rss"][a] for r in runs) / 2**20 for a in agents},
             "window_fraction": min(r["window_fraction"] for r in runs),
         }
-    one = next((r for r in rows.values() if r["agents"] == 1 and not r["streamed"]), None)
+    def resident(n: int, weights: str) -> dict[str, Any] | None:
+        return next((r for r in rows.values() if r["agents"] == n and not r["streamed"]
+                     and r["weights"] == weights), None)
+
+    mixed = len({r["weights"] for r in rows.values()}) > 1
     header = ["variant", "TTFT ms", "ms/token", "tok/s", "vs 1 agent", "disk ms/tok",
               "eff max", "eff sum", "peak RSS MiB per agent"]
     widths = [26, 8, 9, 7, 10, 11, 8, 8, 30]
+    if mixed:
+        header[5:5], widths[5:5] = ["weights", "vs fp32"], [7, 7]
     print()
     _print_row(header, widths)
-    for name, _n, streamed in variants:
+    for name, _n, streamed, _fmt in variants:
         row = rows[name]
-        base = next(r for r in rows.values() if r["agents"] == row["agents"] and not r["streamed"])
+        one = resident(1, row["weights"])
         ratio = row["ms_per_token"] / one["ms_per_token"] if one else float("nan")
         row["ratio_to_1_agent"] = ratio
+        base = resident(row["agents"], "fp32")
+        if row["weights"] != "fp32" and base is not None:
+            row["ratio_to_fp32"] = row["ms_per_token"] / base["ms_per_token"]
         eff_max = eff_sum = float("nan")
-        if streamed:
+        if streamed and base is not None:
             res_s, disk_s = base["ms_per_token"] / 1e3, row["disk_s_per_token"]
             eff_max = (row["ms_per_token"] / 1e3) / max(res_s, disk_s)
             eff_sum = (row["ms_per_token"] / 1e3) / (res_s + disk_s)
             row["overlap_vs_max"], row["overlap_vs_sum"] = eff_max, eff_sum
         rss = " ".join(f"{v:.0f}" for v in row["peak_rss_mib"].values())
-        _print_row([name, f"{row['ttft_s'] * 1e3:.0f}", f"{row['ms_per_token']:.1f}",
-                    f"{row['tokens_per_s']:.1f}", f"{ratio:.2f}x",
-                    f"{row['disk_s_per_token'] * 1e3:.1f}" if streamed else "-",
-                    f"{eff_max:.2f}" if streamed else "-", f"{eff_sum:.2f}" if streamed else "-",
-                    rss], widths)
+        cells = [name, f"{row['ttft_s'] * 1e3:.0f}", f"{row['ms_per_token']:.1f}",
+                 f"{row['tokens_per_s']:.1f}", f"{ratio:.2f}x",
+                 f"{row['disk_s_per_token'] * 1e3:.1f}" if streamed else "-",
+                 f"{eff_max:.2f}" if streamed else "-", f"{eff_sum:.2f}" if streamed else "-",
+                 rss]
+        if mixed:
+            vs = row.get("ratio_to_fp32")
+            cells[5:5] = [row["weights"], "-" if vs is None else f"{vs:.2f}x"]
+        _print_row(cells, widths)
     print("\neff max = token time with prefetch / max(compute+comm, disk); eff sum = ... / "
-          "(compute+comm + disk); compute+comm = the resident variant's token time")
+          "(compute+comm + disk); compute+comm = the resident variant's token time"
+          + ("; vs fp32 = token time / fp32's with the same agents" if mixed else ""))
     return {
         "suite": "llm",
         "checkpoint": {"bytes": size, "hidden": shape.hidden, "intermediate": shape.intermediate,
@@ -251,6 +298,6 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "threads": args.threads, "pin": args.pin,
         "budget_fraction": args.budget_fraction, "cpus": os.cpu_count(),
-        "insecure": args.insecure,
+        "insecure": args.insecure, "weights": [f or "fp32" for f in _formats(args.variants)],
         "variants": rows,
     }

@@ -2,7 +2,7 @@
 
     edge-runtime generate examples/tinylm/checkpoint --local 2 \\
         --presets raspberry-pi-4,jetson-orin-nano --memory-budget 64MB \\
-        --prompt "Permission is hereby granted" --max-new-tokens 60
+        --prompt "Permission is hereby granted" --max-new-tokens 60 [--quantize q4]
 
 Tokens are printed as they stream in, then one summary line: time to first token,
 ms/token, tokens/s and the peak RSS of each agent (its serving peak, after loading).
@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", default=None, metavar="SIZE",
                         help="memory each agent may use for its share, e.g. 64MB (a larger "
                         "share streams from disk through a sliding window)")
+    parser.add_argument("--quantize", choices=["q4"], default=None,
+                        help="q4: 4-bit weights (onnxruntime MatMulNBits, ~6x fewer bytes per "
+                        "token; every share must fit resident in --memory-budget); "
+                        "default fp32")
     parser.add_argument("--max-context", type=int, default=512,
                         help="tokens the KV cache holds (prompt + new tokens), default 512")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{total / 1e6:.0f} MB", end=end, file=sys.stderr, flush=True)
 
         llm = cluster.deploy_llm(args.checkpoint, memory_budget=args.memory_budget,
-                                 max_context=args.max_context, progress=progress)
+                                 max_context=args.max_context, progress=progress,
+                                 quantize=args.quantize)
         print(llm.describe(), file=sys.stderr)
         if isinstance(prompt, str):
             print(prompt, end="", flush=True)

@@ -10,6 +10,7 @@ Deploy, in order, each step failing with a typed error before the next:
 validate the checkpoint here (`Checkpoint`: config, every tensor's name and shape),
 plan (`partitioner.plan_tensor_parallel` over the agents' reported profiles, memory
 budgets and measured links: the hub is the agent with the lowest summed latency),
+with `quantize="q4"` the shares are 4-bit and must fit resident (`llm_plan.py`),
 then `deploy` an "llm-shard" to every agent (it converts its share once into its
 cache, off its control loop), wait until every agent is loaded (`llm_ready`, which
 returns its collective endpoint), and connect the group (`llm_connect`). Any
@@ -32,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime.agent import protocol as p
-from edge_runtime.agent.config import parse_size
 from edge_runtime.agent.llm_spec import (
     COLLECTIVE_TIMEOUT_S,
     CONNECT,
@@ -44,6 +44,17 @@ from edge_runtime.agent.llm_spec import (
 from edge_runtime.errors import AgentUnavailableError, ConfigError, EdgeRuntimeError
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
+from edge_runtime.sdk.llm_plan import (
+    Budget,
+    blas_threads,
+    budgets_for,
+    check_plan,
+    check_q4_budgets,
+    check_quantize,
+    host_of,
+    plan_llm,
+    quantize_plan,
+)
 from transports.wire import Frame
 
 if TYPE_CHECKING:
@@ -58,50 +69,6 @@ log = logging.getLogger(__name__)
 # a prompt and a reply on the small models edge devices serve, 2 MB of KV per layer
 # for a 1 B-parameter model.
 DEFAULT_MAX_CONTEXT = 512
-
-Budget = str | int | None
-
-
-def _host(address: str) -> str:
-    return address.removeprefix("tcp://").rsplit(":", 1)[0]
-
-
-def _budgets(cluster: Cluster, names: Sequence[str],
-             memory_budget: Budget | Sequence[Budget]) -> list[int | None]:
-    """Per agent: the given budget (one for all, or one each), else the agent's own."""
-    if memory_budget is None:
-        return [cluster.info(n).memory_budget for n in names]
-    if isinstance(memory_budget, str | int):
-        return [parse_size(memory_budget)] * len(names)
-    given = list(memory_budget)
-    if len(given) != len(names):
-        raise ConfigError(f"memory_budget has {len(given)} entries for {len(names)} agents")
-    return [cluster.info(n).memory_budget if b is None else parse_size(b)
-            for n, b in zip(names, given, strict=True)]
-
-
-def _rtts(cluster: Cluster, names: Sequence[str]) -> dict[tuple[int, int], float] | None:
-    """Measured round trips between the chosen agents, by plan index (None for one agent)."""
-    if len(names) < 2:
-        return None
-    index = {n: i for i, n in enumerate(names)}
-    table: dict[tuple[int, int], float] = {}
-    for link in cluster.links():
-        if link.src in index and link.dst in index:
-            table[(index[link.src], index[link.dst])] = link.rtt_s
-    return table
-
-
-def plan_llm(cluster: Cluster, config: LlmConfig, digest: str, names: Sequence[str],
-             budgets: Sequence[int | None], max_context: int) -> TensorPlan:
-    """The tensor plan over the agents' profiles (pure apart from the link probes)."""
-    from partitioner.tensor import plan_tensor_parallel
-
-    profiles = [cluster.info(n).profile for n in names]
-    return plan_tensor_parallel(config.decoder_shape(max_context), profiles,
-                                memory_budgets=list(budgets), links=_rtts(cluster, names),
-                                streaming=True, model_digest=digest)
-
 
 class AgentRunner:
     """`Runner` over the agents of one deployment: one `llm_step` frame per forward."""
@@ -164,7 +131,7 @@ class LlmDeployment:
 
     def __init__(self, cluster: Cluster, deployment_id: str, plan: TensorPlan,
                  names: Sequence[str], engine: LlmEngine, runner: AgentRunner,
-                 checkpoint: Path) -> None:
+                 checkpoint: Path, quantize: str | None = None) -> None:
         self.cluster = cluster
         self.id = deployment_id
         self.plan = plan
@@ -172,6 +139,7 @@ class LlmDeployment:
         self.engine = engine
         self.runner = runner
         self.checkpoint = checkpoint
+        self.quantize = quantize  # weight format: None (fp32) or "q4"
         self.bytes_sent = 0  # checkpoint bytes this deploy sent (0: agents read it or had it)
         self._unloaded = False
 
@@ -192,8 +160,9 @@ class LlmDeployment:
             f"{name}: {s.n_kv_heads} kv heads, {s.n_columns} mlp cols, "
             f"{s.weight_bytes / 1e6:.1f} MB{' (streaming)' if s.streaming else ''}"
             for name, s in zip(self.agents, self.plan.shares, strict=True))
-        return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), hub "
-                f"{self.hub_agent}: {shares}")
+        weights = "4-bit" if self.quantize == "q4" else "fp32"
+        return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), "
+                f"{weights} weights, hub {self.hub_agent}: {shares}")
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -233,28 +202,6 @@ class LlmDeployment:
         self._unloaded = True
         self.runner.closed = True
         _unload(self.cluster, self.id, self.agents)
-
-
-def _blas_threads(cluster: Cluster, names: Sequence[str]) -> list[int | None]:
-    """Per agent: None when it has its host to itself, else its host's cores divided
-    among the deployment's agents there (their BLAS pools would oversubscribe it)."""
-    hosts = [_host(cluster.info(n).address) for n in names]
-    out: list[int | None] = []
-    for name, host in zip(names, hosts, strict=True):
-        sharing = hosts.count(host)
-        cores = max(1, int(cluster.info(name).profile.cores))
-        out.append(None if sharing == 1 else max(1, cores // sharing))
-    return out
-
-
-def _check_plan(plan: TensorPlan, config: LlmConfig, names: Sequence[str]) -> None:
-    shape = config.decoder_shape(plan.shape.max_context)
-    if plan.shape != shape:
-        raise ConfigError(f"the plan was made for another model ({plan.shape}), not this "
-                          f"checkpoint ({shape}); plan again")
-    if [s.device for s in plan.shares] != list(names):
-        raise ConfigError(f"the plan's devices {[s.device for s in plan.shares]} are not the "
-                          f"agents {list(names)}; name the shares after the agents")
 
 
 def _unload(cluster: Cluster, deployment_id: str, names: Sequence[str]) -> None:
@@ -297,7 +244,8 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
                timeout_s: float | None = None,
                collective_timeout_s: float | None = None,
                plan: TensorPlan | None = None, send_checkpoint: bool = False,
-               progress: Progress | None = None, threads: int | None = None) -> LlmDeployment:
+               progress: Progress | None = None, threads: int | None = None,
+               quantize: str | None = None) -> LlmDeployment:
     """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
 
     `memory_budget`: bytes or "512MB" for every agent, or one per agent (None = the
@@ -312,7 +260,11 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
     `progress(agent, bytes_sent, total)` is called per chunk.
     `threads`: BLAS threads per agent; default: all of its cores, or its share of them
     when several of the agents run on one host (a local cluster).
-    Errors before any agent loads anything: `ConfigError` (strategy, devices),
+    `quantize`: None (fp32) or "q4": every matrix as a 4-bit onnxruntime kernel
+    (`MatMulNBits`, int8 activations; ~6x fewer bytes per token), shares resident
+    only; the plan's bytes, predicted time and memory are the 4-bit ones.
+    Errors before any agent loads anything: `ConfigError` (strategy, devices,
+    quantize, a budget that cannot hold a 4-bit share resident),
     `CheckpointError` (unsupported config, missing shards, tensors that do not match
     the config), `InfeasiblePlanError` (a budget below one block plus the KV cache).
     """
@@ -322,6 +274,7 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
         raise ConfigError(f"LLM strategy {strategy!r} is not supported; use strategy='tensor'")
     if max_context < 1:
         raise ConfigError(f"max_context must be at least 1, got {max_context}")
+    check_quantize(quantize)
     if plan is not None and not devices:
         devices = [share.device for share in plan.shares]
     names = list(devices) if devices else [a.name for a in cluster.agents]
@@ -336,15 +289,18 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
     config, digest = ckpt.config, ckpt.digest
     del ckpt
     tokenizer = LlmTokenizer.from_checkpoint(checkpoint)
-    budgets = _budgets(cluster, names, memory_budget)
+    budgets = budgets_for(cluster, names, memory_budget)
     if plan is None:
-        plan = plan_llm(cluster, config, digest, names, budgets, max_context)
+        plan = plan_llm(cluster, config, digest, names, budgets, max_context, quantize=quantize)
     else:
-        _check_plan(plan, config, names)
+        check_plan(plan, config, names)
+        if quantize == "q4":
+            plan = quantize_plan(plan, [cluster.info(n).profile for n in names])
+            check_q4_budgets(plan, budgets)
     deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
     keys = tuple(cluster.info(n).public_key for n in names)
     files = checkpoint_files(checkpoint)
-    blas = _blas_threads(cluster, names) if threads is None else [threads] * len(names)
+    blas = blas_threads(cluster, names) if threads is None else [threads] * len(names)
     sender = FileSender(cluster, checkpoint, progress)
     loaded: list[str] = []
     try:
@@ -355,9 +311,9 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
                 plan_json=plan.to_json(), rank=rank, names=tuple(names), public_keys=keys,
                 max_context=max_context, memory_budget=budgets[rank],
                 memory_bytes=share.peak_memory_bytes,
-                advertise_host=_host(cluster.info(name).address),
+                advertise_host=host_of(cluster.info(name).address),
                 collective_timeout_s=collective_timeout_s or COLLECTIVE_TIMEOUT_S,
-                files=tuple(files), blas_threads=blas[rank])
+                files=tuple(files), blas_threads=blas[rank], quantize=quantize)
             reply = cluster.call(name, p.DEPLOY, {"deployment_id": deployment_id, "type": TYPE,
                                                   "spec": spec.to_wire()},
                                  timeout_s=cluster.timeouts.deploy_s)
@@ -373,11 +329,12 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
     except BaseException:
         _unload(cluster, deployment_id, loaded)
         raise
-    log.info("LLM %s deployed as %s over %s (hub %s)", checkpoint.name, deployment_id, names,
-             names[plan.hub])
+    log.info("LLM %s deployed as %s over %s (hub %s, %s)", checkpoint.name, deployment_id,
+             names, names[plan.hub], quantize or "fp32")
     runner = AgentRunner(cluster, deployment_id, names, plan.hub, max_context, timeout_s)
     engine = LlmEngine(runner, config, tokenizer)
-    deployment = LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint)
+    deployment = LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint,
+                               quantize)
     deployment.bytes_sent = sender.bytes_sent
     return deployment
 

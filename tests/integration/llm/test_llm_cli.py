@@ -65,3 +65,24 @@ def test_demo_generation_step(cluster: er.LocalCluster, tmp_path: Path) -> None:
     assert all(st["deployments"] == {} for st in cluster.status().values())  # unloaded
 
 
+
+
+def test_generate_with_4bit_weights() -> None:
+    """`--quantize q4` reaches the agents (they report 4-bit shares) and still writes text;
+    a budget that cannot hold the 4-bit share is refused with a one-line error."""
+    out = subprocess.run(
+        [*CLI, "generate", str(TINYLM), "--local", "2", "--prompt", PROMPT, "--quantize", "q4",
+         "--max-new-tokens", "16", "--max-context", "128"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "tensor-parallel over 2 agent(s), 4-bit weights" in out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(PROMPT) and len(lines[0]) > len(PROMPT)
+    assert lines[-1].startswith("16 tokens: time to first token")
+    out = subprocess.run(
+        [*CLI, "generate", str(TINYLM), "--prompt", PROMPT, "--quantize", "q4",
+         "--memory-budget", "33MB", "--max-context", "128"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 1
+    assert "4-bit weights serve resident shares only" in out.stderr
+    assert "Traceback" not in out.stderr
