@@ -34,16 +34,19 @@ from transports.security import Authorizer, Security
 from transports.wire import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
+    SPLIT_BYTES,
     Frame,
     decode,
     encode,
     error_frame,
+    peek_request_id,
     raise_if_error,
 )
 
 __all__ = [
     "ALLOWED_DTYPES",
     "PROTOCOL_VERSION",
+    "SPLIT_BYTES",
     "Authorizer",
     "Client",
     "CollectiveError",
@@ -72,6 +75,7 @@ __all__ = [
     "init_keys",
     "load_keypair",
     "parse_compression",
+    "peek_request_id",
     "raise_if_error",
     "server_key_for",
     "trust",

@@ -156,7 +156,8 @@ class Server(Endpoint):
         self, peer: bytes, frame: Frame, *, compression: str | None = None
     ) -> None:
         """Send `frame` to the client with identity `peer`; PeerUnreachableError if unknown."""
-        parts = encode(frame, compression=compression or self.compression)
+        parts = encode(frame, compression=compression or self.compression,
+                       split_bytes=self.security.split_bytes)
         name = peer.decode(errors="replace")
         self._send_parts([peer, *parts], name, f"client {name!s} of {self.address}")
 
@@ -214,6 +215,7 @@ class Client(Endpoint):
         self._pending: deque[Frame] = deque()
         self._abandoned: set[int] = set()
         self._send_timeout_ms = SEND_TIMEOUT_MS
+        self._split_bytes = security.split_bytes
         try:
             if identity is not None:
                 self._socket.setsockopt(zmq.IDENTITY, identity)
@@ -247,7 +249,8 @@ class Client(Endpoint):
         limit_ms = max(1, min(SEND_TIMEOUT_MS, limit_ms))
         if limit_ms != self._send_timeout_ms:
             self._socket.sndtimeo = self._send_timeout_ms = limit_ms
-        parts = encode(frame, compression=compression or self.compression)
+        parts = encode(frame, compression=compression or self.compression,
+                       split_bytes=self._split_bytes)
         self._send_parts(parts, self.address, self.address)
 
     def _recv_frame(self, timeout_s: float) -> Frame | None:

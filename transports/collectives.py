@@ -65,21 +65,22 @@ class CollectiveGroup(GroupMember):
             self._check_like(result, x, hub)
             return result
         acc: np.ndarray | None = None
-        for src in range(self.size):
+        first: np.ndarray | None = None
+        for src in range(self.size):  # in rank order, so every run sums alike
             part = x if src == hub else self._expect(seq, 0, src, deadline)
             if src != hub:
                 self._check_like(part, x, src)
-            if acc is None:
-                acc = part.astype(acc_dtype, copy=True)
+            if first is None:
+                first = part
+            elif acc is None:  # one pass into a fresh accumulator, no cast copy first
+                acc = np.add(first, part, out=np.empty(x.shape, acc_dtype), dtype=acc_dtype)
             else:
                 acc += part
         assert acc is not None
         result = acc.astype(x.dtype, copy=False)
         # big frames leave zero-copy after we return: send a buffer the caller cannot touch
         sent = result if result.nbytes < zmq.COPY_THRESHOLD else result.copy()
-        for dst in range(self.size):
-            if dst != hub:
-                self._send(dst, seq, 1, sent)
+        self._send_all([dst for dst in range(self.size) if dst != hub], seq, 1, sent)
         return result
 
     def ring_allreduce(self, x: np.ndarray) -> np.ndarray:
@@ -134,9 +135,7 @@ class CollectiveGroup(GroupMember):
                 own += part
         assert own is not None
         reduced = own.astype(x.dtype, copy=False)
-        for dst in range(n):
-            if dst != self.rank:
-                self._send(dst, seq, 1, reduced)
+        self._send_all([dst for dst in range(n) if dst != self.rank], seq, 1, reduced)
         pieces = [
             reduced if src == self.rank else self._expect(seq, 1, src, deadline)
             for src in range(n)
@@ -153,9 +152,7 @@ class CollectiveGroup(GroupMember):
             if x is None:
                 raise CollectiveError(f"broadcast root {root} must pass a tensor")
             data = np.array(x, copy=True)  # the caller may reuse x while it is in flight
-            for dst in range(self.size):
-                if dst != root:
-                    self._send(dst, seq, 0, data)
+            self._send_all([dst for dst in range(self.size) if dst != root], seq, 0, data)
             return np.asarray(x)
         return self._expect(seq, 0, root, deadline)
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from transports.datawire import decode_data, encode_data, is_data_message
 from transports.errors import CollectiveError, ProtocolError
 from transports.linkemu import LinkEmulator, Outbox
 from transports.security import Authorizer, Security
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 10.0
 """Longest a collective call waits for any member before failing: generous for a
 4 MB tensor over slow Wi-Fi, short enough that a dead device is noticed quickly."""
+
+RECV_SLICE_MS = 1000
+"""Longest one blocking receive waits before the member looks at its deadline again.
+Receives block in libzmq (``ZMQ_RCVTIMEO``) instead of polling first: one call per
+message, no poller; the option is only changed when a deadline is under a slice away."""
 
 _DATA = "c"
 _ABORT = "abort"
@@ -127,6 +133,7 @@ class GroupMember:
         self.timeout_s = timeout_s
         self.compression = compression
         self.max_message_bytes = max_message_bytes
+        self._split_bytes = security.split_bytes
         if listener is not None and listener.closed:
             raise CollectiveError(
                 "the listener is closed (CollectiveGroup.close() closes it unless "
@@ -140,7 +147,8 @@ class GroupMember:
         self._router = self._listener.socket
         self._emulation = emulation
         self._outbox = Outbox(emulation.clock) if emulation else None
-        self._inbox: dict[tuple[int, int, int], Frame] = {}
+        self._inbox: dict[tuple[int, int, int], np.ndarray | None] = {}
+        self._rcvtimeo: int | None = None  # the router's ZMQ_RCVTIMEO as last set here
         self._aborts: dict[int, tuple[int, str]] = {}
         self._pongs: dict[int, int] = {}
         self._waiting_on = -1
@@ -189,11 +197,28 @@ class GroupMember:
 
     def _send(self, dst: int, seq: int, step: int, array: np.ndarray | None, kind: str = _DATA,
               meta: dict[str, Any] | None = None) -> None:
-        socket = self._peers[dst]
-        assert socket is not None
+        self._send_parts(dst, self._encode(seq, step, array, kind, meta))
+
+    def _send_all(self, dsts: Sequence[int], seq: int, step: int, array: np.ndarray) -> None:
+        """The same data message to several members, encoded once."""
+        parts = self._encode(seq, step, array, _DATA, None)
+        for dst in dsts:
+            self._send_parts(dst, parts)
+
+    def _encode(self, seq: int, step: int, array: np.ndarray | None, kind: str,
+                meta: dict[str, Any] | None) -> list[Any]:
+        """Data: the lean `datawire` format (general `Frame`s when compressing);
+        control messages (ping, pong, abort): `Frame`s."""
+        if kind == _DATA and array is not None and self.compression is None:
+            return encode_data(seq, step, self.rank, array, split_bytes=self._split_bytes)
         tensors = {} if array is None else {"x": array}
         frame = Frame(kind, seq, meta={"r": self.rank, "s": step, **(meta or {})}, tensors=tensors)
-        parts = encode(frame, compression=self.compression if kind == _DATA else None)
+        return encode(frame, compression=self.compression if kind == _DATA else None,
+                      split_bytes=self._split_bytes)
+
+    def _send_parts(self, dst: int, parts: list[Any]) -> None:
+        socket = self._peers[dst]
+        assert socket is not None
         if self._emulation is None or self._outbox is None:
             self._raw_send(socket, parts, dst)
             return
@@ -206,29 +231,67 @@ class GroupMember:
 
     def _raw_send(self, socket: zmq.Socket[bytes], parts: Sequence[Any], dst: int) -> None:
         try:
-            socket.send_multipart(parts, copy=False)
+            if len(parts) == 1:  # a small data message: one frame, copied by libzmq anyway
+                socket.send(parts[0])
+            else:
+                socket.send_multipart(parts, copy=False)
         except zmq.Again:
             raise self._fail(dst, "its send queue stayed full") from None
 
     def _receive(self, deadline: float) -> bool:
         """Receive one message into the inbox; False if the deadline passed first."""
-        if self._outbox is not None:
-            self._outbox.flush()
+        emulated = self._outbox is not None
+        parts = self._recv_emulated(deadline) if emulated else self._recv_parts(deadline)
+        if parts is None:
+            return False
+        if len(parts) >= 2 and is_data_message(parts[1]):
+            try:
+                message = decode_data(parts[1:])
+                if message.source >= self.size:
+                    raise ProtocolError(f"source rank {message.source} is not in the group")
+            except ProtocolError as error:
+                log.warning("rank %d dropped a malformed collective message: %s", self.rank, error)
+                return True
+            if message.seq >= self._seq:  # else: left over from a call that already failed
+                self._inbox[(message.seq, message.step, message.source)] = message.tensor
+            return True
+        return self._on_frame(parts)
+
+    def _recv_parts(self, deadline: float) -> list[zmq.Frame] | None:
+        """One message, blocking in libzmq until it comes or `deadline` passes."""
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000 + 0.999)
+            timeout_ms = max(0, min(RECV_SLICE_MS, remaining_ms))
+            if timeout_ms != self._rcvtimeo:
+                self._router.rcvtimeo = self._rcvtimeo = timeout_ms
+            try:
+                parts: list[zmq.Frame] = self._router.recv_multipart(copy=False)
+                return parts
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    return None
+
+    def _recv_emulated(self, deadline: float) -> list[zmq.Frame] | None:
+        """One message while emulated sends may be pending: poll in slices and send
+        what falls due meanwhile."""
+        assert self._outbox is not None
+        self._outbox.flush()
         try:  # a message already waiting needs no poller (the common case under load)
-            parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            parts: list[zmq.Frame] = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+            return parts
         except zmq.Again:
-            parts = None
-        while parts is None:
-            now = time.monotonic()
-            if self._outbox is not None:
-                self._outbox.flush()
-                wait = self._outbox.poll_timeout(deadline)
-            else:
-                wait = max(0.0, deadline - now)
+            pass
+        while True:
+            self._outbox.flush()
+            wait = self._outbox.poll_timeout(deadline)
             if self._router.poll(poll_ms(wait, self._outbox)):
                 parts = self._router.recv_multipart(copy=False)
-            elif time.monotonic() >= deadline:
-                return False
+                return parts
+            if time.monotonic() >= deadline:
+                return None
+
+    def _on_frame(self, parts: list[zmq.Frame]) -> bool:
+        """A general `Frame`: control (ping, pong, abort) or compressed data."""
         try:
             frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
             src, step = frame.meta["r"], frame.meta["s"]
@@ -253,7 +316,7 @@ class GroupMember:
             if type(culprit) is int and 0 <= culprit < self.size:
                 self._aborts[frame.request_id] = (culprit, why)
             return True
-        self._inbox[(frame.request_id, step, src)] = frame
+        self._inbox[(frame.request_id, step, src)] = frame.tensors.get("x")
         return True
 
     def _check_abort(self, seq: int) -> None:
@@ -274,8 +337,7 @@ class GroupMember:
             if not self._receive(deadline):
                 self._find_culprit(seq, key, src)
         self._waiting_on = -1
-        frame = self._inbox.pop(key)
-        tensor = frame.tensors.get("x")
+        tensor = self._inbox.pop(key)
         if tensor is None:
             raise self._fail(src, "sent a collective message without a tensor")
         return tensor

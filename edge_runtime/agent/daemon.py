@@ -34,7 +34,7 @@ from edge_runtime.errors import EdgeRuntimeError, is_user_error
 from transports.errors import ProtocolError
 from transports.keys import DEFAULT_KEYS_DIR
 from transports.security import Authorizer, Security
-from transports.wire import Frame, decode, encode, error_frame
+from transports.wire import Frame, decode, encode, error_frame, peek_request_id
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,11 @@ class Agent:
             frame = decode(parts[1:])
         except ProtocolError as error:
             log.warning("malformed message from %r: %s", identity, error)
-            self._reply(identity, error_frame(0, "ProtocolError", str(error), sender=self._name))
+            # the id read best-effort from the header, so the error reaches its request
+            request_id = peek_request_id(parts[1:])
+            self.state.errors_answered += 1
+            self._reply(identity, error_frame(request_id, "ProtocolError", str(error),
+                                              sender=self._name))
             return
         try:
             answer = self._handlers.dispatch(identity, frame)
@@ -228,7 +232,8 @@ class Agent:
 
     def _reply(self, identity: bytes, frame: Frame) -> None:
         try:
-            self._router.send_multipart([identity, *encode(frame)], copy=False)
+            parts = encode(frame, split_bytes=self.security.split_bytes)
+            self._router.send_multipart([identity, *parts], copy=False)
         except zmq.ZMQError as error:  # EHOSTUNREACH: that client is gone
             log.warning("cannot answer %r (%s): %s", identity, frame.kind, error)
         except ProtocolError as error:
@@ -257,7 +262,8 @@ class Agent:
                             sender=self._name, details={"agent": self._name}))
                 continue
             try:
-                self.peer_socket(item.hop).send_multipart(encode(item.frame), copy=False)
+                parts = encode(item.frame, split_bytes=self.security.split_bytes)
+                self.peer_socket(item.hop).send_multipart(parts, copy=False)
             except (zmq.ZMQError, EdgeRuntimeError, ProtocolError) as error:
                 log.error("cannot send %s to %s: %s", item.frame.kind, item.hop.name, error)
 

@@ -116,7 +116,8 @@ class Hub:
                 link, f"no connection within {timeout_s:g} s: the agent is not running, the "
                 "address is wrong, or it refused our key (check `edge-runtime keys`)")
         try:
-            link.socket.send_multipart(encode(frame), flags=zmq.NOBLOCK, copy=False)
+            parts = encode(frame, split_bytes=self.security.split_bytes)
+            link.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             raise self.unavailable(link, "the connection to the agent is gone") from None
 

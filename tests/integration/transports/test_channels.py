@@ -47,6 +47,10 @@ def test_secure_request_reply_across_processes(remote: tuple[str, bytes, Securit
         reply = client.request(Frame("echo", meta={"a": 1}, tensors={"x": x}), 10)
         assert reply.kind == "echo" and reply.meta == {"a": 1}
         np.testing.assert_array_equal(reply.tensors["x"], x)
+        big = np.arange(150_000, dtype=np.float32)  # 600 KB: 256 KiB pieces each way
+        echoed_big = client.request(Frame("echo", tensors={"big": big, "x": x}), 10)
+        np.testing.assert_array_equal(echoed_big.tensors["big"], big)
+        np.testing.assert_array_equal(echoed_big.tensors["x"], x)
         compressed = client.request(Frame("echo", tensors={"x": x}), 10, compression="fp16")
         np.testing.assert_allclose(compressed.tensors["x"], x, rtol=2e-3, atol=1e-3)
         with pytest.raises(RemoteError) as info:

@@ -249,3 +249,71 @@ def test_a_group_can_be_rebuilt_on_the_same_listener() -> None:
     assert listeners[0].closed
     with pytest.raises(CollectiveError, match="listener is closed"):
         CollectiveGroup(0, endpoints, security, listener=listeners[0])
+
+
+def test_large_tensors_take_the_zero_copy_path_and_sum_exactly() -> None:
+    xs = inputs(3, (40_000,))  # 160 KB: header and tensor travel as two frames
+    want = np.sum(np.stack(xs), axis=0)
+
+    def body(g: CollectiveGroup) -> list[np.ndarray]:
+        x = xs[g.rank]
+        star = np.array(g.star_allreduce(x, hub=1))
+        return [star, g.ring_allreduce(x), g.all_to_all_allreduce(x), g.broadcast(x, root=2)]
+
+    for result in run_group(3, body):
+        assert not isinstance(result, Exception), result
+        for got in result[:3]:
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(result[3], xs[2])
+
+
+def test_malformed_data_messages_are_dropped_and_the_group_keeps_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import struct
+
+    import zmq
+
+    from transports.datawire import MAGIC, encode_data
+
+    security = Security(insecure=True)
+    listeners = [GroupListener("tcp://127.0.0.1:0", security) for _ in range(2)]
+    endpoints = [listener.address for listener in listeners]
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    caplog.set_level(logging.WARNING, logger="transports.group")
+    rogue = context.socket(zmq.DEALER)
+    rogue.connect(endpoints[0])
+    for parts in (
+        [MAGIC + b"\x01garbage"],                                       # truncated header
+        [struct.pack("<2sBBBxHIQ", MAGIC, 9, 0, 1, 1, 0, 1)],           # unknown version
+        encode_data(1, 0, 9, np.zeros(3, np.float32)),                  # rank 9: not a member
+        [bytes(encode_data(1, 0, 1, np.zeros(3, np.float32))[0])[:-1]],  # a byte short
+        [b"\xc1C", b"", b""],                                           # three parts
+    ):
+        rogue.send_multipart(parts)
+    time.sleep(0.2)  # queued at rank 0 before the group starts
+
+    def member(rank: int, out: list[Any]) -> None:
+        group = CollectiveGroup(rank, endpoints, security, listener=listeners[rank], timeout_s=5)
+        try:
+            out[rank] = [group.star_allreduce(np.full(3, rank + 1, np.float32)) for _ in range(3)]
+        except Exception as error:  # handed back to the test
+            out[rank] = error
+        finally:
+            group.close()
+
+    results: list[Any] = [None, None]
+    threads = [threading.Thread(target=member, args=(r, results)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    rogue.close(linger=0)
+    context.term()
+    for result in results:
+        assert not isinstance(result, Exception), result
+        for got in result:
+            np.testing.assert_array_equal(got, np.full(3, 3, np.float32))
+    dropped = [r for r in caplog.records if "dropped a malformed" in r.getMessage()]
+    assert len(dropped) == 5, [r.getMessage() for r in dropped]

@@ -250,3 +250,54 @@ def test_int8_compression_of_all_zero_and_empty_tensors() -> None:
 def test_unknown_compression_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown compression"):
         encode(Frame("t"), compression="zstd")
+
+
+def test_large_tensors_travel_split_and_join_back_exactly() -> None:
+    from transports.wire import MIN_SPLIT_BYTES, SPLIT_BYTES
+
+    big = np.arange(300_000, dtype=np.float32).reshape(1000, 300)  # 1.2 MB: 5 frames
+    small = np.arange(3, dtype=np.int64)
+    frame = Frame("run", 5, tensors={"big": big, "small": small, "empty": np.zeros(0, np.int8)})
+    parts = encode(frame)
+    assert [memoryview(p).nbytes for p in parts[1:6]] == [SPLIT_BYTES] * 4 + [
+        big.nbytes - 4 * SPLIT_BYTES]
+    assert len(parts) == 1 + 5 + 1 + 1
+    got = decode([bytes(p) for p in parts])
+    np.testing.assert_array_equal(got.tensors["big"], big)
+    np.testing.assert_array_equal(got.tensors["small"], small)
+    assert got.tensors["empty"].shape == (0,)
+    # one zero-copy frame per tensor when splitting is off; both decode the same
+    whole = encode(frame, split_bytes=None)
+    assert len(whole) == 4 and np.shares_memory(np.frombuffer(whole[1], np.float32), big)
+    np.testing.assert_array_equal(decode(whole).tensors["big"], big)
+    # other piece sizes decode too (the receiver does not need to know the sender's)
+    odd = encode(frame, split_bytes=MIN_SPLIT_BYTES + 4)
+    np.testing.assert_array_equal(decode(odd).tensors["big"], big)
+    # compressed payloads split as well
+    scaled = big / 1000  # within float16's range
+    packed = decode(encode(Frame("run", tensors={"big": scaled}), compression="fp16"))
+    np.testing.assert_allclose(packed.tensors["big"], scaled, rtol=1e-3)
+    with pytest.raises(ProtocolError, match="split_bytes must be"):
+        encode(frame, split_bytes=1024)
+
+
+def test_malformed_split_tensors_are_refused() -> None:
+    from transports.wire import MIN_SPLIT_BYTES
+
+    n = 4 * MIN_SPLIT_BYTES
+    head = header(t=[["x", "uint8", [n], n, None]])
+    piece = b"\x00" * MIN_SPLIT_BYTES
+    assert decode([head, piece, piece, piece, piece]).tensors["x"].shape == (n,)
+    with pytest.raises(ProtocolError, match="pieces under"):
+        decode([head, piece, b"\x00" * 10, piece, piece, piece])
+    with pytest.raises(ProtocolError, match="its frames have"):
+        decode([head, piece, piece, piece])
+    with pytest.raises(ProtocolError, match="its frames have"):
+        decode([head, piece, piece, piece, piece + b"\x00"])
+    with pytest.raises(ProtocolError, match="tensor frames arrived"):
+        decode([head, piece, piece, piece, piece, b"\x00"])
+    two = header(t=[["x", "uint8", [n], n, None], ["y", "uint8", [1], 1, None]])
+    decoded = decode([two, piece, piece, piece, piece, b"\x01"])
+    assert decoded.tensors["y"].tolist() == [1]
+    with pytest.raises(ProtocolError, match=r"frames have|frame has"):
+        decode([two, piece, piece, piece, b"\x01"])
