@@ -35,11 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing key pair (peers must then trust the new key)",
     )
-    sub.add_parser("show", help="print this device's public key and the trusted peers")
+    show = sub.add_parser("show", help="print this device's public key and the trusted peers")
     trust = sub.add_parser("trust", help="allow a peer's public key (and record its address)")
     trust.add_argument("public_key", help="the peer's public key (40 z85 chars) or its .key file")
     trust.add_argument("--name", required=True, help="a name for the peer, e.g. pi-kitchen")
     trust.add_argument("--address", default=None, help="the peer's server address, tcp://host:port")
+    # `keys init --dir X` reads as naturally as `keys --dir X init`: accept both.
+    for action in (init, show, trust):
+        action.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _read_key_argument(value: str) -> str:

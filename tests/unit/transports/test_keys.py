@@ -107,3 +107,14 @@ def test_cli_init_show_trust(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert trusted_keys(a)["b"].public == load_keypair(b).public
     assert main(["keys", "--dir", str(a), "init"]) == 1  # refuses to overwrite, no traceback
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_cli_takes_dir_after_the_action_too(tmp_path: Path) -> None:
+    """`keys init --dir X` is how people type it; it must not land in the default dir."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["keys", "init", "--dir", str(a)]) == 0
+    assert main(["keys", "init", "--dir", str(b)]) == 0
+    key_a = load_keypair(a).public.decode()
+    assert main(["keys", "trust", key_a, "--name", "a", "--dir", str(b)]) == 0
+    assert trusted_keys(b)["a"].public.decode() == key_a
+    assert main(["keys", "show", "--dir", str(a)]) == 0
