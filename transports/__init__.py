@@ -30,11 +30,11 @@ from transports.keys import (
     trusted_keys,
 )
 from transports.linkemu import LinkEmulator, LinkSpec
+from transports.pieces import SPLIT_BYTES
 from transports.security import Authorizer, Security
 from transports.wire import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
-    SPLIT_BYTES,
     Frame,
     decode,
     encode,

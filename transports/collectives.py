@@ -29,7 +29,8 @@ import numpy as np
 import zmq
 
 from transports.errors import CollectiveError
-from transports.group import DEFAULT_TIMEOUT_S, GroupListener, GroupMember
+from transports.group import DEFAULT_TIMEOUT_S, GroupMember
+from transports.grouplistener import GroupListener
 
 __all__ = ["DEFAULT_TIMEOUT_S", "CollectiveGroup", "GroupListener"]
 

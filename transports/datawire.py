@@ -7,7 +7,7 @@ whose cost is mostly per-message Python work, and the general format spends
 of a collective always carries the same few fields, so it gets a fixed
 `struct` header instead, and a small tensor travels in the *same* ZeroMQ frame
 (one copy of ≤ `INLINE_MAX_BYTES`, cheaper than a second frame); a large one
-follows as its own frame, zero-copy both ways, or in `wire.SPLIT_BYTES` pieces
+follows as its own frame, zero-copy both ways, or in `pieces.SPLIT_BYTES` pieces
 (joined with one copy) when larger still, as CURVE is much faster on such pieces.
 
 Layout (little-endian)::
@@ -22,7 +22,7 @@ of the group (ping, pong, abort) and compressed data stay `Frame`s.
 Validation is as strict as `wire.decode`: magic and version, the dtype from
 `wire.ALLOWED_DTYPES`, at most `wire.MAX_DIMS` dims, byte length == product of
 the shape × itemsize, bool bytes 0/1, a split tensor's pieces no smaller than
-`wire.MIN_SPLIT_BYTES`. Anything else is a `ProtocolError`; the receiver drops it
+`pieces.MIN_SPLIT_BYTES`. Anything else is a `ProtocolError`; the receiver drops it
 and keeps going.
 """
 
@@ -37,16 +37,20 @@ from typing import Any
 import numpy as np
 
 from transports.errors import ProtocolError
+from transports.pieces import (
+    MIN_SPLIT_BYTES,
+    SPLIT_BYTES,
+    byte_view,
+    join_pieces,
+    part_view,
+    split_pieces,
+)
 from transports.wire import (
     ALLOWED_DTYPES,
     MAX_DIMS,
-    MIN_SPLIT_BYTES,
-    SPLIT_BYTES,
     Buffer,
-    byte_view,
-    join_pieces,
+    native_contiguous,
     numpy_dtype,
-    part_view,
     wire_dtype,
 )
 
@@ -94,10 +98,7 @@ def encode_data(
 
     ProtocolError for a dtype that may not be sent (e.g. float64: cast first)."""
     code = _CODES[wire_dtype(array.dtype)]
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    if not array.flags.c_contiguous:  # np.ascontiguousarray would turn 0-d into 1-d
-        array = array.copy(order="C")
+    array = native_contiguous(array)
     if not 0 <= source <= _MAX_SOURCE or not 0 <= step <= _MAX_STEP or not 0 <= seq < 2**64:
         raise ProtocolError(f"collective data header out of range (seq {seq}, step {step})")
     shape = array.shape
@@ -111,7 +112,7 @@ def encode_data(
         return [header, data]
     if split_bytes < MIN_SPLIT_BYTES:
         raise ProtocolError(f"split_bytes must be at least {MIN_SPLIT_BYTES}")
-    return [header, *(data[i : i + split_bytes] for i in range(0, data.nbytes, split_bytes))]
+    return [header, *split_pieces(data, split_bytes)]
 
 
 def decode_data(parts: Sequence[Any]) -> DataMessage:
@@ -148,7 +149,7 @@ def decode_data(parts: Sequence[Any]) -> DataMessage:
         raise ProtocolError("collective data header with trailing bytes before its tensor")
     elif len(parts) == 2:
         payload = part_view(parts[1])
-    else:  # a large tensor in pieces (see wire.SPLIT_BYTES)
+    else:  # a large tensor in pieces (see pieces.SPLIT_BYTES)
         pieces = [part_view(part) for part in parts[1:]]
         payload, used = join_pieces(pieces, 0, nbytes, len(pieces) - 1, "collective data")
         if used != len(pieces):

@@ -1,5 +1,6 @@
-"""Group messaging for collectives: one ROUTER in, one DEALER to each peer,
-messages matched by (call sequence, step, source), and failure detection.
+"""Group messaging for collectives: one ROUTER in (a `GroupListener`, see
+`transports.grouplistener`), one DEALER to each peer, messages matched by
+(call sequence, step, source), and failure detection.
 
 Failure: if a member does not deliver within `timeout_s`, the member waiting
 for it probes it (``ping``; a live member answers with whom it waits on, and the
@@ -24,9 +25,10 @@ import zmq
 
 from transports.datawire import decode_data, encode_data, is_data_message
 from transports.errors import CollectiveError, ProtocolError
+from transports.grouplistener import GroupListener as GroupListener  # re-exported, as before
 from transports.linkemu import LinkEmulator, Outbox
-from transports.security import Authorizer, Security
-from transports.sockets import bound_address, configure_socket, poll_ms
+from transports.security import Security
+from transports.sockets import configure_socket, poll_ms
 from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, Frame, decode, encode
 
 log = logging.getLogger(__name__)
@@ -51,53 +53,6 @@ def _liveness_grace(timeout_s: float) -> float:
     it probes: a quarter of the timeout, between 0.2 s and 1 s (a live member answers
     within a round trip; a dead one never does)."""
     return min(1.0, max(0.2, timeout_s / 4))
-
-
-class GroupListener:
-    """The bound ROUTER a member receives on; bind it first when the port is chosen
-    by the OS (``tcp://host:0``), share `address` with the group, then build the group.
-
-    Pass the members' keys as `peer_keys` here when they are known: libzmq never
-    retries a connection whose CURVE handshake was refused, so a member's key must
-    be admitted before any member can reach this address."""
-
-    def __init__(
-        self,
-        bind_address: str,
-        security: Security,
-        *,
-        context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        peer_keys: Sequence[bytes] = (),
-    ) -> None:
-        self.own_context = context is None
-        self.context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
-        self.security = security
-        self.socket: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
-        configure_socket(self.socket)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.authorizer = None if security.insecure else Authorizer.acquire(self.context, security)
-        if self.authorizer is not None:
-            for key in peer_keys:
-                self.authorizer.allow(key)
-        security.apply_server(self.socket)
-        self.socket.bind(bind_address)
-        self.address = bound_address(self.socket)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self.socket.closed)
-
-    def close(self) -> None:
-        if self.socket.closed:
-            return
-        self.socket.close(linger=0)
-        if self.authorizer is not None:
-            self.authorizer.release()
-            self.authorizer = None
-        if self.own_context:
-            self.context.term()
 
 
 class GroupMember:

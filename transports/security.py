@@ -29,7 +29,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from transports import keys as _keys
 from transports.errors import SecurityError
-from transports.wire import SPLIT_BYTES
+from transports.pieces import SPLIT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Security:
     @property
     def split_bytes(self) -> int | None:
         """How `wire.encode` should cut large tensors on sockets with this security:
-        `wire.SPLIT_BYTES` pieces under CURVE (much faster there), whole frames without
+        `pieces.SPLIT_BYTES` pieces under CURVE (much faster there), whole frames without
         it (one zero-copy frame is as fast or faster up to ~1 MiB unencrypted)."""
         return None if self.insecure else SPLIT_BYTES
 

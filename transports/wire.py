@@ -27,6 +27,12 @@ import numpy as np
 
 from transports import compression as _compression
 from transports.errors import ProtocolError, RemoteError
+from transports.pieces import MIN_SPLIT_BYTES as MIN_SPLIT_BYTES  # re-exported, as before
+from transports.pieces import SPLIT_BYTES as SPLIT_BYTES
+from transports.pieces import byte_view as byte_view
+from transports.pieces import join_pieces as join_pieces
+from transports.pieces import part_view as part_view
+from transports.pieces import split_pieces
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +56,6 @@ MAX_META_DEPTH = 16
 """Deepest nesting accepted in `Frame.meta`."""
 
 MAX_KIND_LENGTH = 64
-
-SPLIT_BYTES = 256 * 1024
-"""Tensors larger than this leave as several ZeroMQ frames of this size (the last one
-shorter); the decoder joins them with one copy. Why: libzmq's CURVE encrypts each frame
-as one block and its cost grows faster than the frame: a 4 MiB tensor round trip took
-~30 ms as one frame and ~14 ms as 256 KiB frames on the 2-core dev machine (128-512 KiB
-all did about as well; 64 KiB was worse; up to 256 KiB one frame is as fast).
-Unencrypted, one frame is as fast or faster up to ~1 MiB: senders pass
-``split_bytes=security.split_bytes`` (None when insecure: one zero-copy frame per tensor)."""
-
-MIN_SPLIT_BYTES = 64 * 1024
-"""Smallest piece a split tensor may arrive in (all but its last): a peer cannot make a
-receiver walk millions of tiny frames."""
 
 ALLOWED_DTYPES: tuple[str, ...] = (
     "float32",
@@ -137,6 +130,15 @@ def wire_dtype(dtype: np.dtype[Any]) -> str:
     return name
 
 
+def native_contiguous(array: np.ndarray) -> np.ndarray:
+    """`array` in native byte order and C order, as sent: copied only if it is not."""
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.c_contiguous:  # np.ascontiguousarray would turn 0-d into 1-d
+        array = array.copy(order="C")
+    return array
+
+
 def encode(
     frame: Frame,
     *,
@@ -162,10 +164,7 @@ def encode(
             raise ProtocolError(f"tensor names must be str, got {name!r}")
         array = np.asarray(tensor)
         dtype_name = wire_dtype(array.dtype)
-        if not array.dtype.isnative:
-            array = array.astype(array.dtype.newbyteorder("="))
-        if not array.flags.c_contiguous:  # np.ascontiguousarray would turn 0-d into 1-d
-            array = array.copy(order="C")
+        array = native_contiguous(array)
         tag: str | None = None
         if method is not None and _compression.compressible(array.dtype):
             payload = _compression.compress(array, method)
@@ -173,11 +172,7 @@ def encode(
         else:
             payload = array
         metas.append([name, dtype_name, list(array.shape), payload.nbytes, tag])
-        data = _byte_view(payload)
-        if split_bytes is None or data.nbytes <= split_bytes:
-            buffers.append(data)
-        else:
-            buffers.extend(data[i : i + split_bytes] for i in range(0, data.nbytes, split_bytes))
+        buffers.extend(split_pieces(byte_view(payload), split_bytes))
     header = {
         "v": PROTOCOL_VERSION,
         "k": frame.kind,
@@ -193,26 +188,6 @@ def encode(
             f"frame meta is not plain data ({error}); use str/int/float/bool/None/bytes/list/dict"
         ) from None
     return [packed, *buffers]
-
-
-def _byte_view(array: np.ndarray) -> memoryview:
-    """A flat byte view of a C-contiguous array, without copying."""
-    try:
-        return array.data.cast("B")
-    except (TypeError, ValueError, BufferError, NotImplementedError):  # e.g. bfloat16, 0-d
-        return array.reshape(-1).view(np.uint8).data
-
-
-def _part_view(part: Any) -> memoryview:
-    buffer = getattr(part, "buffer", None)  # zmq.Frame received with copy=False
-    view = memoryview(buffer if buffer is not None else part)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
-byte_view = _byte_view
-"""A flat byte view of a C-contiguous array without copying (for `transports.datawire`)."""
-part_view = _part_view
-"""A flat byte view of one received part (bytes, memoryview or zmq.Frame)."""
 
 
 def numpy_dtype(name: str) -> np.dtype[Any]:
@@ -306,7 +281,7 @@ def decode(
     """
     if not parts:
         raise ProtocolError("empty message")
-    views = [_part_view(part) for part in parts]
+    views = [part_view(part) for part in parts]
     total = 0
     for view in views:
         total += view.nbytes
@@ -362,45 +337,11 @@ def decode(
     return Frame(header["k"], header["id"], header["s"], header["m"], tensors)
 
 
-def join_pieces(
-    views: list[memoryview], index: int, nbytes: int, spare: int, name: str
-) -> tuple[memoryview, int]:
-    """The bytes of one tensor starting at frame `index`, and how many frames it took:
-    the frame itself (zero-copy) or, for a split tensor, its pieces joined with one copy.
-    At most `spare` extra frames may be taken (the other tensors need theirs)."""
-    view = views[index]
-    if view.nbytes == nbytes or view.nbytes > nbytes or spare <= 0:
-        if view.nbytes != nbytes:
-            raise ProtocolError(
-                f"{name}: header declares {nbytes} bytes, frame has {view.nbytes}"
-            )
-        return view, 1
-    total, used = 0, 0
-    while total < nbytes and used <= spare:
-        piece = views[index + used]
-        if piece.nbytes < MIN_SPLIT_BYTES and total + piece.nbytes < nbytes:
-            raise ProtocolError(
-                f"{name}: split into pieces under {MIN_SPLIT_BYTES} bytes"
-            )
-        total += piece.nbytes
-        used += 1
-    if total != nbytes:
-        raise ProtocolError(
-            f"{name}: header declares {nbytes} bytes, its frames have {total}"
-        )
-    joined = np.empty(nbytes, np.uint8)
-    offset = 0
-    for piece in views[index : index + used]:
-        joined[offset : offset + piece.nbytes] = np.frombuffer(piece, np.uint8)
-        offset += piece.nbytes
-    return joined.data, used
-
-
 def peek_request_id(parts: Sequence[Any]) -> int:
     """Best-effort request id of a message that failed `decode` (0 if unreadable),
     so the error reply still reaches the request that caused it."""
     try:
-        view = _part_view(parts[0])
+        view = part_view(parts[0])
         if view.nbytes > MAX_HEADER_BYTES:
             return 0
         header = msgpack.unpackb(view, raw=False, strict_map_key=False)
