@@ -42,12 +42,19 @@ class GroupListener:
         configure_socket(self.socket)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.authorizer = None if security.insecure else Authorizer.acquire(self.context, security)
-        if self.authorizer is not None:
-            for key in peer_keys:
-                self.authorizer.allow(key)
-        security.apply_server(self.socket)
-        self.socket.bind(bind_address)
+        self.authorizer: Authorizer | None = None
+        try:
+            if not security.insecure:
+                self.authorizer = Authorizer.acquire(self.context, security)
+                for key in peer_keys:
+                    self.authorizer.allow(key)
+            security.apply_server(self.socket)
+            self.socket.bind(bind_address)
+        except BaseException:
+            # A failed bind (port taken, bad address) must not leak the socket, the
+            # authorizer's reference or a context this listener created.
+            self.close()
+            raise
         self.address = bound_address(self.socket)
 
     @property

@@ -317,3 +317,23 @@ def test_malformed_data_messages_are_dropped_and_the_group_keeps_working(
             np.testing.assert_array_equal(got, np.full(3, 3, np.float32))
     dropped = [r for r in caplog.records if "dropped a malformed" in r.getMessage()]
     assert len(dropped) == 5, [r.getMessage() for r in dropped]
+
+
+def test_a_listener_that_cannot_bind_releases_what_it_took(tmp_path: Any) -> None:
+    """A taken port is a ZMQError, and the socket and authorizer are not left behind."""
+    import zmq
+
+    from transports.keys import init_keys
+
+    init_keys(tmp_path)
+    security = Security.from_dir(tmp_path)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    first = GroupListener("tcp://127.0.0.1:0", security, context=context)
+    try:
+        with pytest.raises(zmq.ZMQError):
+            GroupListener(first.address, security, context=context)
+        # Everything the failed listener opened is closed: the context terms without hanging
+        # once the first listener is closed too.
+    finally:
+        first.close()
+    context.term()
