@@ -328,12 +328,14 @@ def measure_exits(args: argparse.Namespace) -> dict[str, Any]:
     from edge_runtime.demo.assets import CALIBRATION_FILE, MODEL_FILE, TEST_FILE, find_assets
     from edge_runtime.demo.assets import load_split as load
     from edge_runtime.demo.digits import TOLERANCE, predicted_class
+    from edge_runtime.demo.stats import accuracy
+    from edge_runtime.demo.steps import DEFAULT_PRESETS
     from partitioner.exits import apply_calibration, calibrate_exits, exit_latencies
 
     assets = find_assets()
     calibration, test = load(assets / CALIBRATION_FILE), load(assets / TEST_FILE)
-    presets = ["raspberry-pi-4", "jetson-orin-nano", "phone"]
-    with er.local_cluster(3, presets=presets, log_level="WARNING") as cluster:
+    presets = list(DEFAULT_PRESETS)  # the demo's devices
+    with er.local_cluster(len(presets), presets=presets, log_level="WARNING") as cluster:
         always = cluster.deploy(assets / MODEL_FILE, strategy="pipeline")
         outputs = always.run({"image": calibration.images}).outputs
         chosen = calibrate_exits([outputs[e.output] for e in always.plan.exits],
@@ -350,7 +352,7 @@ def measure_exits(args: argparse.Namespace) -> dict[str, Any]:
     for name, deployment in variants.items():
         predictions = np.array([predicted_class(r, deployment.plan) for r in results[name]])
         latencies = [r.latency_s for r in results[name]]
-        summary[name] = {"accuracy": float((predictions == test.labels).mean()),
+        summary[name] = {"accuracy": accuracy(predictions, test.labels),
                          "mean_ms": float(np.mean(latencies) * 1e3),
                          "p50_ms": _median_ms(latencies)}  # fmt: skip
     a, b = summary["calibrated exits"], summary["always the last exit"]
