@@ -123,15 +123,16 @@ def caps_for_preset(
     """
     target = presets.get(name)
     threads = min(target.cores, host.cores, len(cpus) if cpus else host.cores)
-    dilation = max(1.0, host_gflops(host, threads) / target.gflops_fp32)
-    if dilation == 1.0 and host_gflops(host, threads) < target.gflops_fp32:
+    achievable = host_gflops(host, threads)
+    dilation = max(1.0, achievable / target.gflops_fp32)
+    if achievable < target.gflops_fp32:
         log.warning(
             "%s (%.0f GFLOPS) is faster than this host with %d threads (%.0f GFLOPS); "
             "emulating it at host speed",
             target.name,
             target.gflops_fp32,
             threads,
-            host_gflops(host, threads),
+            achievable,
         )
     return ResourceCaps(
         preset=target.name,

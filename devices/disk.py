@@ -46,25 +46,24 @@ def _ensure_probe(path: Path, size: int) -> None:
     os.replace(tmp, path)
 
 
-def _read_all(fd: int, buffer: mmap.mmap, budget_s: float) -> tuple[int, float]:
-    total = 0
-    start = time.perf_counter()
-    while True:
-        count = os.readv(fd, [buffer])
-        total += count
-        elapsed = time.perf_counter() - start
-        if count < len(buffer) or elapsed > budget_s:
-            return total, elapsed
+def _read_all(fd: int, budget_s: float) -> tuple[int, float]:
+    """(bytes, seconds) of sequential reads from `fd` until its end or `budget_s`."""
+    # An anonymous mmap is page-aligned, as O_DIRECT needs; plain reads do not mind.
+    with mmap.mmap(-1, CHUNK_BYTES) as buffer:
+        total = 0
+        start = time.perf_counter()
+        while True:
+            count = os.readv(fd, [buffer])
+            total += count
+            elapsed = time.perf_counter() - start
+            if count < len(buffer) or elapsed > budget_s:
+                return total, elapsed
 
 
 def _read_direct(path: Path, budget_s: float) -> tuple[int, float]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
-        buffer = mmap.mmap(-1, CHUNK_BYTES)  # anonymous mmap: page-aligned as O_DIRECT needs
-        try:
-            return _read_all(fd, buffer, budget_s)
-        finally:
-            buffer.close()
+        return _read_all(fd, budget_s)
     finally:
         os.close(fd)
 
@@ -74,11 +73,7 @@ def _read_fadvise(path: Path, budget_s: float) -> tuple[int, float]:
     try:
         os.fdatasync(fd)  # only clean pages can be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        buffer = mmap.mmap(-1, CHUNK_BYTES)
-        try:
-            return _read_all(fd, buffer, budget_s)
-        finally:
-            buffer.close()
+        return _read_all(fd, budget_s)
     finally:
         os.close(fd)
 

@@ -120,9 +120,8 @@ class LlmEngine:
     ) -> Iterator[TokenEvent]:
         """Yield tokens as they are produced. `stop`: token ids and/or strings
         (default: the checkpoint's EOS ids); a stop token is yielded, then the stream ends."""
-        return self._run(
-            prompt, max_new_tokens, SamplingParams(temperature, top_k, top_p, seed), stop, []
-        )
+        params = SamplingParams(temperature, top_k, top_p, seed)
+        return self._run(self.encode(prompt), max_new_tokens, params, stop, [])
 
     def generate(
         self,
@@ -150,13 +149,14 @@ class LlmEngine:
 
     def _run(
         self,
-        prompt: str | Sequence[int],
+        ids: list[int],
         max_new_tokens: int,
         params: SamplingParams,
         stop: Sequence[int | str] | None,
         finish: list[str],
     ) -> Iterator[TokenEvent]:
-        ids = self.encode(prompt)
+        """Check the request and start the loop; `ids` come from `encode`. Not a generator,
+        so a bad request raises at the call of `stream`, not at its first token."""
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self._check_length(len(ids), max_new_tokens)

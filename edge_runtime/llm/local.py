@@ -51,7 +51,8 @@ class RelativeSpeed:
 
 
 def kv_cache_bytes(config: LlmConfig, share: TensorShare, max_context: int) -> int:
-    return 2 * config.layers * share.n_kv_heads * max_context * config.head_dim * 4
+    """The fp32 KV cache a worker of `share` preallocates (the planner's own formula)."""
+    return config.decoder_shape(max_context).kv_cache_bytes(share.n_kv_heads)
 
 
 def window_budget(
@@ -199,14 +200,7 @@ class LocalRunner:
         futures: list[Future[np.ndarray | None]] = [
             self._pool.submit(run, r) for r in range(len(self.workers))
         ]
-        errors: list[BaseException] = []
-        results: list[np.ndarray | None] = []
-        for f in futures:
-            exc = f.exception()
-            if exc is not None:
-                errors.append(exc)
-            else:
-                results.append(f.result())
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
         if errors:
             self._collective = ThreadCollective(len(self.workers), self.plan.hub)
             real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]

@@ -3,7 +3,7 @@
 Why per-block files: the sliding window (`window.LayerWindow`) streams whole blocks —
 attention of layer i, MLP of layer i, then the LM head's vocabulary rows in chunks no
 larger than a layer block — so each block is one file read
-sequentially with a single `readinto`. Weights are stored fp32, transposed to
+sequentially in one pass (`window.read_block`). Weights are stored fp32, transposed to
 [in, out] so a decode step `x @ W` streams each matrix contiguously, with q/k/v fused
 into one matrix and gate/up into another (one BLAS call each). The embedding table is
 one fp32 file read by memory map, row by row, so it is never resident as a whole.

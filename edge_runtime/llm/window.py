@@ -13,7 +13,7 @@ Blocks are used cyclically (0..n-1 per forward pass, again for the next token), 
 background loader reads ahead in that order. A use out of order is still correct: the
 window drops what it read ahead and restarts from the block asked for.
 
-Memory honesty: each block is read with `readinto` into a fresh buffer, then
+Memory honesty: each block is read with `os.readv` into a fresh buffer, then
 `posix_fadvise(DONTNEED)` drops the file's pages from the page cache, so the process'
 RSS is the true memory cost and no hidden cached copy makes reloads look free. With a
 budget that holds every block, everything is read once and stays; nothing is reloaded.

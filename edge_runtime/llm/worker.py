@@ -59,7 +59,7 @@ class TensorWorker:
         self.share = share
         self.max_context = max_context
         self.embedding = slices.embedding_table()
-        self.blocks = self._blocks = slices.blocks
+        self.blocks = slices.blocks
         self._views: dict[int, dict[str, np.ndarray]] = {}
         self._q4: dict[int, dict[str, Weight]] = {}
         self.window: LayerWindow | None = None
@@ -89,7 +89,7 @@ class TensorWorker:
         """Read every block once; matrices become 4-bit kernels, vectors stay fp32."""
         t0 = time.perf_counter()
         self._q4_bytes = 0
-        for index, block in enumerate(self._blocks):
+        for index, block in enumerate(self.blocks):
             weights: dict[str, Weight] = {}
             for name, arr in block_arrays(block, read_block(block.path, block.nbytes)).items():
                 if arr.ndim == 2 and arr.shape[0] % Q4_BLOCK == 0:
@@ -117,10 +117,10 @@ class TensorWorker:
     def _arrays(self, index: int, buf: np.ndarray) -> dict[str, np.ndarray]:
         assert self.window is not None
         if not self.window.resident:
-            return block_arrays(self._blocks[index], buf)
+            return block_arrays(self.blocks[index], buf)
         views = self._views.get(index)
         if views is None:
-            views = self._views[index] = block_arrays(self._blocks[index], buf)
+            views = self._views[index] = block_arrays(self.blocks[index], buf)
         return views
 
     def forward(
@@ -165,10 +165,13 @@ class TensorWorker:
             x += allreduce(partial)
         xs = x[-1:] if last_only else x
         parts = []
-        for index in range(2 * c.layers, len(self._blocks)):  # the LM head's row chunks
+        normed: np.ndarray | None = None  # every chunk carries the same final norm
+        for index in range(2 * c.layers, len(self.blocks)):  # the LM head's row chunks
             with self._use(index) as h:
                 if "lm_t" in h:
-                    parts.append(_mm(rms_norm(xs, _vec(h, "norm"), c.rms_norm_eps), h["lm_t"]))
+                    if normed is None:
+                        normed = rms_norm(xs, _vec(h, "norm"), c.rms_norm_eps)
+                    parts.append(_mm(normed, h["lm_t"]))
         local = np.concatenate(parts, axis=1) if parts else np.zeros((xs.shape[0], 0), F32)
         return gather_logits(local)
 
@@ -210,13 +213,13 @@ class TensorWorker:
     def stats(self) -> WindowStats:
         if self.window is not None:
             return self.window.stats()
-        n = len(self._blocks)
+        n = len(self.blocks)
         return WindowStats(
             blocks=n,
             resident=True,
             budget_bytes=self._q4_bytes,
             loads=n,
-            bytes_read=sum(b.nbytes for b in self._blocks),
+            bytes_read=sum(b.nbytes for b in self.blocks),
             load_seconds=self._q4_load_s,
             wait_seconds=0.0,
             uses=self._q4_uses,
