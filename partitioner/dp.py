@@ -124,12 +124,6 @@ class _Window:
         return np.where(self.valid, result, INF)
 
 
-def _range_min(h: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """min(h[lo[i]..hi[i]]) for windows ending at i - 1 (kept for tests of the table)."""
-    del hi
-    return _Window.build(lo).minimum(h)
-
-
 def solve_latency(problem: Problem, cap: float = INF) -> tuple[float, list[Segment]]:
     """Minimum total time (compute + hops), stages and hops ≤ cap; ([], inf) if infeasible.
 

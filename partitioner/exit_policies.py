@@ -83,7 +83,12 @@ def exit_decision(
         for earlier in list(previous)[len(previous) - (k - 1) :] if k > 1 else []:
             agree &= _check(earlier).argmax(axis=1) == top
         return agree
-    scores = exit_scores(policy, array)
+    return fires(policy, exit_scores(policy, array), threshold)
+
+
+def fires(policy: str, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Which scores stop at the exit: entropy at or below the threshold, any other
+    score (max prob, margin, a patience streak) at or above it."""
     if policy == "entropy":
         return scores <= threshold
     return scores >= threshold

@@ -25,7 +25,7 @@ import numpy as np
 
 from partitioner.cost import DEFAULT_COST_MODEL, CostModel
 from partitioner.errors import InfeasiblePlanError, PartitionError
-from partitioner.exit_policies import POLICIES, exit_decision, exit_scores, first_exits
+from partitioner.exit_policies import POLICIES, exit_decision, exit_scores, fires, first_exits
 from partitioner.graph import ModelGraph
 from partitioner.pipeline import LinkInput, plan_pipeline
 from partitioner.plan import Plan
@@ -142,11 +142,7 @@ class _Evaluator:
         for i, threshold in enumerate(thresholds):
             if threshold is None:
                 continue
-            if self.policy == "entropy":
-                fire = self.scores[i] <= threshold
-            else:
-                fire = self.scores[i] >= threshold
-            fire &= undecided
+            fire = fires(self.policy, self.scores[i], threshold) & undecided
             chosen[fire] = i
             undecided &= ~fire
         rates = np.bincount(chosen, minlength=self.count) / max(rows, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,12 +30,18 @@ STRATEGIES: tuple[str, ...] = ("single", "pipeline", "tensor", "hybrid")
 _CHUNK = 1 << 20
 
 
+def _chunks(path: str | Path) -> Iterator[bytes]:
+    """A file's bytes in 1 MiB chunks (models can be large)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks (models can be large)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+    for chunk in _chunks(path):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -49,9 +55,8 @@ def shard_digest(path: str | Path) -> str:
     digest = hashlib.sha256()
     data_path = path.with_name(path.name + ".data")
     for part in (path, data_path) if data_path.exists() else (path,):
-        with open(part, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        for chunk in _chunks(part):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -19,22 +19,22 @@ stays proportional to bandwidth; the plan then records the window bytes
 
 Pure: imports only the standard library and `partitioner.cost.Links`; device profiles
 are read through the structural `DeviceLike` protocol (`devices.DeviceProfile`
-satisfies it; an optional `disk_read_gbps` is used for streaming plans).
+satisfies it; an optional `disk_read_gbps` is used for streaming plans). The plan
+records it returns (`DecoderShape`, `TensorShare`, `TensorPlan`) live in
+`partitioner.tensor_plan` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from partitioner.cost import Links
 from partitioner.errors import InfeasiblePlanError, PartitionError
+from partitioner.tensor_plan import PLAN_VERSION as PLAN_VERSION
+from partitioner.tensor_plan import DecoderShape, TensorPlan, TensorShare
 
-PLAN_VERSION = 1
 # Bytes kept aside on each device for activations, logits and interpreter overhead.
 ACTIVATION_RESERVE_BYTES = 32 * 1024 * 1024
 
@@ -48,124 +48,6 @@ class DeviceLike(Protocol):
     def mem_bandwidth_gbps(self) -> float: ...
     @property
     def gflops_fp32(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """The sizes of a Llama-family decoder that planning needs."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    bytes_per_element: int = 4
-    max_context: int = 2048
-
-    def __post_init__(self) -> None:
-        if min(self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads) <= 0:
-            raise PartitionError(f"decoder shape has a non-positive size: {self}")
-        if self.heads % self.kv_heads:
-            raise PartitionError(
-                f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}"
-            )
-
-    @property
-    def group(self) -> int:
-        return self.heads // self.kv_heads
-
-    def kv_group_bytes(self) -> int:
-        """Weight bytes of one KV-head group in one layer (q, k, v rows and o columns)."""
-        return (2 * self.group + 2) * self.head_dim * self.hidden * self.bytes_per_element
-
-    def mlp_column_bytes(self) -> int:
-        """Weight bytes of one intermediate column in one layer (gate, up, down)."""
-        return 3 * self.hidden * self.bytes_per_element
-
-    def kv_cache_bytes(self, kv_heads: int) -> int:
-        """fp32 K and V for `kv_heads` heads over all layers at `max_context`."""
-        return 2 * self.layers * kv_heads * self.max_context * self.head_dim * 4
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class TensorShare:
-    """One device's slice of every layer and its predicted cost."""
-
-    device: str
-    kv_heads: tuple[int, int]
-    mlp_columns: tuple[int, int]
-    vocab_rows: tuple[int, int]
-    weight_bytes: int
-    compute_s_per_token: float
-    wire_bytes_per_token: int
-    peak_memory_bytes: int
-    streaming: bool = False
-    window_bytes: int = 0
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.kv_heads[1] - self.kv_heads[0]
-
-    @property
-    def n_columns(self) -> int:
-        return self.mlp_columns[1] - self.mlp_columns[0]
-
-    @property
-    def n_vocab_rows(self) -> int:
-        return self.vocab_rows[1] - self.vocab_rows[0]
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    """A tensor-parallel plan: shares in device order, the hub, predicted token time."""
-
-    shape: DecoderShape
-    shares: tuple[TensorShare, ...]
-    hub: int
-    predicted_s_per_token: float
-    model_digest: str = ""
-    version: int = PLAN_VERSION
-    strategy: str = "tensor"
-    notes: tuple[str, ...] = field(default=())
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TensorPlan:
-        try:
-            raw: dict[str, Any] = json.loads(text)
-            if raw.get("strategy") != "tensor" or raw.get("version") != PLAN_VERSION:
-                raise PartitionError(
-                    f"not a version-{PLAN_VERSION} tensor plan (strategy={raw.get('strategy')!r}, "
-                    f"version={raw.get('version')!r}); re-plan with this release"
-                )
-            shares = tuple(
-                TensorShare(
-                    **{
-                        **s,
-                        "kv_heads": tuple(s["kv_heads"]),
-                        "mlp_columns": tuple(s["mlp_columns"]),
-                        "vocab_rows": tuple(s["vocab_rows"]),
-                    }
-                )
-                for s in raw["shares"]
-            )
-            return cls(
-                shape=DecoderShape(**raw["shape"]),
-                shares=shares,
-                hub=int(raw["hub"]),
-                predicted_s_per_token=float(raw["predicted_s_per_token"]),
-                model_digest=str(raw.get("model_digest", "")),
-                notes=tuple(raw.get("notes", ())),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PartitionError(f"malformed tensor plan JSON: {exc}") from exc
 
 
 def apportion(total: int, weights: Sequence[float], unit: int = 1) -> list[int]:
@@ -247,11 +129,7 @@ def plan_tensor_parallel(
     if len(budgets) != n:
         raise PartitionError(f"{len(budgets)} memory budgets for {n} devices")
     e = shape.bytes_per_element
-    layer_bytes = shape.layers * (
-        shape.kv_heads * shape.kv_group_bytes() + shape.intermediate * shape.mlp_column_bytes()
-    )
-    head_bytes = shape.vocab * shape.hidden * e
-    total_bytes = layer_bytes + head_bytes
+    total_bytes = _share_bytes(shape, shape.kv_heads, shape.intermediate, shape.vocab)
     fixed = ACTIVATION_RESERVE_BYTES + 2 * shape.layers * shape.hidden * 4
     notes: list[str] = []
 
@@ -285,7 +163,6 @@ def plan_tensor_parallel(
         for i, o in enumerate(over):
             if o > 0:
                 caps[i] = max(0.0, caps[i] - o - 0.002 * total_bytes)
-    attn_bytes = [k * shape.kv_group_bytes() for k in kv]
 
     if isinstance(links, Links):
         table = links
@@ -300,10 +177,7 @@ def plan_tensor_parallel(
     act_bytes = shape.hidden * 4
     shares = []
     for i, dev in enumerate(devices):
-        wbytes = (
-            shape.layers * (attn_bytes[i] + cols[i] * shape.mlp_column_bytes())
-            + rows[i] * shape.hidden * e
-        )
+        wbytes = _share_bytes(shape, kv[i], cols[i], rows[i])
         # star allreduce twice per layer: a spoke sends and receives one hidden vector,
         # the hub receives and sends n-1 of them; plus the logits gather to the hub.
         allreduce = (
@@ -321,7 +195,7 @@ def plan_tensor_parallel(
             window = budget - kv_cache - fixed
             # the LM head streams in row chunks no larger than a layer block
             largest = max(
-                attn_bytes[i] + 2 * shape.hidden * 4,
+                kv[i] * shape.kv_group_bytes() + 2 * shape.hidden * 4,
                 cols[i] * shape.mlp_column_bytes() + shape.hidden * 4,
                 min(1, rows[i]) * shape.hidden * e + shape.hidden * 4,
             )
