@@ -11,12 +11,12 @@ so a corrupted transfer is refused (`ShardIntegrityError`), never converted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 from pathlib import Path
 
+from edge_runtime.agent.cache import sha256_file
 from edge_runtime.errors import DeployError, ShardIntegrityError
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,11 @@ class CheckpointInbox:
             handle.write(data)
         if offset + len(data) < total:
             return False
-        digest = hashlib.sha256()
-        with part.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
+        actual = sha256_file(part)
+        if actual != sha256:
             part.unlink()
             raise ShardIntegrityError(
-                f"checkpoint file {name} arrived with sha256 {digest.hexdigest()[:12]}… but was "
+                f"checkpoint file {name} arrived with sha256 {actual[:12]}… but was "
                 f"announced as {sha256[:12]}…; it was corrupted in transit — redeploy")
         os.replace(part, final)
         log.info("checkpoint file %s stored (%d bytes)", name, total)

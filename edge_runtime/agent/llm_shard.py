@@ -15,7 +15,8 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
    builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
    by the memory budget; with `quantize="q4"` every matrix becomes a 4-bit kernel,
    built in memory from the cached fp32 slices at each load, resident only) and
-   binds its collective listener with every member's key admitted before anyone dials.
+   binds its collective listener with every member's key admitted before anyone dials
+   (the listener and the group: `llm_group.py`).
 2. `llm_ready`: answered once loading finished (the listener's address) or failed
    (the typed error). Jobs run in order on one thread, so no extra signalling.
 3. `llm_connect`: the coordinator sends every member's endpoint; the agent joins the
@@ -39,7 +40,6 @@ import dataclasses
 import gc
 import logging
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +50,7 @@ import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.llm_files import CheckpointInbox
+from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_spec import (
     CONNECT,
     PUT,
@@ -67,9 +68,7 @@ from edge_runtime.errors import (
     InputError,
     is_user_error,
 )
-from transports.collectives import CollectiveGroup, GroupListener
 from transports.errors import CollectiveError
-from transports.security import Security
 from transports.wire import Frame, error_frame
 
 log = logging.getLogger(__name__)
@@ -78,8 +77,6 @@ log = logging.getLogger(__name__)
 WORKER_JOIN_TIMEOUT_S = 5.0
 # Sub-directory of the agent's cache holding converted shares (one per digest+share).
 CACHE_SUBDIR = "llm"
-
-_RANK = re.compile(r"^rank (\d+) ")
 
 
 def _trim_heap() -> None:
@@ -142,10 +139,8 @@ class LlmShard:
         self._worker: Any = None
         self._blas_limit: Any = None
         self._blas_threads: int | None = None
-        self._listener: GroupListener | None = None
-        self._group: CollectiveGroup | None = None
+        self._group = ShardGroup(spec, ctx)
         self._failed: EdgeRuntimeError | None = None
-        self._endpoints: list[str] = []
         self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
                           "load_s": 0.0}
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -233,10 +228,11 @@ class LlmShard:
             raise DeployError(f"the share is not loaded: checkpoint files {missing} have not "
                               "arrived; redeploy")
         if job.kind == READY:
-            return self._reply(job, {"address": self._address(), "status": self.status()})
+            return self._reply(job, {"address": self._group.address(),
+                                     "status": self.status()})
         if job.kind == CONNECT:
-            self._connect(job)
-            return self._reply(job, {"connected": len(self._endpoints)})
+            self._group.connect(job.meta.get("endpoints"))
+            return self._reply(job, {"connected": len(self._group.endpoints)})
         return self._step(job)
 
     def _reply(self, job: _Job, meta: dict[str, Any],
@@ -248,19 +244,13 @@ class LlmShard:
         error_type, agent = type(error).__name__, self._ctx.name
         message = str(error)
         if isinstance(error, CollectiveError):
-            culprit = self._member_name(error.member)
+            culprit = self._group.member_name(error.member)
             error_type, agent = "AgentUnavailableError", culprit or agent
             message = (f"the tensor-parallel group lost {culprit or error.member} during a "
                        f"step ({error}); redeploy the model without it")
         self._ctx.send_to_client(job.client, error_frame(
             job.request_id, error_type, message, sender=self._ctx.name,
             details={"agent": agent, "deployment_id": self.id, "reported_by": self._ctx.name}))
-
-    def _member_name(self, member: str | None) -> str:
-        match = _RANK.match(member or "")
-        if match and int(match.group(1)) < len(self.spec.names):
-            return self.spec.names[int(match.group(1))]
-        return ""
 
     def _load(self) -> None:
         from edge_runtime.llm.checkpoint import Checkpoint
@@ -295,12 +285,7 @@ class LlmShard:
             for index in range(resident.n):
                 with resident.use(index):
                     pass
-        security = getattr(self._ctx, "security", None)
-        if not isinstance(security, Security):
-            raise DeployError(f"agent {self._ctx.name} has no transport security settings")
-        keys = [] if security.insecure else [k.encode() for k in self.spec.public_keys if k]
-        self._listener = GroupListener(f"tcp://{self._bind_host()}:0", security,
-                                       peer_keys=keys)
+        self._group.listen()
         self._counters["load_s"] = time.perf_counter() - started
         reset_peak_rss()
         log.info("llm-shard %s rank %d loaded in %.2f s (%s, window %s)", self.id,
@@ -325,45 +310,15 @@ class LlmShard:
         self._blas_threads = threads
         log.info("llm-shard %s: BLAS limited to %d thread(s)", self.id, threads)
 
-    def _bind_host(self) -> str:
-        address = str(getattr(self._ctx, "address", "tcp://127.0.0.1:0"))
-        host = address.removeprefix("tcp://").rsplit(":", 1)[0]
-        return host if host and host != "*" else "0.0.0.0"
-
-    def _address(self) -> str:
-        assert self._listener is not None
-        port = self._listener.address.rsplit(":", 1)[1]
-        host = self._bind_host()
-        if host == "0.0.0.0":
-            host = self.spec.advertise_host
-        return f"tcp://{host}:{port}"
-
-    def _connect(self, job: _Job) -> None:
-        endpoints = job.meta.get("endpoints")
-        if not isinstance(endpoints, list) or len(endpoints) != len(self.spec.names):
-            raise InputError(f"llm_connect needs {len(self.spec.names)} endpoints")
-        if self._group is not None:
-            # A reconnect builds a new group on the same bound listener.
-            self._group.close(keep_listener=True)
-        security = getattr(self._ctx, "security", None)
-        assert isinstance(security, Security) and self._listener is not None
-        keys = None if security.insecure else [(k or "").encode() for k in self.spec.public_keys]
-        self._endpoints = [str(e) for e in endpoints]
-        self._group = CollectiveGroup(self.spec.rank, self._endpoints, security,
-                                      timeout_s=self.spec.collective_timeout_s,
-                                      peer_keys=keys, listener=self._listener)
-        # Every member connects now (CURVE handshakes included), not on the first token.
-        self._group.barrier()
-
     def _step(self, job: _Job) -> Frame | None:
-        if self._group is None:
+        if self._group.group is None:
             raise InputError("llm_step before llm_connect; redeploy the model")
         ids = job.tensors.get("ids")
         if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise InputError("llm_step needs a 1-D integer tensor 'ids'")
         start = int(job.meta.get("start", 0))
         last_only = bool(job.meta.get("last_only", True))
-        group, hub, clock = self._group, self.plan.hub, StepClock(self._ctx)
+        group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
 
         def allreduce(x: np.ndarray) -> np.ndarray:
             clock.sync()
@@ -425,10 +380,7 @@ class LlmShard:
 
     def _release(self) -> None:
         """Runs on the worker thread, once, as it exits."""
-        if self._group is not None:
-            self._group.close()
-        elif self._listener is not None:
-            self._listener.close()
+        self._group.close()
         if self._worker is not None:
             self._worker.close()
         if self._blas_limit is not None:

@@ -209,32 +209,27 @@ class OnnxStage:
         last = spec.stage == spec.n_stages - 1 or spec.next_hop is None
         if fired or last:
             exit_name = spec.exit.name if fired and spec.exit is not None else None
-            self._ctx.send_to_client(
-                work.client,
-                Frame(
-                    kind=p.RESULT,
-                    request_id=work.request_id,
-                    sender=self._ctx.name,
-                    meta={"deployment_id": spec.deployment_id, "exit": exit_name,
-                          "stage": spec.stage, "timings": timings, "sent_at": time.time()},
-                    tensors=collected,
-                ),
-            )
+            self._ctx.send_to_client(work.client, self._onward(
+                p.RESULT, work,
+                {"deployment_id": spec.deployment_id, "exit": exit_name, "stage": spec.stage,
+                 "timings": timings},
+                collected))
             return
         assert spec.next_hop is not None  # guarded by `last` above
         tensors = {f"{p.ACT_PREFIX}{name}": available[name] for name in spec.forward}
         tensors.update({f"{p.OUT_PREFIX}{name}": value for name, value in collected.items()})
-        self._ctx.send_to_peer(
-            spec.next_hop,
-            Frame(
-                kind=p.ACTIVATION,
-                request_id=work.request_id,
-                sender=self._ctx.name,
-                meta={"deployment_id": spec.next_hop.deployment_id, "client": work.client,
-                      "stage": spec.stage + 1, "timings": timings, "sent_at": time.time()},
-                tensors=tensors,
-            ),
-        )
+        self._ctx.send_to_peer(spec.next_hop, self._onward(
+            p.ACTIVATION, work,
+            {"deployment_id": spec.next_hop.deployment_id, "client": work.client,
+             "stage": spec.stage + 1, "timings": timings},
+            tensors))
+
+    def _onward(self, kind: str, work: _Work, meta: dict[str, Any],
+                tensors: dict[str, np.ndarray]) -> Frame:
+        """The request's next frame (result or activation), stamped `sent_at` now so the
+        receiver can measure its transfer time."""
+        return Frame(kind=kind, request_id=work.request_id, sender=self._ctx.name,
+                     meta={**meta, "sent_at": time.time()}, tensors=tensors)
 
     def status(self) -> dict[str, Any]:
         return {

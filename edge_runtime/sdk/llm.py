@@ -302,13 +302,14 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
     files = checkpoint_files(checkpoint)
     blas = blas_threads(cluster, names) if threads is None else [threads] * len(names)
     sender = FileSender(cluster, checkpoint, progress)
+    plan_json = plan.to_json()
     loaded: list[str] = []
     try:
         for rank, name in enumerate(names):
             share = plan.shares[rank]
             spec = ShardSpec(
                 checkpoint="" if send_checkpoint else str(checkpoint), checkpoint_digest=digest,
-                plan_json=plan.to_json(), rank=rank, names=tuple(names), public_keys=keys,
+                plan_json=plan_json, rank=rank, names=tuple(names), public_keys=keys,
                 max_context=max_context, memory_budget=budgets[rank],
                 memory_bytes=share.peak_memory_bytes,
                 advertise_host=host_of(cluster.info(name).address),

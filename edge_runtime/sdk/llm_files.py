@@ -9,7 +9,6 @@ and only for files some agent lacks.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from edge_runtime.agent.llm_spec import PUT
 from edge_runtime.errors import DeployError
 from edge_runtime.sdk.config import CHUNK_BYTES
+from partitioner.plan import sha256_file
 
 if TYPE_CHECKING:
     from edge_runtime.sdk.cluster import Cluster
@@ -50,11 +50,7 @@ class FileSender:
 
     def _sha256(self, name: str) -> str:
         if name not in self._hashes:
-            digest = hashlib.sha256()
-            with (self._directory / name).open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            self._hashes[name] = digest.hexdigest()
+            self._hashes[name] = sha256_file(self._directory / name)
         return self._hashes[name]
 
     def send(self, agent: str, deployment_id: str, missing: Sequence[str]) -> None:
