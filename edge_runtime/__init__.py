@@ -19,7 +19,7 @@ from edge_runtime import errors
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from edge_runtime.agent.protocol import StageTiming
+    from edge_runtime.protocol import StageTiming
     from edge_runtime.sdk import (
         Cluster,
         Deployment,
@@ -39,7 +39,7 @@ _LAZY = {
     "Timeouts": "edge_runtime.sdk",
     "connect": "edge_runtime.sdk",
     "local_cluster": "edge_runtime.sdk",
-    "StageTiming": "edge_runtime.agent.protocol",
+    "StageTiming": "edge_runtime.protocol",
     "LlmDeployment": "edge_runtime.sdk.llm",
 }
 

@@ -23,14 +23,12 @@ from types import TracebackType
 from typing import Any
 
 from edge_runtime.errors import ConfigError
+from transports.addresses import DEFAULT_PORT, AddressError, normalize_address
 
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_edge-runtime._tcp.local."
 """DNS-SD service type agents announce under."""
-
-DEFAULT_PORT = 7700
-"""Control port assumed for an address written without one."""
 
 BROWSE_TIMEOUT_S = 3.0
 """How long `browse` listens for announcements. mDNS responders answer a query
@@ -60,38 +58,13 @@ class AgentAddress:
 def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> str:
     """Normalise `host`, `host:port` or `tcp://host:port` to `tcp://host:port`.
 
-    Raises `ConfigError` naming the bad entry, so a typo in a long list is easy to find.
+    The one normaliser is `transports.addresses.normalize_address` (keys and the
+    SDK use it too); this raises its error as a `ConfigError`, naming the bad entry.
     """
-    raw = text.strip()
-    rest = raw[len("tcp://") :] if raw.startswith("tcp://") else raw
-    if "://" in rest:
-        raise ConfigError(
-            f"agent address {raw!r}: only tcp:// is supported (e.g. tcp://10.0.0.2:7700)"
-        )
-    if rest.startswith("["):  # [IPv6]:port
-        host, bracket, port_text = rest[1:].partition("]")
-        if not bracket:
-            raise ConfigError(f"agent address {raw!r}: missing ']' after an IPv6 host")
-        port_text = port_text.removeprefix(":")
-        host = f"[{host}]"
-    elif rest.count(":") > 1:
-        raise ConfigError(f"agent address {raw!r}: write an IPv6 host in brackets, e.g. [::1]:7700")
-    else:
-        host, _, port_text = rest.partition(":")
-    if not host or host == "[]":
-        raise ConfigError(f"agent address {raw!r} has no host; write host:port, e.g. 10.0.0.2:7700")
-    if not port_text:
-        port = default_port
-    else:
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ConfigError(
-                f"agent address {raw!r}: port {port_text!r} is not a number"
-            ) from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"agent address {raw!r}: port {port} is outside 1..65535")
-    return f"tcp://{host}:{port}"
+    try:
+        return normalize_address(text, default_port)
+    except AddressError as error:
+        raise ConfigError(str(error)) from None
 
 
 def parse_endpoints(spec: str | Iterable[str], default_port: int = DEFAULT_PORT) -> list[str]:

@@ -39,6 +39,10 @@ class AgentUnavailableError(AgentError):
     """An agent died or did not answer within its timeout."""
 
 
+class AgentBusyError(AgentError):
+    """An agent refused work because its queue for that kind of request is full; retry later."""
+
+
 class DeployError(EdgeRuntimeError):
     """A model could not be deployed (transfer, verification, memory budget)."""
 
@@ -49,6 +53,15 @@ class MemoryBudgetError(DeployError):
 
 class ShardIntegrityError(DeployError):
     """A shard's bytes do not match its sha256 digest: it was corrupted or tampered with."""
+
+
+class DeploymentGoneError(DeployError):
+    """A request named a deployment the agent no longer holds, and the agent knows why
+    (its coordinator's lease lapsed, ...): redeploy it."""
+
+
+class UploadQuotaError(DeployError):
+    """An upload would exceed the disk an agent allows for incomplete uploads."""
 
 
 class CheckpointError(EdgeRuntimeError):
@@ -74,11 +87,13 @@ def is_user_error(error: BaseException) -> bool:
 
 __all__ = [
     "USER_ERRORS",
+    "AgentBusyError",
     "AgentError",
     "AgentUnavailableError",
     "CheckpointError",
     "ConfigError",
     "DeployError",
+    "DeploymentGoneError",
     "DeviceError",
     "EdgeRuntimeError",
     "GenerationError",
@@ -89,5 +104,6 @@ __all__ = [
     "ShardIntegrityError",
     "TransportError",
     "UnknownPresetError",
+    "UploadQuotaError",
     "is_user_error",
 ]

@@ -1,12 +1,15 @@
 """transports: everything that crosses a device boundary.
 
-Wire format (`Frame`, `encode`, `decode`), CURVE keys and security, ZeroMQ
-channels, collectives, their cost model and a user-space link emulator. It
+Wire format (`Frame`, `encode`, `decode`), CURVE keys and security, the one socket
+layer (`sockets.py`: every socket's options, `open_server`/`open_client`), handshake
+diagnosis, ZeroMQ channels, collectives, their cost model and a user-space link
+emulator. It
 imports nothing else of the project. `transports.cost` is pure arithmetic,
 safe for the partitioner to import.
 """
 
 from transports import cost
+from transports.addresses import normalize_address
 from transports.channels import Client, Incoming, Server
 from transports.collectives import CollectiveGroup, GroupListener
 from transports.compression import Compression, parse_compression
@@ -19,6 +22,7 @@ from transports.errors import (
     SecurityError,
     TransportError,
 )
+from transports.handshake import HandshakeState, HandshakeStatus, HandshakeWatch
 from transports.keys import (
     KeyPair,
     TrustedKey,
@@ -32,6 +36,7 @@ from transports.keys import (
 from transports.linkemu import LinkEmulator, LinkSpec
 from transports.pieces import SPLIT_BYTES
 from transports.security import Authorizer, Security
+from transports.sockets import open_client, open_server
 from transports.wire import (
     ALLOWED_DTYPES,
     PROTOCOL_VERSION,
@@ -54,6 +59,9 @@ __all__ = [
     "Compression",
     "Frame",
     "GroupListener",
+    "HandshakeState",
+    "HandshakeStatus",
+    "HandshakeWatch",
     "Incoming",
     "KeyPair",
     "LinkEmulator",
@@ -74,6 +82,9 @@ __all__ = [
     "generate_keypair",
     "init_keys",
     "load_keypair",
+    "normalize_address",
+    "open_client",
+    "open_server",
     "parse_compression",
     "peek_request_id",
     "raise_if_error",

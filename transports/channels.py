@@ -10,8 +10,10 @@ Why these rules:
 - Every receive has a timeout: a dead peer must produce `PeerTimeoutError`,
   never a hang.
 - Malformed input never raises out of `Server.recv`: it comes back as an
-  `Incoming` carrying the `ProtocolError`, so the server answers an error frame
-  and keeps serving.
+  `Incoming` carrying the `ProtocolError` (`wire.decode` raises nothing else) and
+  the request id read best-effort from the header, so the server answers an error
+  frame to the right request and keeps serving; a heartbeat that cannot be
+  answered is logged and skipped.
 - ZMTP heartbeats detect dead connections; DEALERs reconnect on their own
   (`RECONNECT_IVL_MS`..`RECONNECT_IVL_MAX_MS`); `ROUTER_HANDOVER` lets a
   restarted client reuse its identity.
@@ -30,9 +32,14 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from transports.errors import PeerTimeoutError, PeerUnreachableError, ProtocolError, SecurityError
+from transports.errors import (
+    PeerTimeoutError,
+    ProtocolError,
+    SecurityError,
+    TransportError,
+)
+from transports.handshake import HandshakeWatch
 from transports.linkemu import LinkEmulator
 from transports.security import Authorizer, Security
 from transports.sockets import (
@@ -52,14 +59,6 @@ from transports.wire import (
 
 log = logging.getLogger(__name__)
 
-
-_HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
-"""Connection events a Client watches, to turn a refused handshake into SecurityError."""
 
 HEARTBEAT_KIND = "heartbeat"
 HEARTBEAT_ACK_KIND = "heartbeat_ack"
@@ -148,7 +147,7 @@ class Server(Endpoint):
         try:
             frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
         except ProtocolError as error:
-            log.warning("malformed message from %r: %s", peer, error.reason)
+            log.warning("malformed message from %r: %s", peer[:64], error.reason[:500])
             return Incoming(peer, None, error, key, peek_request_id(parts[1:]))
         return Incoming(peer, frame, None, key)
 
@@ -175,10 +174,12 @@ class Server(Endpoint):
         )
 
     def _try_send(self, peer: bytes, frame: Frame) -> None:
+        """Best-effort answer (heartbeats, errors): a peer that went away, a full queue
+        or a socket error is logged, never raised into the receive loop."""
         try:
             self.send(peer, frame)
-        except (PeerUnreachableError, PeerTimeoutError) as error:
-            log.info("could not answer %r: %s", peer, error)
+        except (TransportError, zmq.ZMQError) as error:
+            log.info("could not answer %r: %s", peer[:64], error)
 
     def _release(self) -> None:
         if self.authorizer is not None:
@@ -226,10 +227,7 @@ class Client(Endpoint):
             if not security.insecure and server_public_key is None:
                 server_public_key = security.server_key_for(address)
             security.apply_client(self._socket, server_public_key)
-            self._monitor: zmq.Socket[bytes] | None = self._socket.get_monitor_socket(
-                _HANDSHAKE_EVENTS
-            )
-            self._handshake_failure: str | None = None
+            self._watch: HandshakeWatch | None = HandshakeWatch(self._socket)
             self._public_key = security.keypair.public if security.keypair else None
             self._socket.connect(address)
         except BaseException:
@@ -304,32 +302,19 @@ class Client(Endpoint):
             self._pending.append(reply)
 
     def _check_refused(self) -> None:
-        monitor = getattr(self, "_monitor", None)
-        if monitor is None:
+        watch = getattr(self, "_watch", None)
+        if watch is None:
             return
-        while monitor.poll(0):
-            event = recv_monitor_message(monitor)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failure = None
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._handshake_failure = "refused this client's key"
-            else:
-                self._handshake_failure = "failed the security handshake (CURVE vs insecure?)"
-        if self._handshake_failure is None:
-            return
-        key = self._public_key.decode() if self._public_key else "<insecure>"
-        raise SecurityError(
-            f"server {self.address} {self._handshake_failure}; on the server's device run "
-            f"`edge-runtime keys trust '{key}' --name <this-device>` (or check that both ends "
-            "use the same security mode and the right server key)"
-        )
+        state = watch.poll()
+        if state.handshake_failed:
+            raise SecurityError(state.explain(self.name or self.address, self.address,
+                                              self._public_key))
 
     def _before_close(self) -> None:
-        monitor = getattr(self, "_monitor", None)
-        if monitor is not None:
-            self._socket.disable_monitor()
-            monitor.close(linger=0)
-            self._monitor = None
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.close()
+            self._watch = None
 
     def heartbeat(self, timeout_s: float) -> float:
         """Round-trip a heartbeat via the server; returns seconds (PeerTimeoutError if silent)."""

@@ -17,13 +17,16 @@ has the dtype the sender had. Non-finite values are not preserved by ``int8``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from transports.errors import ProtocolError
+from transports.pieces import checked_shape
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +81,42 @@ def compressible(dtype: np.dtype[np.generic]) -> bool:
     return dtype.name in _COMPRESSIBLE
 
 
-def compressed_nbytes(tag: str, count: int) -> int:
-    """Bytes of the payload a tensor of `count` values has under `tag`."""
-    method = parse_compression_tag(tag)
-    if method.method == "fp16":
-        return 2 * count
-    return 4 * math.ceil(count / method.block) + count
+_WIRE_TAG = re.compile(r"fp16|int8:[1-9][0-9]{0,6}")
+"""The only tags a header may carry: what `Compression.tag` writes, nothing looser
+(no bare ``int8``, signs, spaces, underscores or non-ASCII digits that `int` accepts)."""
 
 
-def parse_compression_tag(tag: str) -> Compression:
-    """Parse a header's compression tag; a malformed one is a ProtocolError."""
+@functools.lru_cache(maxsize=64)
+def _parse_wire_tag(tag: str) -> Compression:
+    if _WIRE_TAG.fullmatch(tag) is None:
+        raise ProtocolError(
+            f"bad compression tag {tag[:32]!r}; the wire carries 'fp16' or 'int8:<block>'"
+        )
     try:
         method = parse_compression(tag)
-    except ValueError as error:
+    except ValueError as error:  # a block above MAX_INT8_BLOCK
         raise ProtocolError(f"bad compression tag {tag!r}: {error}") from None
     assert method is not None  # a str never parses to None
     return method
+
+
+def parse_compression_tag(tag: object) -> Compression:
+    """Parse a header's compression tag; anything but a well-formed one is a
+    ProtocolError. Cached: a stream repeats the same few tags on every tensor."""
+    if type(tag) is not str:
+        raise ProtocolError(f"compression tag must be a str, got {type(tag).__name__}")
+    return _parse_wire_tag(tag)
+
+
+def compressed_nbytes(tag: str, count: int) -> int:
+    """Bytes of the payload a tensor of `count` values has under `tag`."""
+    return _payload_nbytes(parse_compression_tag(tag), count)
+
+
+def _payload_nbytes(method: Compression, count: int) -> int:
+    if method.method == "fp16":
+        return 2 * count
+    return 4 * -(-count // method.block) + count
 
 
 def compress(array: np.ndarray, method: Compression) -> np.ndarray:
@@ -117,19 +140,41 @@ def compress(array: np.ndarray, method: Compression) -> np.ndarray:
 
 
 def decompress(
-    payload: memoryview | bytes, tag: str, dtype: np.dtype[np.generic], shape: tuple[int, ...]
+    payload: memoryview | bytes,
+    tag: object,
+    dtype: np.dtype[np.generic],
+    shape: object,
+    what: str = "compressed tensor",
 ) -> np.ndarray:
-    """Rebuild a tensor of `dtype` and `shape` from its compressed payload."""
+    """Rebuild a tensor of `dtype` and `shape` from its compressed payload, checking
+    each of them first: ProtocolError (never another error) if they do not fit.
+
+    Memory is O(values): the int8 path never pads to a whole block, so a one-value
+    tensor under a 2**20 block costs no more than under a 64 one."""
+    if not compressible(dtype):
+        raise ProtocolError(f"{what}: {dtype.name} cannot be compressed")
     method = parse_compression_tag(tag)
-    count = math.prod(shape)
+    dims, count = checked_shape(shape, what)
+    data = np.frombuffer(payload, dtype=np.uint8)
+    expected = _payload_nbytes(method, count)
+    if data.nbytes != expected:
+        raise ProtocolError(
+            f"{what}: {method.tag} payload of {list(dims)} must be {expected} bytes, "
+            f"got {data.nbytes}"
+        )
     if method.method == "fp16":
-        half = np.frombuffer(payload, dtype=np.float16, count=count)
-        return half.astype(dtype).reshape(shape)
-    blocks = math.ceil(count / method.block)
-    raw = np.frombuffer(payload, dtype=np.uint8)
-    scales = raw[: 4 * blocks].view(np.float32)
-    quantized = raw[4 * blocks :].view(np.int8)
-    padded = np.zeros(blocks * method.block, dtype=np.float32)
-    padded[:count] = quantized
-    grid = padded.reshape(blocks, method.block) * scales[:, None]
-    return grid.reshape(-1)[:count].astype(dtype).reshape(shape)
+        return data.view(np.float16).astype(dtype).reshape(dims)
+    block = method.block
+    full, rest = divmod(count, block)
+    blocks = full + (1 if rest else 0)
+    scales = data[: 4 * blocks].view(np.float32)
+    quantized = data[4 * blocks :].view(np.int8)
+    values = np.empty(count, dtype=np.float32)
+    head = full * block
+    with np.errstate(all="ignore"):  # a peer's scales may be inf/NaN: garbage in, no warning
+        np.multiply(quantized[:head].reshape(full, block), scales[:full, None],
+                    out=values[:head].reshape(full, block))
+        if rest:
+            np.multiply(quantized[head:], scales[full], out=values[head:])
+        result = values.astype(dtype, copy=False)
+    return result.reshape(dims)

@@ -20,10 +20,11 @@ for a `Frame` header (a msgpack map) or the other way round. Control messages
 of the group (ping, pong, abort) and compressed data stay `Frame`s.
 
 Validation is as strict as `wire.decode`: magic and version, the dtype from
-`wire.ALLOWED_DTYPES`, at most `wire.MAX_DIMS` dims, byte length == product of
-the shape × itemsize, bool bytes 0/1, a split tensor's pieces no smaller than
-`pieces.MIN_SPLIT_BYTES`. Anything else is a `ProtocolError`; the receiver drops it
-and keeps going.
+`wire.ALLOWED_DTYPES`, a shape numpy can build (`pieces.checked_shape`), byte
+length == product of the shape × itemsize, the whole message within
+`max_message_bytes`, bool bytes 0/1, a split tensor's pieces no smaller than
+`pieces.MIN_SPLIT_BYTES`. Anything else is a `ProtocolError` (the only error
+`decode_data` raises); the receiver drops it and keeps going.
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ import numpy as np
 
 from transports.errors import ProtocolError
 from transports.pieces import (
+    MAX_DIMS,
     MIN_SPLIT_BYTES,
     SPLIT_BYTES,
     byte_view,
+    checked_shape,
     join_pieces,
     part_view,
     split_pieces,
 )
 from transports.wire import (
     ALLOWED_DTYPES,
-    MAX_DIMS,
+    DEFAULT_MAX_MESSAGE_BYTES,
     Buffer,
     native_contiguous,
     numpy_dtype,
@@ -115,13 +118,34 @@ def encode_data(
     return [header, *split_pieces(data, split_bytes)]
 
 
-def decode_data(parts: Sequence[Any]) -> DataMessage:
+def decode_data(
+    parts: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> DataMessage:
     """Decode and validate one data message (bytes, memoryviews or zmq.Frames).
 
-    The tensor is a read-only view on the received buffer (no copy)."""
+    The tensor is a read-only view on the received buffer (no copy). ProtocolError,
+    and only ProtocolError, for anything malformed (see `wire.decode` for why an
+    unexpected error is turned into one)."""
+    try:
+        return _decode_data(parts, max_message_bytes)
+    except ProtocolError:
+        raise
+    except Exception as error:
+        log.error("decode_data failed unexpectedly (%s): a validation rule is missing",
+                  type(error).__name__, exc_info=True)
+        raise ProtocolError(f"undecodable data message ({type(error).__name__})") from error
+
+
+def _decode_data(parts: Sequence[Any], max_message_bytes: int) -> DataMessage:
     if not parts:
         raise ProtocolError("empty collective data message")
-    view = part_view(parts[0])
+    views = [part_view(part) for part in parts]
+    total = views[0].nbytes if len(views) == 1 else sum(piece.nbytes for piece in views)
+    if total > max_message_bytes:
+        raise ProtocolError(
+            f"collective data message of {total} bytes exceeds the limit of {max_message_bytes}"
+        )
+    view = views[0]
     if view.nbytes < _FIXED.size:
         raise ProtocolError(f"collective data header of {view.nbytes} bytes is too short")
     magic, version, code, ndim, source, step, seq = _FIXED.unpack_from(view)
@@ -139,18 +163,16 @@ def decode_data(parts: Sequence[Any]) -> DataMessage:
         raise ProtocolError("collective data header shorter than its declared shape")
     shape = struct.unpack_from(f"<{ndim}Q", view, _FIXED.size) if ndim else ()
     dtype = _DTYPES[code]
-    count = 1
-    for dim in shape:
-        count *= dim
+    shape, count = checked_shape(shape, "collective data tensor")
     nbytes = count * dtype.itemsize
-    if len(parts) == 1:
+    if len(views) == 1:
         payload = view[end:]
     elif view.nbytes != end:
         raise ProtocolError("collective data header with trailing bytes before its tensor")
-    elif len(parts) == 2:
-        payload = part_view(parts[1])
+    elif len(views) == 2:
+        payload = views[1]
     else:  # a large tensor in pieces (see pieces.SPLIT_BYTES)
-        pieces = [part_view(part) for part in parts[1:]]
+        pieces = views[1:]
         payload, used = join_pieces(pieces, 0, nbytes, len(pieces) - 1, "collective data")
         if used != len(pieces):
             raise ProtocolError(f"collective data tensor followed by {len(pieces) - used} "

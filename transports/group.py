@@ -194,23 +194,36 @@ class GroupMember:
             raise self._fail(dst, "its send queue stayed full") from None
 
     def _receive(self, deadline: float) -> bool:
-        """Receive one message into the inbox; False if the deadline passed first."""
+        """Receive one message into the inbox; False if the deadline passed first.
+
+        Once the deadline has passed this returns False without receiving, so a peer
+        flooding the listener (with junk or not) cannot keep a wait alive forever. A
+        message that cannot be used is logged and dropped: no error from handling one
+        message escapes into the collective call."""
+        if time.monotonic() >= deadline:
+            return False
         emulated = self._outbox is not None
         parts = self._recv_emulated(deadline) if emulated else self._recv_parts(deadline)
         if parts is None:
             return False
-        if len(parts) >= 2 and is_data_message(parts[1]):
-            try:
-                message = decode_data(parts[1:])
-                if message.source >= self.size:
-                    raise ProtocolError(f"source rank {message.source} is not in the group")
-            except ProtocolError as error:
-                log.warning("rank %d dropped a malformed collective message: %s", self.rank, error)
-                return True
-            if message.seq >= self._seq:  # else: left over from a call that already failed
-                self._inbox[(message.seq, message.step, message.source)] = message.tensor
-            return True
-        return self._on_frame(parts)
+        try:
+            if len(parts) >= 2 and is_data_message(parts[1]):
+                self._on_data(parts)
+            else:
+                self._on_frame(parts)
+        except ProtocolError as error:
+            log.warning("rank %d dropped a malformed collective message: %s", self.rank, error)
+        except Exception:  # a bug, not the peer's fault alone: log it, keep the group alive
+            log.exception("rank %d dropped a collective message it failed to handle", self.rank)
+        return True
+
+    def _on_data(self, parts: list[zmq.Frame]) -> None:
+        """A lean `datawire` data message: into the inbox, or ProtocolError."""
+        message = decode_data(parts[1:], max_message_bytes=self.max_message_bytes)
+        if message.source >= self.size:
+            raise ProtocolError(f"source rank {message.source} is not in the group")
+        if message.seq >= self._seq:  # else: left over from a call that already failed
+            self._inbox[(message.seq, message.step, message.source)] = message.tensor
 
     def _recv_parts(self, deadline: float) -> list[zmq.Frame] | None:
         """One message, blocking in libzmq until it comes or `deadline` passes."""
@@ -245,34 +258,30 @@ class GroupMember:
             if time.monotonic() >= deadline:
                 return None
 
-    def _on_frame(self, parts: list[zmq.Frame]) -> bool:
-        """A general `Frame`: control (ping, pong, abort) or compressed data."""
-        try:
-            frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
-            src, step = frame.meta["r"], frame.meta["s"]
-            if type(src) is not int or not 0 <= src < self.size or type(step) is not int:
-                raise ProtocolError("collective message without a valid source rank and step")
-        except (ProtocolError, KeyError) as error:
-            log.warning("rank %d dropped a malformed collective message: %s", self.rank, error)
-            return True
+    def _on_frame(self, parts: list[zmq.Frame]) -> None:
+        """A general `Frame`: control (ping, pong, abort) or compressed data;
+        ProtocolError if it is malformed."""
+        frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
+        src, step = frame.meta.get("r"), frame.meta.get("s")
+        if type(src) is not int or not 0 <= src < self.size or type(step) is not int:
+            raise ProtocolError("collective message without a valid source rank and step")
         if frame.kind == _PING:  # liveness probe from a member that timed out waiting
             with contextlib.suppress(CollectiveError, zmq.ZMQError):
                 self._send(src, frame.request_id, -1, None, _PONG, {"w": self._waiting_on})
-            return True
+            return
         if frame.kind == _PONG:
             waiting_on = frame.meta.get("w")
             self._pongs[src] = waiting_on if type(waiting_on) is int else -1
-            return True
+            return
         if frame.request_id < self._seq:
-            return True  # left over from a call that already failed
+            return  # left over from a call that already failed
         if frame.kind == _ABORT:
             culprit = frame.meta.get("m")
-            why = str(frame.meta.get("why", ""))
+            why = str(frame.meta.get("why", ""))[:200]
             if type(culprit) is int and 0 <= culprit < self.size:
                 self._aborts[frame.request_id] = (culprit, why)
-            return True
+            return
         self._inbox[(frame.request_id, step, src)] = frame.tensors.get("x")
-        return True
 
     def _check_abort(self, seq: int) -> None:
         abort = self._aborts.get(seq)

@@ -16,14 +16,19 @@ trusts a device once, by key and address, and never pastes keys into code.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
+from transports.addresses import AddressError, normalize_address
 from transports.errors import SecurityError
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,14 @@ def check_public_key(key: bytes | str) -> bytes:
             "copy it from `edge-runtime keys show` on the other device"
         )
     return raw
+
+
+def _normalized(address: str) -> str:
+    """`normalize_address`, failing as the SecurityError every key lookup raises."""
+    try:
+        return normalize_address(address)
+    except AddressError as error:
+        raise SecurityError(str(error)) from None
 
 
 def _write_cert(
@@ -184,8 +197,8 @@ def trust(
         raise SecurityError(
             f"trusted-key name {name!r} must be 1-64 letters, digits, '.', '_' or '-'"
         )
-    if address is not None and not re.match(r"^(tcp|ipc|inproc)://\S+$", address):
-        raise SecurityError(f"address {address!r} must look like tcp://host:port")
+    if address is not None:
+        address = _normalized(address)
     folder = Path(directory).expanduser() / TRUSTED
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{name}.key"
@@ -211,7 +224,13 @@ def trusted_keys_in(folder: Path) -> dict[str, TrustedKey]:
         except SecurityError as error:
             log.warning("skipping trusted certificate: %s", error)
             continue
-        found[path.stem] = TrustedKey(path.stem, public, metadata.get("address") or None)
+        address = metadata.get("address") or None
+        if address is not None:
+            try:
+                address = normalize_address(address)
+            except AddressError as error:  # kept as written: it still names the peer
+                log.warning("trusted certificate %s: %s", path, error)
+        found[path.stem] = TrustedKey(path.stem, public, address)
     return found
 
 
@@ -221,14 +240,16 @@ def server_key_for(directory: str | os.PathLike[str], address: str) -> bytes:
 
 
 def server_key_in(folder: Path, address: str) -> bytes:
-    """The public key registered for `address` among the certificates in `folder`."""
+    """The public key registered for `address` (any form `normalize_address` reads)
+    among the certificates in `folder`."""
+    address = _normalized(address)
     for trusted_key in trusted_keys_in(folder).values():
         if trusted_key.address == address:
             return trusted_key.public
     raise SecurityError(
         f"no trusted key for {address} in {folder}; on that "
         "device run `edge-runtime keys show`, then here run `edge-runtime keys trust "
-        f"<its public key> --name <device> --address {address}`"
+        f"<its public key> --name <device> --address {shlex.quote(address)}`"
     )
 
 
@@ -236,3 +257,117 @@ def read_public_certificate(path: str | os.PathLike[str]) -> bytes:
     """The public key in a certificate file (e.g. another device's identity.key)."""
     public, _, _ = _read_cert(Path(path).expanduser())
     return public
+
+
+# --- telling a user how to fix a refused or failed handshake ---
+#
+# Z85 keys contain shell metacharacters (& * $ ! ( < > /), so every command shown
+# to a user is built with shlex and pastes into a POSIX shell as it is.
+
+FINGERPRINT_CHARS = 6
+"""Hex digits of a key fingerprint: enough to tell a room of devices apart
+(a clash among 20 devices is ~1 in 100,000), short enough for a name."""
+
+
+def key_fingerprint(public_key: bytes | str) -> str:
+    """A short, stable hex tag of a public key (sha256 of its z85 text), e.g. ``3fa9c1``."""
+    raw = public_key.encode() if isinstance(public_key, str) else public_key
+    return hashlib.sha256(raw.strip()).hexdigest()[:FINGERPRINT_CHARS]
+
+
+def device_name(host: str | None = None) -> str:
+    """`host` (default: this machine's host name) as a valid trusted-key name:
+    its first DNS label, other characters turned into ``-``, at most 64."""
+    label = (host if host is not None else socket.gethostname()).split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", label).lstrip("._-")[:64]
+    return cleaned or "device"
+
+
+def trust_command(public_key: bytes | str, name: str, address: str | None = None) -> str:
+    """The exact `edge-runtime keys trust` command for `public_key`, shell-quoted.
+
+    The key comes last, after ``--``: a Z85 key may begin with ``-``, which argparse
+    would otherwise take for an option. Pure formatting: it never raises, so a ZAP
+    callback may call it on any key.
+    """
+    key = public_key.decode(errors="replace") if isinstance(public_key, bytes) else public_key
+    parts = ["edge-runtime", "keys", "trust", "--name", name]
+    if address:
+        parts += ["--address", address]
+    return shlex.join([*parts, "--", key.strip()])
+
+
+def key_refused_message(
+    agent: str, address: str, client_key: bytes | str, client_name: str | None = None
+) -> str:
+    """What a client says when agent `agent` refused its key during the handshake
+    (`agent` may be "" or the address itself when its name is not known yet)."""
+    who, where = (f"agent {agent}", agent) if agent and agent != address else ("the agent", "it")
+    return (
+        f"{who} at {address} does not trust this machine's key; on {where} run: "
+        + trust_command(client_key, client_name or device_name())
+    )
+
+
+def server_key_mismatch_message(address: str, trusted_name: str | None = None) -> str:
+    """What a CURVE client says when the server dropped its handshake unanswered: the
+    key trusted for `address` is not the agent's (or no agent listens there)."""
+    name = shlex.quote(trusted_name) if trusted_name else "NAME"
+    return (
+        f"the key trusted for {address} is not that agent's key (or what listens there is "
+        "not an edge-runtime agent): on the agent run `edge-runtime keys show` and trust "
+        f"the key it prints: `edge-runtime keys trust KEY --name {name} --address "
+        f"{shlex.quote(address)}`"
+    )
+
+
+def security_mismatch_message(address: str, client_insecure: bool) -> str:
+    """What a client says when one side runs CURVE and the other runs --insecure."""
+    other = "uses CURVE keys" if client_insecure else "runs --insecure"
+    here = "insecure" if client_insecure else "CURVE"
+    return (
+        f"one side runs --insecure: this machine connects with {here} security and the agent "
+        f"at {address} {other}; start both with keys (the default) or both with --insecure "
+        "(insecure=True in er.connect)"
+    )
+
+
+@dataclass
+class RefusalLog:
+    """Which refused CURVE keys an agent logs, and the line it logs for each.
+
+    Each key is logged at most once per `per_key_s`, and at most `max_keys`
+    distinct keys per `per_key_s`, so a scanner cycling keys cannot flood the log
+    (or memory: at most `max_keys` keys are remembered); what was not logged is
+    counted in the next line. `refused` counts every refusal.
+    """
+
+    per_key_s: float = 60.0
+    max_keys: int = 20
+    refused: int = 0
+    _logged: dict[bytes, float] = field(default_factory=dict)
+    _unlogged: int = 0
+
+    def note(self, key: bytes, now: float | None = None) -> str | None:
+        """Record one refusal of `key` (z85); the warning to log, or None to stay quiet."""
+        now = time.monotonic() if now is None else now
+        self.refused += 1
+        last = self._logged.get(key)
+        if last is not None and now - last < self.per_key_s:
+            self._unlogged += 1
+            return None
+        if len(self._logged) >= self.max_keys:
+            self._logged = {k: t for k, t in self._logged.items() if now - t < self.per_key_s}
+            if len(self._logged) >= self.max_keys:
+                self._unlogged += 1
+                return None
+        self._logged[key] = now
+        text = key.decode(errors="replace")
+        line = (
+            f"refused a connection from untrusted key {text}; if it is a machine of yours, "
+            f"trust it here with: {trust_command(text, 'client-' + key_fingerprint(key))}"
+        )
+        if self._unlogged:
+            line += f" ({self._unlogged} repeated or other refusals not logged)"
+            self._unlogged = 0
+        return line

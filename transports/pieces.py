@@ -1,9 +1,11 @@
-"""Large tensors as several ZeroMQ frames: byte views, splitting and joining.
+"""Large tensors as several ZeroMQ frames: byte views, splitting and joining; and the
+shape check every decoder shares.
 
 Why a module of its own: both wire formats (`transports.wire` for `Frame`s and
 `transports.datawire` for collective data) send a large tensor as `SPLIT_BYTES`
 pieces under CURVE and join them on receipt under the same rules, so the sizes,
-the zero-copy byte views and the checked join live in one place.
+the zero-copy byte views, the checked join and the check of a declared shape
+(`checked_shape`, also used by `transports.compression`) live in one place.
 """
 
 from __future__ import annotations
@@ -26,6 +28,39 @@ Unencrypted, one frame is as fast or faster up to ~1 MiB: senders pass
 MIN_SPLIT_BYTES = 64 * 1024
 """Smallest piece a split tensor may arrive in (all but its last): a peer cannot make a
 receiver walk millions of tiny frames."""
+
+MAX_DIMS = 32
+"""Most dimensions a received tensor may declare (numpy's own limit is 64)."""
+
+MAX_ELEMENTS = 1 << 40
+"""Most values a received shape may span, counting only its non-zero dims: far above any
+tensor an edge device holds, far below what makes numpy refuse a shape (see
+`checked_shape`)."""
+
+
+def checked_shape(shape: object, what: str) -> tuple[tuple[int, ...], int]:
+    """A received `shape` as a tuple, and the number of values it holds; ProtocolError
+    unless it is a list or tuple of at most `MAX_DIMS` non-negative ints whose non-zero
+    dims multiply to at most `MAX_ELEMENTS`.
+
+    Why the non-zero dims count: a shape such as ``[0, 2**64-1]`` holds no values, so
+    every byte-count check passes, yet numpy refuses to build it (ValueError), which
+    would escape a decoder. O(dims): this runs on every tensor received."""
+    if type(shape) is not list and type(shape) is not tuple:
+        raise ProtocolError(f"{what}: shape must be a list of dims")
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(f"{what}: {len(shape)} dims (at most {MAX_DIMS})")
+    extent, empty = 1, False
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise ProtocolError(f"{what}: shape dims must be non-negative ints")
+        if dim == 0:
+            empty = True
+            continue
+        extent *= dim
+        if extent > MAX_ELEMENTS:
+            raise ProtocolError(f"{what}: shape declares more than {MAX_ELEMENTS} values")
+    return tuple(shape), 0 if empty else extent
 
 
 def byte_view(array: np.ndarray) -> memoryview:
@@ -56,7 +91,11 @@ def join_pieces(
 ) -> tuple[memoryview, int]:
     """The bytes of one tensor starting at frame `index`, and how many frames it took:
     the frame itself (zero-copy) or, for a split tensor, its pieces joined with one copy.
-    At most `spare` extra frames may be taken (the other tensors need theirs)."""
+    At most `spare` extra frames may be taken (the other tensors need theirs).
+    ProtocolError for anything that does not add up, never another error."""
+    if not 0 <= index < len(views):
+        raise ProtocolError(f"{name}: no frame left for its bytes")
+    spare = min(spare, len(views) - index - 1)
     view = views[index]
     if view.nbytes == nbytes or view.nbytes > nbytes or spare <= 0:
         if view.nbytes != nbytes:

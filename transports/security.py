@@ -127,13 +127,13 @@ class Authorizer:
         self._context = context
         self._security = security
         self._lock = threading.Lock()
-        self._allowed: set[bytes] = set()
+        self._allowed: dict[bytes, int] = {}  # run-time allowed key -> how many owners
         self._trusted: frozenset[bytes] = frozenset()
         self._trusted_stamp: tuple[float, int] | None = None
         self._auth = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
         self._auth.start()
         self._auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
-        self._refused = 0
+        self._refusals = _keys.RefusalLog()
 
     @classmethod
     def acquire(cls, context: zmq.Context[zmq.Socket[bytes]], security: Security) -> Authorizer:
@@ -161,20 +161,30 @@ class Authorizer:
         self._auth.stop()
 
     def allow(self, public_key: bytes | str) -> None:
-        """Admit `public_key` from now on (e.g. a peer introduced by the coordinator)."""
+        """Admit `public_key` from now on (e.g. a peer introduced by the coordinator).
+
+        Counted: each `allow` needs its own `revoke`, so two coordinator sessions that
+        introduced the same peer can end independently without cutting each other off.
+        """
         key = _keys.check_public_key(public_key)
         with self._lock:
-            self._allowed.add(key)
+            self._allowed[key] = self._allowed.get(key, 0) + 1
 
     def revoke(self, public_key: bytes | str) -> None:
-        """Stop admitting a run-time allowed key (connections already made stay)."""
+        """Undo one `allow` of a run-time key; the last one stops admitting it (connections
+        already made stay until they drop)."""
+        key = _keys.check_public_key(public_key)
         with self._lock:
-            self._allowed.discard(_keys.check_public_key(public_key))
+            count = self._allowed.get(key, 0)
+            if count <= 1:
+                self._allowed.pop(key, None)
+            else:
+                self._allowed[key] = count - 1
 
     @property
     def refused(self) -> int:
         """How many connection attempts were refused (for tests and diagnostics)."""
-        return self._refused
+        return self._refusals.refused
 
     def is_allowed(self, public_key: bytes) -> bool:
         with self._lock:
@@ -201,11 +211,7 @@ class Authorizer:
         """ZAP callback (runs in the authenticator thread): may this z85 key connect?"""
         allowed = self.is_allowed(key)
         if not allowed:
-            self._refused += 1
-            log.warning(
-                "refused a connection from unknown key %s; if it is yours, trust it with "
-                "`edge-runtime keys trust %s --name <device>`",
-                key.decode(errors="replace"),
-                key.decode(errors="replace"),
-            )
+            line = self._refusals.note(key)  # rate-limited: a scanner cannot flood the log
+            if line is not None:
+                log.warning("%s", line)
         return allowed

@@ -1,8 +1,11 @@
-"""Socket plumbing shared by channels and collectives: options, timeouts, closing.
+"""The one socket layer: options, timeouts, opening and closing every ZeroMQ socket.
 
-One place defines how every socket of this package behaves (linger, heartbeats,
-reconnect backoff, send timeout) and the `Endpoint` base that owns a socket, its
-context and an emulated-link outbox. Every timeout is documented where defined.
+The agent's control socket and its sockets to peer agents, the coordinator's sockets
+to agents, channels and collectives all get their sockets here, so one place defines
+how they behave: linger, heartbeats, reconnect backoff, send timeout, handshake time
+limit and the largest frame accepted before authentication. Also the `Endpoint` base
+that owns a socket, its context and an emulated-link outbox. Every timeout is
+documented where it is defined.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import zmq
 from transports.compression import parse_compression
 from transports.errors import PeerTimeoutError, PeerUnreachableError
 from transports.linkemu import LinkEmulator, Outbox
-from transports.wire import Buffer
+from transports.security import Security
+from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, Buffer
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +44,76 @@ SEND_TIMEOUT_MS = 5000
 PeerTimeoutError instead of blocking the caller forever."""
 
 
-def configure_socket(socket: zmq.Socket[bytes]) -> None:
-    """Options every socket of this package gets (see the constants above)."""
+HANDSHAKE_IVL_MS = 5000
+"""A peer that has not finished the ZMTP/CURVE handshake 5 s after connecting is dropped
+(libzmq's default is 30 s): a half-open or trickling handshake holds no memory for long."""
+
+MAX_FRAME_BYTES = DEFAULT_MAX_MESSAGE_BYTES
+"""Default ZMQ_MAXMSGSIZE: libzmq drops a peer that declares a larger frame *before*
+reading it — also during the handshake, before the peer is authenticated — so a
+stranger cannot make a socket buffer a gigabyte. Receivers that expect less set less."""
+
+
+def configure_socket(socket: zmq.Socket[bytes], *,
+                     max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    """Options every socket of this project gets (see the constants above)."""
     socket.linger = LINGER_MS
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     socket.sndtimeo = SEND_TIMEOUT_MS
+
+
+def open_server(context: zmq.Context[zmq.Socket[bytes]], security: Security, address: str,
+                *, max_frame_bytes: int = MAX_FRAME_BYTES) -> zmq.Socket[bytes]:
+    """A bound ROUTER with the project's options and `security` (CURVE server unless
+    insecure; the context needs a running `Authorizer`). Sends to a client that is gone
+    fail at once (ROUTER_MANDATORY) instead of being dropped silently; a reconnecting
+    client with the same identity takes its slot over (ROUTER_HANDOVER).
+    Raises zmq.ZMQError if the address cannot be bound (the socket is closed first)."""
+    socket = context.socket(zmq.ROUTER)
+    try:
+        configure_socket(socket, max_frame_bytes=max_frame_bytes)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        security.apply_server(socket)
+        socket.bind(address)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
+def open_client(context: zmq.Context[zmq.Socket[bytes]], security: Security, address: str,
+                server_key: bytes | str | None, *, identity: bytes | None = None,
+                max_frame_bytes: int = MAX_FRAME_BYTES,
+                connect: bool = True) -> zmq.Socket[bytes]:
+    """A connected DEALER with the project's options, for a coordinator or a peer agent.
+
+    ZMQ_IMMEDIATE: messages are queued only on a connection whose handshake succeeded, so
+    a send to a peer that is down, restarting or refusing our key fails with zmq.Again
+    (callers send with NOBLOCK and decide) instead of waiting in a queue forever; and a
+    new socket is a new handshake, so callers drop a socket whose peer restarted.
+    `connect=False` leaves the connecting to the caller (to attach a monitor first).
+    """
+    socket = context.socket(zmq.DEALER)
+    try:
+        configure_socket(socket, max_frame_bytes=max_frame_bytes)
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        if identity is not None:
+            socket.setsockopt(zmq.IDENTITY, identity)
+        key = server_key.encode() if isinstance(server_key, str) else server_key
+        security.apply_client(socket, key)
+        if connect:
+            socket.connect(address)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
 
 
 def poll_ms(wait_s: float, outbox: Outbox | None) -> int:

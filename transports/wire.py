@@ -12,7 +12,9 @@ Header (msgpack map)::
 
 Everything received is validated before use (`decode`): a peer may be buggy,
 old, or hostile, and a receiver must answer it with an error and keep serving,
-never crash or allocate what a header claims. Pickle is never used.
+never crash or allocate what a header claims. Every field is checked by type and
+range before use, in O(fields) work (the one O(bytes) check: bool tensors hold only
+0 and 1), so the only error `decode` raises is `ProtocolError`. Pickle is never used.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import numpy as np
 
 from transports import compression as _compression
 from transports.errors import ProtocolError, RemoteError
+from transports.pieces import MAX_DIMS as MAX_DIMS
 from transports.pieces import MIN_SPLIT_BYTES as MIN_SPLIT_BYTES  # re-exported, as before
 from transports.pieces import SPLIT_BYTES as SPLIT_BYTES
 from transports.pieces import byte_view as byte_view
+from transports.pieces import checked_shape, split_pieces
 from transports.pieces import join_pieces as join_pieces
 from transports.pieces import part_view as part_view
-from transports.pieces import split_pieces
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,6 @@ model shard sent in one frame, small enough that a bogus peer cannot exhaust RAM
 
 MAX_HEADER_BYTES = 1024 * 1024
 """Largest msgpack header: metadata is small; a bigger header is malformed or hostile."""
-
-MAX_DIMS = 32
-"""Most dimensions a tensor may declare (numpy's own limit is 64)."""
 
 MAX_META_DEPTH = 16
 """Deepest nesting accepted in `Frame.meta`."""
@@ -228,13 +228,14 @@ def _decode_header(view: memoryview, max_message_bytes: int) -> dict[str, Any]:
     if type(header) is not dict:
         raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"unsupported protocol version {version!r}; this build speaks {PROTOCOL_VERSION} "
+            f"unsupported protocol version {repr(version)[:32]}; "
+            f"this build speaks {PROTOCOL_VERSION} "
             "(upgrade edge-runtime on both ends to the same release)"
         )
     if header.keys() != _HEADER_KEYS:
-        keys = sorted(map(str, header))
+        keys = sorted(str(key)[:16] for key in header)[:8]
         raise ProtocolError(f"header keys {keys} != {sorted(_HEADER_KEYS)}")
     kind, request_id, sender = header["k"], header["id"], header["s"]
     if type(kind) is not str or not 0 < len(kind) <= MAX_KIND_LENGTH:
@@ -251,24 +252,35 @@ def _decode_header(view: memoryview, max_message_bytes: int) -> dict[str, Any]:
     return header
 
 
-def _tensor_layout(meta: Any) -> tuple[str, str, tuple[int, ...], int, str | None]:
-    if not isinstance(meta, list) or len(meta) != 5:
+def _tensor_layout(
+    meta: Any, max_message_bytes: int
+) -> tuple[str, str, np.dtype[Any], tuple[int, ...], int, int, str | None]:
+    """(name, how errors name it, dtype, shape, values, nbytes, compression tag) of one
+    tensor's header entry, each checked by type and range (a tag by `compression`)."""
+    if type(meta) is not list or len(meta) != 5:
         raise ProtocolError("tensor meta must be [name, dtype, shape, nbytes, compression]")
     name, dtype_name, shape, nbytes, tag = meta
-    if not isinstance(name, str):
+    if type(name) is not str:
         raise ProtocolError("tensor name must be a str")
-    if dtype_name not in ALLOWED_DTYPES:
-        raise ProtocolError(f"tensor {name!r}: dtype {dtype_name!r} is not allowed")
-    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
-        raise ProtocolError(f"tensor {name!r}: shape must be a list of ≤ {MAX_DIMS} dims")
-    for dim in shape:
-        if type(dim) is not int or dim < 0:
-            raise ProtocolError(f"tensor {name!r}: shape dims must be non-negative ints")
-    if type(nbytes) is not int or nbytes < 0:
-        raise ProtocolError(f"tensor {name!r}: nbytes must be a non-negative int")
-    if tag is not None and not isinstance(tag, str):
-        raise ProtocolError(f"tensor {name!r}: compression must be a str or nil")
-    return name, dtype_name, tuple(shape), nbytes, tag
+    what = f"tensor {name[:64]!r}"  # errors are logged: a name may be 1 MB long
+    dtype = _NUMPY_DTYPES.get(dtype_name) if type(dtype_name) is str else None
+    if dtype is None:
+        raise ProtocolError(f"{what}: dtype {str(dtype_name)[:32]!r} is not allowed")
+    if type(shape) is not list:
+        raise ProtocolError(f"{what}: shape must be a list of ≤ {MAX_DIMS} dims")
+    dims, count = checked_shape(shape, what)
+    if type(nbytes) is not int or not 0 <= nbytes <= max_message_bytes:
+        raise ProtocolError(
+            f"{what}: nbytes must be a non-negative int ≤ {max_message_bytes}"
+        )
+    if tag is not None and type(tag) is not str:
+        raise ProtocolError(f"{what}: compression must be a str or nil")
+    if tag is None and count * dtype.itemsize != nbytes:
+        raise ProtocolError(
+            f"{what}: shape {shape} × {dtype.itemsize} bytes "
+            f"!= {nbytes} bytes declared"
+        )
+    return name, what, dtype, dims, count, nbytes, tag
 
 
 def decode(
@@ -277,8 +289,21 @@ def decode(
     """Decode and validate a received message (bytes, memoryviews or zmq.Frames).
 
     Uncompressed tensors are read-only views on the received buffers (no copy).
-    Raises ProtocolError naming the violated rule for anything malformed.
-    """
+    Raises ProtocolError naming the violated rule for anything malformed, and only
+    ProtocolError: an error of another type (a bug here, since every field is checked
+    first) becomes one naming it, chained as its ``__cause__``, so that no message can
+    ever kill a receive loop."""
+    try:
+        return _decode(parts, max_message_bytes)
+    except ProtocolError:
+        raise
+    except Exception as error:
+        log.error("decode failed unexpectedly (%s): a validation rule is missing",
+                  type(error).__name__, exc_info=True)
+        raise ProtocolError(f"undecodable message ({type(error).__name__})") from error
+
+
+def _decode(parts: Sequence[Any], max_message_bytes: int) -> Frame:
     if not parts:
         raise ProtocolError("empty message")
     views = [part_view(part) for part in parts]
@@ -299,37 +324,21 @@ def decode(
     tensors: dict[str, np.ndarray] = {}
     index = 1
     for position, meta in enumerate(metas):
-        name, dtype_name, shape, nbytes, tag = _tensor_layout(meta)
+        name, what, dtype, shape, count, nbytes, tag = _tensor_layout(meta, max_message_bytes)
         if name in tensors:
-            raise ProtocolError(f"tensor {name!r} appears twice")
+            raise ProtocolError(f"{what} appears twice")
         spare = len(views) - index - (len(metas) - position)  # frames beyond one per tensor
-        view, used = join_pieces(views, index, nbytes, spare, f"tensor {name!r}")
+        view, used = join_pieces(views, index, nbytes, spare, what)
         index += used
-        dtype = _NUMPY_DTYPES[dtype_name]
-        count = 1
-        for dim in shape:
-            count *= dim
-        if tag is None:
-            if count * dtype.itemsize != nbytes:
-                raise ProtocolError(
-                    f"tensor {name!r}: shape {list(shape)} × {dtype.itemsize} bytes "
-                    f"!= {nbytes} bytes declared"
-                )
-            array = np.frombuffer(view, dtype=dtype, count=count)
-            if len(shape) != 1:
-                array = array.reshape(shape)
-            if dtype is _BOOL and count and np.frombuffer(view, np.uint8).max() > 1:
-                raise ProtocolError(f"tensor {name!r}: bool bytes must be 0 or 1")
-            tensors[name] = array
-        else:
-            if not _compression.compressible(dtype):
-                raise ProtocolError(f"tensor {name!r}: {dtype_name} cannot be compressed")
-            if _compression.compressed_nbytes(tag, count) != nbytes:
-                raise ProtocolError(
-                    f"tensor {name!r}: {tag} payload of {list(shape)} must be "
-                    f"{_compression.compressed_nbytes(tag, count)} bytes, got {nbytes}"
-                )
-            tensors[name] = _compression.decompress(view, tag, dtype, shape)
+        if tag is not None:
+            tensors[name] = _compression.decompress(view, tag, dtype, shape, what)
+            continue
+        array = np.frombuffer(view, dtype=dtype, count=count)
+        if len(shape) != 1:
+            array = array.reshape(shape)
+        if dtype is _BOOL and count and np.frombuffer(view, np.uint8).max() > 1:
+            raise ProtocolError(f"{what}: bool bytes must be 0 or 1")
+        tensors[name] = array
     if index != len(views):
         raise ProtocolError(
             f"header declares {len(metas)} tensors but {len(views) - 1} tensor frames arrived"

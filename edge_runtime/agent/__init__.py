@@ -1,23 +1,15 @@
-"""The agent daemon: control loop, shard cache, execution backends, pipeline stages.
+"""The agent daemon: control loop, shard cache, deployments (pipeline stages, LLM shares).
 
 Run it with `edge-runtime agent`; the SDK talks to it over the protocol in
-docs/PROTOCOL.md. `register` adds a deployment type (e.g. the LLM's shard).
+docs/PROTOCOL.md (`edge_runtime.protocol`). `register` adds a deployment type.
 """
 
-from edge_runtime.agent.backends import Backend, TensorSpec, open_backend
-from edge_runtime.agent.config import AgentConfig, parse_size
+from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import AgentContext, Deployment, register
-from edge_runtime.agent.protocol import StageSpec, StageTiming
 
 __all__ = [
     "AgentConfig",
     "AgentContext",
-    "Backend",
     "Deployment",
-    "StageSpec",
-    "StageTiming",
-    "TensorSpec",
-    "open_backend",
-    "parse_size",
     "register",
 ]

@@ -6,11 +6,10 @@ SDK's client-side timeouts live in `edge_runtime.sdk.config`.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.envconfig import with_env_overrides
 
 # How long the control loop blocks waiting for a frame before it looks at the
 # outbox of finished stage results and the shutdown flag. Stage workers wake the
@@ -36,31 +35,50 @@ PARTIAL_UPLOAD_TTL_S = 600.0
 # arena and activations; 1.5 matched the digits and skip models measured here).
 SHARD_MEMORY_FACTOR = 1.5
 
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "kib": 2**10,
-    "m": 10**6, "mb": 10**6, "mib": 2**20,
-    "g": 10**9, "gb": 10**9, "gib": 2**30,
-    "t": 10**12, "tb": 10**12, "tib": 2**40,
-}  # fmt: skip
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in a human size: 512MB, 1GB, 1.5GiB, 2048 (decimal units unless `i`)."""
-    if isinstance(text, int):
-        if text < 0:
-            raise ConfigError(f"size must be non-negative, got {text}")
-        return text
-    match = _SIZE.match(text)
-    unit = (match.group(2) or "").lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ConfigError(f"cannot read size {text!r}: write e.g. 512MB, 1GB or 1.5GiB")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
 # Where an agent keeps verified shards unless --cache-dir says otherwise.
 DEFAULT_CACHE_DIR = Path("~/.cache/edge-runtime/agent").expanduser()
+
+
+AGENT_ENV_PREFIX = "EDGE_RUNTIME_AGENT_"
+"""Every `AgentTimeouts` field can be overridden by EDGE_RUNTIME_AGENT_<FIELD>, e.g.
+``EDGE_RUNTIME_AGENT_LEASE_DEFAULT_S=120``."""
+
+
+@dataclass(frozen=True)
+class AgentTimeouts:
+    """Every time limit and size limit the agent enforces, with why (one object;
+    environment overrides: `AGENT_ENV_PREFIX`)."""
+
+    # The control loop's longest nap: it wakes at once for frames and for finished
+    # work, so this only bounds how late lease sweeps and shutdown happen.
+    loop_poll_s: float = 0.2
+    # A frame to the next pipeline agent waits at most this long for a connection whose
+    # handshake succeeded (that agent may be restarting); then it is dropped and the
+    # coordinator is answered with a typed error naming that agent. Never blocks the loop.
+    peer_send_s: float = 5.0
+    # One link-probe ping to a peer agent; a peer that misses it ends the probe at once
+    # (probes run off the control loop, one at a time).
+    probe_timeout_s: float = 2.0
+    # Probes waiting to run beyond this are refused with "busy" (a flood of probes to
+    # dead addresses must not queue minutes of work).
+    probe_queue: int = 8
+    # Lease a coordinator session gets when it asks for none, and the bounds of what it
+    # may ask for: an abandoned deployment is unloaded at most `lease_max_s` after its
+    # coordinator went silent.
+    lease_default_s: float = 30.0
+    lease_min_s: float = 1.0
+    lease_max_s: float = 3600.0
+    # How often lapsed leases are looked for.
+    lease_sweep_s: float = 0.5
+    # Largest frame accepted from the network, enforced by libzmq before it buffers the
+    # frame (also during the handshake, before authentication). Shard and checkpoint
+    # uploads travel in 1 MiB chunks; 256 MiB leaves room for any activation.
+    max_message_bytes: int = 256 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> AgentTimeouts:
+        """Defaults with EDGE_RUNTIME_AGENT_* overrides applied."""
+        return with_env_overrides(cls(), AGENT_ENV_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -77,3 +95,7 @@ class AgentConfig:
     insecure: bool = False
     refresh_profile: bool = False
     profile_cache: Path | None = None  # None: devices' default (~/.cache/edge-runtime/profiles)
+    # Directories whose checkpoints a deploy spec may name for this agent to read in place
+    # (--allow-checkpoint-dir); any other path is not read: the files are sent instead.
+    allowed_checkpoint_dirs: tuple[Path, ...] = ()
+    timeouts: AgentTimeouts = field(default_factory=AgentTimeouts.from_env)

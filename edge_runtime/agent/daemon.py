@@ -6,6 +6,13 @@ workers (`stage.py`) compute in their own threads and hand finished frames to
 through a pipe; the loop sends them. So the loop never computes, answers pings
 while stages run, and a slow stage never blocks another deployment.
 
+The loop never waits either: slow control requests (deploy, unload, uploads, link
+probes) run on worker lanes (`lanes.py`) that answer when done; sends to clients and
+to peer agents are non-blocking (`peers.py`); and one message, however malformed or
+hostile, can only ever earn its sender an error frame — any exception raised while
+handling it is caught here. Leases (`sessions.py`) are swept here: a deployment
+whose coordinator went silent is unloaded and the keys it introduced are revoked.
+
 The request handlers (hello, deploy, …) live in `handlers.py`; this module is
 the socket plumbing, the outbox and the lifecycle (SIGTERM → clean shutdown).
 """
@@ -13,6 +20,7 @@ the socket plumbing, the outbox and the lifecycle (SIGTERM → clean shutdown).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -24,22 +32,41 @@ from typing import Any
 
 import zmq
 
-from edge_runtime.agent import protocol as p
 from edge_runtime.agent.cache import ShardCache
-from edge_runtime.agent.config import LOOP_POLL_S, AgentConfig
+from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.handlers import Handlers
-from edge_runtime.agent.protocol import Hop
-from edge_runtime.errors import EdgeRuntimeError, is_user_error
+from edge_runtime.agent.heap import return_free_memory
+from edge_runtime.agent.lanes import Lane
+from edge_runtime.agent.peers import PeerLinks
+from edge_runtime.agent.sessions import LeaseLimits, Sessions
+from edge_runtime.errors import (
+    AgentBusyError,
+    AgentUnavailableError,
+    EdgeRuntimeError,
+    is_user_error,
+)
+from edge_runtime.protocol import Hop
+from edge_runtime.protocol import kinds as p
 from transports.errors import ProtocolError
 from transports.keys import DEFAULT_KEYS_DIR
 from transports.security import Authorizer, Security
+from transports.sockets import open_client, open_server
 from transports.wire import Frame, decode, encode, error_frame, peek_request_id
 
 log = logging.getLogger(__name__)
 
-# How long closing a socket may keep flushing unsent frames (ZMQ_LINGER).
-LINGER_MS = 500
+LOG_TEXT_LIMIT = 300
+"""Longest peer-supplied text (error messages, identities) written to the log: a hostile
+message must not turn into a megabyte log line."""
+
+BURST = 64
+"""Messages handled per wake-up before the outbox is flushed, so replies are not starved."""
+
+
+def _clip(text: object) -> str:
+    shown = repr(text) if isinstance(text, bytes) else str(text)
+    return shown if len(shown) <= LOG_TEXT_LIMIT else shown[:LOG_TEXT_LIMIT] + "…"
 
 
 @dataclass
@@ -54,6 +81,8 @@ class AgentState:
     """What handlers may read and change; owned by the control-loop thread."""
 
     deployments: dict[str, Deployment] = field(default_factory=dict)
+    # guards `deployments` (and memory reservations): handlers run on lanes too
+    lock: threading.Lock = field(default_factory=threading.Lock)
     started_at: float = field(default_factory=time.time)
     requests_served: int = 0
     errors_answered: int = 0
@@ -62,9 +91,15 @@ class AgentState:
 class Agent:
     """A running agent. `serve_forever()` blocks until shutdown or SIGTERM."""
 
+    # Requests that take long (loading, hashing, unloading): answered from the loads lane,
+    # in arrival order. Link probes get a lane of their own with a bounded backlog.
+    SLOW_KINDS = frozenset({p.DEPLOY, p.UNLOAD, p.PUT_CHUNK, p.HAS_SHARDS, p.LLM_PUT})
+    PROBE_KINDS = frozenset({p.PROBE_LINK})
+
     def __init__(self, config: AgentConfig, identity: dict[str, Any]) -> None:
         """`identity`: the hello payload minus run-time fields (profile, caps, name…)."""
         self.config = config
+        self.timeouts = config.timeouts
         self._identity = identity
         self._name = str(identity["name"])
         self._threads: int | None = identity.get("threads")
@@ -76,20 +111,28 @@ class Agent:
         self._outbox: queue.Queue[_Outgoing] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.security = self._security(config)
         self._authorizer: Authorizer | None = None
         if not self.security.insecure:
             self._authorizer = Authorizer.acquire(self._context, self.security)
-        self._peers: dict[str, zmq.Socket[bytes]] = {}
+        limits = LeaseLimits(self.timeouts.lease_default_s, self.timeouts.lease_min_s,
+                             self.timeouts.lease_max_s)
+        self.sessions = Sessions(limits, self._name, allow=self.allow)
+        self._peers = PeerLinks(self._context, self.security,
+                                f"agent-{self._name}-{os.getpid()}".encode(),
+                                self.timeouts.peer_send_s, self.timeouts.max_message_bytes)
+        self._loads = Lane("loads")
+        self._probes = Lane("probes", max_queued=self.timeouts.probe_queue)
+        self._next_sweep = 0.0
         self._handlers = Handlers(self)
-        self._router = self._context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, LINGER_MS)
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.security.apply_server(self._router)
+        self._router: zmq.Socket[bytes] | None = None
         try:
-            self._router.bind(config.listen)
+            self._router = open_server(self._context, self.security, config.listen,
+                                       max_frame_bytes=self.timeouts.max_message_bytes)
         except zmq.ZMQError as error:
+            self._router = None
             self.close()
             raise EdgeRuntimeError(
                 f"cannot listen on {config.listen}: {error}; pick another port with --listen"
@@ -132,11 +175,15 @@ class Agent:
 
     def send_to_client(self, identity: bytes, frame: Frame) -> None:
         self._outbox.put(_Outgoing(identity, None, frame))
-        os.write(self._wake_w, b"x")
+        self._wake()
 
     def send_to_peer(self, hop: Hop, frame: Frame) -> None:
         self._outbox.put(_Outgoing(None, hop, frame))
-        os.write(self._wake_w, b"x")
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the loop
+            os.write(self._wake_w, b"x")
 
     def dilate(self, busy_s: float) -> None:
         if self._dilate_fn is not None:
@@ -146,48 +193,40 @@ class Agent:
         if self._authorizer is not None:
             self._authorizer.allow(public_key)
 
-    def peer_socket(self, hop: Hop) -> zmq.Socket[bytes]:
-        """A DEALER to another agent's control socket, made on first use and kept."""
-        sock = self._peers.get(hop.address)
-        if sock is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, LINGER_MS)
-            sock.setsockopt(zmq.IDENTITY, f"agent-{self._name}-{os.getpid()}".encode())
-            key = None if hop.public_key is None else hop.public_key.encode()
-            self.security.apply_client(sock, key)
-            sock.connect(hop.address)
-            self._peers[hop.address] = sock
-        return sock
-
     def new_peer_socket(self, address: str, public_key: str | None) -> zmq.Socket[bytes]:
-        """A fresh DEALER for a one-off exchange (link probes); the caller closes it."""
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        self.security.apply_client(sock, None if public_key is None else public_key.encode())
-        sock.connect(address)
+        """A fresh DEALER for a one-off exchange off the loop (link probes); the caller
+        closes it. Its sends wait at most `probe_timeout_s` for a connection."""
+        sock = open_client(self._context, self.security, address, public_key,
+                           max_frame_bytes=self.timeouts.max_message_bytes)
+        sock.sndtimeo = int(self.timeouts.probe_timeout_s * 1000)
+        sock.linger = 0
         return sock
 
     def request_stop(self) -> None:
         self._stop.set()
-        os.write(self._wake_w, b"x")
+        self._wake()
 
     # --- the loop ---
 
     def serve_forever(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        assert self._router is not None
         log.info("agent %s listening on %s (%s)", self._name, self.address,
                  "insecure" if self.security.insecure else "CURVE")
         while not self._stop.is_set():
-            events = dict(poller.poll(int(LOOP_POLL_S * 1000)))
+            poller = zmq.Poller()
+            poller.register(self._router, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
+            for sock in self._peers.waiting():
+                poller.register(sock, zmq.POLLOUT)
+            events = dict(poller.poll(self._poll_ms()))
             if self._router in events:
-                for _ in range(64):  # bounded burst so the outbox is not starved
+                for _ in range(BURST):
                     try:
                         parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self._on_message(parts)
+                    del parts  # a refused oversized message must not outlive its turn
             if self._wake_r in events:
                 try:
                     while os.read(self._wake_r, 4096):
@@ -195,47 +234,78 @@ class Agent:
                 except BlockingIOError:
                     pass
             self._flush_outbox()
+            self._peers.pump()
+            self._sweep_leases()
         self._flush_outbox()
         log.info("agent %s stopping", self._name)
 
+    def _poll_ms(self) -> int:
+        wait = self.timeouts.loop_poll_s
+        deadline = self._peers.next_deadline()
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        return max(1, int(wait * 1000))
+
     def _on_message(self, parts: list[Any]) -> None:
-        identity = bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0])
+        """Handle one message; nothing it contains can raise out of here."""
+        identity = b""
         try:
-            frame = decode(parts[1:])
-        except ProtocolError as error:
-            log.warning("malformed message from %r: %s", identity, error)
-            # the id read best-effort from the header, so the error reaches its request
+            identity = bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0])
+            frame = decode(parts[1:], max_message_bytes=self.timeouts.max_message_bytes)
+        except Exception as error:  # ProtocolError, or anything a decoder failed to foresee
+            log.warning("malformed message from %s: %s", _clip(identity), _clip(error))
             request_id = peek_request_id(parts[1:])
             self.state.errors_answered += 1
-            self._reply(identity, error_frame(request_id, "ProtocolError", str(error),
+            self._reply(identity, error_frame(request_id, "ProtocolError", str(error)[:1000],
                                               sender=self._name))
             return
+        if frame.kind in self.SLOW_KINDS:
+            self._loads.submit(lambda: self._answer(identity, frame))
+        elif frame.kind in self.PROBE_KINDS:
+            if not self._probes.submit(lambda: self._answer(identity, frame)):
+                self._answer_error(identity, frame, AgentBusyError(
+                    f"{self.timeouts.probe_queue} link probes are already queued; retry later",
+                    agent=self._name))
+        else:
+            self._answer(identity, frame)
+
+    def _answer(self, identity: bytes, frame: Frame) -> None:
+        """Run the handler of `frame` (on the loop or a lane) and answer its sender."""
         try:
             answer = self._handlers.dispatch(identity, frame)
         except Exception as error:  # answer with a typed error; the agent keeps serving
             if not is_user_error(error):
-                log.exception("handler for %s failed", frame.kind)
-            self.state.errors_answered += 1
-            target = identity
-            client = frame.meta.get("client") if frame.kind == p.ACTIVATION else None
-            if isinstance(client, bytes):
-                target = client
-            self._reply(
-                target,
-                error_frame(frame.request_id, type(error).__name__, str(error), sender=self._name,
-                            details={"agent": self._name, "kind": frame.kind}),
-            )
+                log.exception("handler for %s failed", _clip(frame.kind))
+            self._answer_error(identity, frame, error)
             return
+        finally:
+            if frame.kind == p.UNLOAD:
+                return_free_memory()
         self.state.requests_served += 1
         if answer is not None:
-            self._reply(identity, answer)
+            self.send_to_client(identity, answer)
+
+    def _answer_error(self, identity: bytes, frame: Frame, error: BaseException) -> None:
+        self.state.errors_answered += 1
+        target = identity
+        client = frame.meta.get("client") if frame.kind == p.ACTIVATION else None
+        if isinstance(client, bytes) and 0 < len(client) <= 255:
+            target = client
+        self.send_to_client(target, error_frame(
+            frame.request_id, type(error).__name__, str(error)[:4000], sender=self._name,
+            details={"agent": self._name, "kind": frame.kind}))
 
     def _reply(self, identity: bytes, frame: Frame) -> None:
+        """Send to a client of the ROUTER now, or drop (never block the loop)."""
+        assert self._router is not None
         try:
             parts = encode(frame, split_bytes=self.security.split_bytes)
-            self._router.send_multipart([identity, *parts], copy=False)
+            self._router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # that client's queue is full: it stopped reading
+            log.warning("dropping a %s frame for %s: its queue is full", frame.kind,
+                        _clip(identity))
         except zmq.ZMQError as error:  # EHOSTUNREACH: that client is gone
-            log.warning("cannot answer %r (%s): %s", identity, frame.kind, error)
+            log.warning("cannot answer %s (%s): %s", _clip(identity), frame.kind, error)
         except ProtocolError as error:
             log.error("cannot encode %s frame: %s", frame.kind, error)
 
@@ -249,36 +319,73 @@ class Agent:
                 self._reply(item.identity, item.frame)
                 continue
             assert item.hop is not None
-            local = self.state.deployments.get(item.hop.deployment_id)
-            if local is not None and item.hop.name == self._name:
-                # the next stage is on this agent: hand the tensors over, no socket
-                try:
-                    local.handle(item.frame.kind, b"", item.frame)
-                except Exception as error:  # answer the client, as a remote hop would
-                    client = item.frame.meta.get("client")
-                    if isinstance(client, bytes):
-                        self._reply(client, error_frame(
-                            item.frame.request_id, type(error).__name__, str(error),
-                            sender=self._name, details={"agent": self._name}))
-                continue
+            self._forward(item.hop, item.frame)
+
+    def _forward(self, hop: Hop, frame: Frame) -> None:
+        """Hand `frame` to the next stage: in process when it is here, else over a peer socket."""
+        local = self.state.deployments.get(hop.deployment_id)
+        if local is not None and hop.name == self._name:
             try:
-                parts = encode(item.frame, split_bytes=self.security.split_bytes)
-                self.peer_socket(item.hop).send_multipart(parts, copy=False)
-            except (zmq.ZMQError, EdgeRuntimeError, ProtocolError) as error:
-                log.error("cannot send %s to %s: %s", item.frame.kind, item.hop.name, error)
+                self._handlers.dispatch(b"", frame)
+            except Exception as error:  # answer the client, as a remote hop would
+                self._answer_error(b"", frame, error)
+            return
+        try:
+            parts = encode(frame, split_bytes=self.security.split_bytes)
+        except ProtocolError as error:
+            self._answer_error(b"", frame, error)
+            return
+
+        def failed(reason: str) -> None:
+            self._answer_error(b"", frame, AgentUnavailableError(reason, agent=hop.name))
+
+        try:
+            self._peers.send(hop.name, hop.address, hop.public_key, hop.deployment_id, parts,
+                             failed)
+        except (zmq.ZMQError, EdgeRuntimeError) as error:  # bad address or key in the hop
+            failed(f"cannot connect to {hop.address}: {error}")
+
+    def _sweep_leases(self) -> None:
+        """Unload the deployments of sessions whose lease lapsed; revoke their keys."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.timeouts.lease_sweep_s
+        for lapsed in self.sessions.lapsed():
+            log.warning("coordinator session %s silent for %.1f s: its lease lapsed; unloading "
+                        "%s and revoking %d key(s) it introduced", lapsed.session_id,
+                        lapsed.silent_s, ", ".join(lapsed.deployment_ids) or "nothing",
+                        len(lapsed.keys))
+            for key in lapsed.keys:
+                if self._authorizer is not None:
+                    self._authorizer.revoke(key)
+            for deployment_id in lapsed.deployment_ids:
+                with self.state.lock:
+                    deployment = self.state.deployments.pop(deployment_id, None)
+                if deployment is not None:
+                    self._loads.submit(functools.partial(self._unload, deployment_id, deployment))
+
+    def _unload(self, deployment_id: str, deployment: Deployment) -> None:
+        try:
+            deployment.close()
+        except Exception:
+            log.exception("closing deployment %s failed", deployment_id)
+        return_free_memory()
 
     def close(self) -> None:
         """Unload every deployment and release sockets; safe to call twice."""
+        self._loads.close()
+        self._probes.close()
         for deployment_id, deployment in list(self.state.deployments.items()):
             try:
                 deployment.close()
             except Exception:  # closing must go on for the others
                 log.exception("closing deployment %s failed", deployment_id)
         self.state.deployments.clear()
-        for sock in self._peers.values():
-            sock.close()
-        self._peers.clear()
-        self._router.close()
+        self._peers.close()
+        if self._router is not None:
+            self._router.close()
+            self._router = None
         if self._authorizer is not None:
             self._authorizer.release()
             self._authorizer = None

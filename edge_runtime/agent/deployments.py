@@ -1,15 +1,17 @@
 """The registry of deployment types an agent can host.
 
-A deployment type is a module with two functions:
+A deployment type is a module with two functions, both given the `deploy`
+message's spec record, already validated (`edge_runtime.protocol.DEPLOYMENT_SPECS`):
 
-- `estimate_memory(spec: dict, ctx: AgentContext) -> int` — bytes it will hold,
+- `estimate_memory(spec, ctx: AgentContext) -> int` — bytes it will hold,
   checked against the agent's memory budget *before* anything is loaded;
-- `load(deployment_id: str, spec: dict, ctx: AgentContext) -> Deployment`.
+- `load(deployment_id: str, spec, ctx: AgentContext) -> Deployment`.
 
 "onnx-stage" (one pipeline stage, `stage.py`) is the first; the LLM's
 tensor-parallel shard adds one module and one line in `TYPES`, not a change
-to the control loop: every frame whose meta names a `deployment_id` is handed
-to that deployment's `handle()`.
+to the control loop: every message that names a `deployment_id`
+(`protocol.DEPLOYMENT_MESSAGES`) is decoded once and handed to that
+deployment's `handle()`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import importlib
 import logging
 from typing import Any, Protocol
 
+import numpy as np
+
 from edge_runtime.agent.cache import ShardCache
-from edge_runtime.agent.protocol import Hop
+from edge_runtime.agent.config import AgentConfig
 from edge_runtime.errors import DeployError
+from edge_runtime.protocol import Hop, Message, Record, register_spec
 from transports.wire import Frame
 
 log = logging.getLogger(__name__)
@@ -32,9 +37,10 @@ TYPES: dict[str, str] = {
 }
 
 
-def register(kind: str, module: str) -> None:
-    """Add a deployment type at run time (e.g. from a plugin)."""
+def register(kind: str, module: str, spec: type[Record]) -> None:
+    """Add a deployment type at run time (e.g. from a plugin) with its spec record."""
     TYPES[kind] = module
+    register_spec(kind, spec)
 
 
 class AgentContext(Protocol):
@@ -51,6 +57,11 @@ class AgentContext(Protocol):
 
     @property
     def cache(self) -> ShardCache: ...
+
+    @property
+    def config(self) -> AgentConfig:
+        """What the agent was started with (e.g. the checkpoint dirs it may read)."""
+        ...
 
     def send_to_client(self, identity: bytes, frame: Frame) -> None:
         """Queue `frame` for the client (coordinator) connected with `identity`."""
@@ -75,7 +86,15 @@ class Deployment(Protocol):
     @property
     def memory_bytes(self) -> int: ...
 
-    def handle(self, kind: str, sender: bytes, frame: Frame) -> None: ...
+    @property
+    def missing_files(self) -> tuple[str, ...]:
+        """Files the deployment waits for before it can load (the deploy reply lists them)."""
+        ...
+
+    def handle(self, sender: bytes, request_id: int, message: Message,
+               tensors: dict[str, np.ndarray]) -> None:
+        """Take one decoded message naming this deployment; answer through the context."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -88,10 +107,10 @@ def _module(kind: str) -> Any:
     return importlib.import_module(TYPES[kind])
 
 
-def estimate_memory(kind: str, spec: dict[str, Any], ctx: AgentContext) -> int:
+def estimate_memory(kind: str, spec: Record, ctx: AgentContext) -> int:
     return int(_module(kind).estimate_memory(spec, ctx))
 
 
-def load(kind: str, deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> Deployment:
+def load(kind: str, deployment_id: str, spec: Record, ctx: AgentContext) -> Deployment:
     deployment: Deployment = _module(kind).load(deployment_id, spec, ctx)
     return deployment

@@ -1,8 +1,16 @@
 """Answers to the control requests an agent serves (docs/PROTOCOL.md).
 
-Each handler takes the sender's identity and the frame and returns the reply
-frame (or None when the answer comes later, as for `run`). Raising a typed
-error answers the sender with an error frame; the agent keeps serving.
+`dispatch` decodes a frame once into its typed record (`protocol.decode_message`):
+a control request goes to its handler, a plain function of (request, tensors) →
+reply record; a message naming a deployment goes to that deployment's `handle`
+(which answers later, as `run` does). Raising a typed error answers the sender with
+an error frame; the agent keeps serving.
+
+Thread safety: the daemon runs slow handlers (deploy, unload, uploads, link probes)
+on worker lanes while the loop answers the rest, so every read or change of
+`state.deployments` holds `state.lock`. A deploy reserves its memory under the lock
+before its slow load and releases the reservation if loading fails, so two deploys
+can never both pass the budget check with the same free bytes.
 """
 
 from __future__ import annotations
@@ -16,16 +24,50 @@ import numpy as np
 import zmq
 
 from devices.links import measure_link
+from devices.profile import DeviceProfile
 from edge_runtime.agent import deployments
-from edge_runtime.agent import protocol as p
-from edge_runtime.agent.config import PROBE_ROUNDS, PROBE_TIMEOUT_S
+from edge_runtime.agent.config import PROBE_ROUNDS
+from edge_runtime.agent.deployments import Deployment
 from edge_runtime.errors import (
     AgentUnavailableError,
-    ConfigError,
     DeployError,
+    DeploymentGoneError,
     InputError,
     MemoryBudgetError,
 )
+from edge_runtime.protocol import (
+    DEPLOYMENT_MESSAGES,
+    PROTOCOL_VERSION,
+    Deploy,
+    DeployReply,
+    Gone,
+    HasShards,
+    HasShardsReply,
+    Hello,
+    HelloReply,
+    Join,
+    JoinReply,
+    Ping,
+    Pong,
+    ProbeLink,
+    ProbeLinkReply,
+    Profile,
+    ProfileReply,
+    PutChunk,
+    PutChunkReply,
+    Record,
+    Renew,
+    RenewReply,
+    Shutdown,
+    ShutdownReply,
+    StageSpec,
+    Status,
+    StatusReply,
+    Unload,
+    UnloadReply,
+    decode_message,
+)
+from partitioner.memory import admits
 from transports.wire import Frame, decode, encode
 
 if TYPE_CHECKING:
@@ -39,186 +81,204 @@ log = logging.getLogger(__name__)
 PROBE_SMALL_BYTES = 64
 PROBE_LARGE_BYTES = 256 * 1024
 
+Tensors = dict[str, np.ndarray]
+Answer = Record | tuple[Record, Tensors]
+"""A handler's reply record, with tensors when the reply carries some (ping)."""
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
 class Handlers:
-    """The control requests, dispatched by frame kind."""
+    """The control requests, dispatched by message type."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self._table = {
-            p.HELLO: self.hello,
-            p.PING: self.ping,
-            p.HEARTBEAT: self.ping,
-            p.PROFILE: self.profile,
-            p.LOAD: self.deploy,
-            p.JOIN: self.join,
-            p.PROBE_LINK: self.probe_link,
-            p.HAS_SHARDS: self.has_shards,
-            p.PUT_CHUNK: self.put_chunk,
-            p.DEPLOY: self.deploy,
-            p.UNLOAD: self.unload,
-            p.STATUS: self.status,
-            p.SHUTDOWN: self.shutdown,
+        self._reserved: dict[str, int] = {}  # deploys loading now: id -> bytes (state.lock)
+        self._table: dict[type[Record], Callable[[Any, Tensors], Answer]] = {
+            Hello: self.hello,
+            Ping: self.ping,
+            Profile: self.profile,
+            Join: self.join,
+            ProbeLink: self.probe_link,
+            HasShards: self.has_shards,
+            PutChunk: self.put_chunk,
+            Deploy: self.deploy,
+            Unload: self.unload,
+            Status: self.status,
+            Shutdown: self.shutdown,
+            Renew: self.renew,
         }
 
     def dispatch(self, identity: bytes, frame: Frame) -> Frame | None:
-        handler = self._table.get(frame.kind)
+        """Decode `frame` once and act on it; the reply frame, or None when answered later."""
+        message = decode_message(frame)
+        handler = self._table.get(type(message))
         if handler is not None:
-            return handler(identity, frame)
-        deployment_id = frame.meta.get("deployment_id")
-        if isinstance(deployment_id, str):
-            deployment = self.agent.state.deployments.get(deployment_id)
-            if deployment is None:
-                raise DeployError(
-                    f"no deployment {deployment_id!r} on agent {self.agent.name}; deploy it first"
-                )
-            deployment.handle(frame.kind, identity, frame)
+            answer = handler(message, frame.tensors)
+            reply, tensors = answer if isinstance(answer, tuple) else (answer, {})
+            return reply.frame(frame.request_id, self.agent.name, tensors)
+        if isinstance(message, DEPLOYMENT_MESSAGES):
+            deployment_id: str = getattr(message, "deployment_id")  # noqa: B009 (all have one)
+            self.deployment(deployment_id).handle(identity, frame.request_id, message,
+                                                  frame.tensors)
             return None
-        raise InputError(f"unknown request kind {frame.kind!r}")
+        raise InputError(f"an agent does not take {frame.kind!r} messages")
 
-    def _reply(self, frame: Frame, meta: dict[str, Any] | None = None,
-               tensors: dict[str, np.ndarray] | None = None) -> Frame:
-        return Frame(kind=p.REPLY, request_id=frame.request_id, sender=self.agent.name,
-                     meta=meta or {}, tensors=tensors or {})
+    def deployment(self, deployment_id: str) -> Deployment:
+        """The deployment `deployment_id`, or the typed error saying why it is not here."""
+        with self.agent.state.lock:
+            found = self.agent.state.deployments.get(deployment_id)
+        if found is None:
+            raise self._missing(deployment_id)
+        return found
+
+    def _missing(self, deployment_id: str) -> DeployError:
+        reason = self.agent.sessions.gone_reason(deployment_id)
+        if reason is not None:
+            return DeploymentGoneError(f"{reason}; redeploy it")
+        return DeployError(
+            f"no deployment {deployment_id!r} on agent {self.agent.name}; deploy it first")
+
+    def _used(self) -> int:
+        """Bytes held or reserved by deployments (call with state.lock held)."""
+        held = sum(d.memory_bytes for d in self.agent.state.deployments.values())
+        return held + sum(self._reserved.values())
 
     # --- introspection ---
 
-    def hello(self, identity: bytes, frame: Frame) -> Frame:
-        return self._reply(frame, {**self.agent.identity, "address": self.agent.address,
-                                   "public_key": self.agent.public_key,
-                                   "protocol": p.PROTOCOL_VERSION})
+    def hello(self, message: Hello, tensors: Tensors) -> HelloReply:
+        self.agent.sessions.touch(message.session, message.lease_s)
+        identity = self.agent.identity
+        return HelloReply(
+            name=self.agent.name, version=str(identity["version"]), protocol=PROTOCOL_VERSION,
+            pid=int(identity["pid"]), profile=DeviceProfile.from_dict(identity["profile"]),
+            preset=identity.get("preset"), emulated=self.agent.emulated,
+            caps=identity.get("caps"), label=str(identity.get("label") or self.agent.name),
+            threads=self.agent.threads, memory_budget=self.agent.config.memory_budget,
+            backends=tuple(identity.get("backends", ())), address=self.agent.address,
+            public_key=self.agent.public_key)
 
-    def profile(self, identity: bytes, frame: Frame) -> Frame:
-        return self._reply(frame, {"profile": self.agent.identity["profile"]})
+    def profile(self, message: Profile, tensors: Tensors) -> ProfileReply:
+        return ProfileReply(DeviceProfile.from_dict(self.agent.identity["profile"]))
 
-    def ping(self, identity: bytes, frame: Frame) -> Frame:
-        return self._reply(frame, dict(frame.meta), dict(frame.tensors))
+    def ping(self, message: Ping, tensors: Tensors) -> tuple[Pong, Tensors]:
+        return Pong(), dict(tensors)
 
-    def status(self, identity: bytes, frame: Frame) -> Frame:
+    def status(self, message: Status, tensors: Tensors) -> StatusReply:
         state = self.agent.state
-        budget = self.agent.config.memory_budget
-        used = sum(d.memory_bytes for d in state.deployments.values())
-        return self._reply(frame, {
-            "name": self.agent.name,
-            "address": self.agent.address,
-            "emulated": self.agent.emulated,
-            "preset": self.agent.identity.get("preset"),
-            "uptime_s": time.time() - state.started_at,
-            "memory_budget": budget,
-            "memory_used": used,
-            "requests_served": state.requests_served,
-            "errors_answered": state.errors_answered,
-            "deployments": {k: d.status() for k, d in state.deployments.items()},
-        })
+        with state.lock:
+            held = list(state.deployments.items())
+            used = self._used()
+        return StatusReply(
+            name=self.agent.name, address=self.agent.address, emulated=self.agent.emulated,
+            preset=self.agent.identity.get("preset"), uptime_s=time.time() - state.started_at,
+            memory_budget=self.agent.config.memory_budget, memory_used=used,
+            requests_served=state.requests_served, errors_answered=state.errors_answered,
+            deployments={k: d.status() for k, d in held})
 
-    def shutdown(self, identity: bytes, frame: Frame) -> Frame:
+    def shutdown(self, message: Shutdown, tensors: Tensors) -> ShutdownReply:
         self.agent.request_stop()
-        return self._reply(frame, {"stopping": True})
+        return ShutdownReply(stopping=True)
 
-    # --- cluster membership and links ---
+    # --- sessions, cluster membership and links ---
 
-    def join(self, identity: bytes, frame: Frame) -> Frame:
-        """Allow the public keys of the cluster's other agents (activations, probes)."""
-        peers = frame.meta.get("peers", [])
-        if not isinstance(peers, list):
-            raise InputError("join: 'peers' must be a list of {name, public_key}")
-        for peer in peers:
-            key = peer.get("public_key") if isinstance(peer, dict) else None
-            if key:
-                self.agent.allow(str(key))
-        return self._reply(frame, {"allowed": len(peers)})
+    def join(self, message: Join, tensors: Tensors) -> JoinReply:
+        """Admit the public keys of the cluster's other agents (activations, probes) for
+        as long as the session's lease holds."""
+        keys = [peer.public_key for peer in message.peers if peer.public_key]
+        self.agent.sessions.introduce(message.session, keys)
+        return JoinReply(allowed=len(message.peers))
 
-    def probe_link(self, identity: bytes, frame: Frame) -> Frame:
+    def renew(self, message: Renew, tensors: Tensors) -> RenewReply:
+        gone = self.agent.sessions.renew(message.session, message.deployment_ids)
+        return RenewReply(gone=tuple(Gone(deployment_id, reason) for deployment_id, reason in gone))
+
+    def probe_link(self, message: ProbeLink, tensors: Tensors) -> ProbeLinkReply:
         """Measure round trip and bandwidth from this agent to the agent at `address`.
 
-        Runs in the control loop (blocking it for some milliseconds): probes
-        happen at deploy time, before any request of that deployment is in flight.
+        Blocks for the probe's duration: the daemon runs it off the control loop.
         """
-        address = frame.meta.get("address")
-        key = frame.meta.get("public_key")
-        name = str(frame.meta.get("name", address))
-        if not isinstance(address, str):
-            raise InputError("probe_link needs 'address'")
-        sock = self.agent.new_peer_socket(address, None if key is None else str(key))
+        sock = self.agent.new_peer_socket(message.address, message.public_key)
         try:
-            link = measure_link(self._pinger(sock, name), self.agent.name, name,
+            link = measure_link(self._pinger(sock, message.name), self.agent.name, message.name,
                                 small=PROBE_SMALL_BYTES, large=PROBE_LARGE_BYTES,
                                 repeats=PROBE_ROUNDS)
         finally:
             sock.close()
-        return self._reply(frame, link.to_dict())
+        return ProbeLinkReply(link)
 
     def _pinger(self, sock: zmq.Socket[bytes], name: str) -> Callable[[bytes], None]:
         counter = iter(range(1, 1 << 62))
+        timeout_s = self.agent.timeouts.probe_timeout_s
 
         def roundtrip(payload: bytes) -> None:
             data = np.frombuffer(payload, dtype=np.uint8)
-            sock.send_multipart(encode(Frame(kind=p.PING, request_id=next(counter),
-                                             sender=self.agent.name, tensors={"x": data})),
-                                copy=False)
-            if not sock.poll(int(PROBE_TIMEOUT_S * 1000)):
+            sock.send_multipart(encode(Ping().frame(next(counter), self.agent.name,
+                                                    {"x": data})), copy=False)
+            if not sock.poll(int(timeout_s * 1000)):
                 raise AgentUnavailableError(
-                    f"no answer to a link probe within {PROBE_TIMEOUT_S:g} s", agent=name)
+                    f"no answer to a link probe within {timeout_s:g} s", agent=name)
             decode(sock.recv_multipart(copy=False))
 
         return roundtrip
 
     # --- shards and deployments ---
 
-    def has_shards(self, identity: bytes, frame: Frame) -> Frame:
-        wanted = frame.meta.get("shards", [])
-        pairs = [(str(sha), str(ext)) for sha, ext in wanted]
-        return self._reply(frame, {"missing": self.agent.cache.missing(pairs)})
+    def has_shards(self, message: HasShards, tensors: Tensors) -> HasShardsReply:
+        wanted = [(shard.sha256, shard.ext) for shard in message.shards]
+        return HasShardsReply(missing=tuple(self.agent.cache.missing(wanted)))
 
-    def put_chunk(self, identity: bytes, frame: Frame) -> Frame:
-        meta = frame.meta
-        data = frame.tensors.get("data")
+    def put_chunk(self, message: PutChunk, tensors: Tensors) -> PutChunkReply:
+        data = tensors.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise InputError("put_chunk needs a 1-D uint8 tensor 'data'")
-        complete = self.agent.cache.put_chunk(
-            str(meta["sha256"]), str(meta["ext"]), int(meta["offset"]), int(meta["total"]),
-            data.tobytes(),
-        )
-        return self._reply(frame, {"complete": complete})
+        complete = self.agent.cache.put_chunk(message.sha256, message.ext, message.offset,
+                                              message.total, data.tobytes())
+        return PutChunkReply(complete=complete)
 
-    def deploy(self, identity: bytes, frame: Frame) -> Frame:
-        meta = frame.meta
-        deployment_id = meta.get("deployment_id")
-        kind = meta.get("type", "onnx-stage")
-        spec = meta.get("spec")
-        if not isinstance(deployment_id, str) or not isinstance(spec, dict):
-            raise InputError("deploy needs 'deployment_id' (str) and 'spec' (map)")
-        state = self.agent.state
-        if deployment_id in state.deployments:
-            raise DeployError(f"deployment {deployment_id!r} already exists; unload it first")
-        from partitioner import admits  # the planner counts with the same rule
-
-        need = deployments.estimate_memory(str(kind), spec, self.agent)
-        budget = self.agent.config.memory_budget
-        used = sum(d.memory_bytes for d in state.deployments.values())
-        if budget is not None and not admits(used, need, budget):
-            raise MemoryBudgetError(
-                f"agent {self.agent.name}: deployment {deployment_id} needs {_mb(need)} but only "
-                f"{_mb(max(budget - used, 0))} of its {_mb(budget)} memory budget is free "
-                f"({len(state.deployments)} deployments hold {_mb(used)}); unload a deployment, "
-                "raise --memory-budget, or plan with a smaller share for this device"
-            )
+    def deploy(self, message: Deploy, tensors: Tensors) -> DeployReply:
+        """Admit (reserving memory under the lock), load (slow, unlocked), then publish."""
+        agent, state, deployment_id = self.agent, self.agent.state, message.deployment_id
+        agent.sessions.touch(message.session)
+        need = deployments.estimate_memory(message.type, message.spec, agent)
+        budget = agent.config.memory_budget
+        with state.lock:
+            if deployment_id in state.deployments or deployment_id in self._reserved:
+                raise DeployError(f"deployment {deployment_id!r} already exists; unload it first")
+            used = self._used()
+            if budget is not None and not admits(used, need, budget):
+                raise MemoryBudgetError(
+                    f"agent {agent.name}: deployment {deployment_id} needs {_mb(need)} but only "
+                    f"{_mb(max(budget - used, 0))} of its {_mb(budget)} memory budget is free "
+                    f"({len(state.deployments)} deployments hold {_mb(used)}); unload a "
+                    "deployment, raise --memory-budget, or plan with a smaller share for this "
+                    "device")
+            self._reserved[deployment_id] = need
         start = time.perf_counter()
-        deployment = deployments.load(str(kind), deployment_id, spec, self.agent)
-        state.deployments[deployment_id] = deployment
-        log.info("deployed %s (%s, %s) in %.3f s", deployment_id, kind, _mb(need),
+        try:
+            if isinstance(message.spec, StageSpec):  # the cluster's agents, for activations
+                agent.sessions.introduce(message.session, message.spec.allow_keys)
+            deployment = deployments.load(message.type, deployment_id, message.spec, agent)
+        except BaseException:
+            with state.lock:
+                self._reserved.pop(deployment_id, None)
+            raise
+        with state.lock:
+            self._reserved.pop(deployment_id, None)
+            state.deployments[deployment_id] = deployment
+        agent.sessions.adopt(message.session, deployment_id)
+        log.info("deployed %s (%s, %s) in %.3f s", deployment_id, message.type, _mb(need),
                  time.perf_counter() - start)
-        return self._reply(frame, {"memory_bytes": need, "memory_used": used + need,
-                                   "memory_budget": budget, "status": deployment.status()})
+        return DeployReply(memory_bytes=need, memory_used=used + need, memory_budget=budget,
+                           missing_files=deployment.missing_files, status=deployment.status())
 
-    def unload(self, identity: bytes, frame: Frame) -> Frame:
-        deployment_id = frame.meta.get("deployment_id")
-        deployment = self.agent.state.deployments.pop(str(deployment_id), None)
+    def unload(self, message: Unload, tensors: Tensors) -> UnloadReply:
+        with self.agent.state.lock:
+            deployment = self.agent.state.deployments.pop(message.deployment_id, None)
         if deployment is None:
-            raise ConfigError(f"no deployment {deployment_id!r} on agent {self.agent.name}")
+            raise self._missing(message.deployment_id)
+        self.agent.sessions.release(message.deployment_id)
         deployment.close()
-        return self._reply(frame, {"unloaded": deployment_id})
+        return UnloadReply(unloaded=message.deployment_id)

@@ -9,10 +9,11 @@ reuses the bound listener, and which agent a collective timeout names.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from edge_runtime.agent.deployments import AgentContext
-from edge_runtime.agent.llm_spec import ShardSpec
 from edge_runtime.errors import DeployError, InputError
+from edge_runtime.protocol import ShardSpec
 from transports.collectives import CollectiveGroup, GroupListener
 from transports.security import Security
 
@@ -52,9 +53,9 @@ class ShardGroup:
             host = self.spec.advertise_host
         return f"tcp://{host}:{port}"
 
-    def connect(self, endpoints: object) -> None:
+    def connect(self, endpoints: Sequence[str]) -> None:
         """Join the group of `endpoints` (one per member), replacing any earlier group."""
-        if not isinstance(endpoints, list) or len(endpoints) != len(self.spec.names):
+        if len(endpoints) != len(self.spec.names):
             raise InputError(f"llm_connect needs {len(self.spec.names)} endpoints")
         if self.group is not None:
             # A reconnect builds a new group on the same bound listener.
@@ -62,7 +63,7 @@ class ShardGroup:
         security = getattr(self._ctx, "security", None)
         assert isinstance(security, Security) and self._listener is not None
         keys = None if security.insecure else [(k or "").encode() for k in self.spec.public_keys]
-        self.endpoints = [str(e) for e in endpoints]
+        self.endpoints = list(endpoints)
         self.group = CollectiveGroup(self.spec.rank, self.endpoints, security,
                                      timeout_s=self.spec.collective_timeout_s,
                                      peer_keys=keys, listener=self._listener)

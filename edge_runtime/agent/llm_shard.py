@@ -4,14 +4,16 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
 
 1. `deploy` (type "llm-shard"): the spec names the checkpoint directory, its digest
    and files, the tensor plan, this agent's rank and the group's public keys. An
-   agent that can read the directory (a local cluster) uses it; otherwise the deploy
-   reply lists the files it lacks in its content-addressed cache, and the coordinator
-   sends them (`llm_put`, acknowledged 1 MiB chunks, sha256-checked; `llm_files.py`).
+   agent reads the directory in place only if its own `--allow-checkpoint-dir`s hold
+   it; otherwise the deploy reply lists the files it lacks in its content-addressed
+   cache, and the coordinator sends them (`llm_put`, acknowledged 1 MiB chunks, each
+   file sha256-checked, then the set checked against the digest; `llm_files.py`).
    `load` only checks the spec and queues the real work, because the control loop
    must keep answering heartbeats while a share is converted (seconds to minutes
-   for a real model). The worker thread then checks the checkpoint
-   against the digest, converts this share ONCE into `<cache>/llm/` (keyed by
-   checkpoint digest and share ranges, so a restart or a redeploy reuses it),
+   for a real model). The worker thread then checks the checkpoint against the
+   digest (every byte), converts this share ONCE into `<cache>/llm/` (keyed by
+   checkpoint digest and share ranges, so a restart or a redeploy reuses it after
+   re-hashing the slices; a changed slice is converted again),
    builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
    by the memory budget; with `quantize="q4"` every matrix becomes a 4-bit kernel,
    built in memory from the cached fp32 slices at each load, resident only) and
@@ -49,25 +51,31 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
-from edge_runtime.agent.llm_files import CheckpointInbox
+from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
 from edge_runtime.agent.llm_group import ShardGroup
-from edge_runtime.agent.llm_spec import (
-    CONNECT,
-    PUT,
-    READY,
-    REPLY,
-    STEP,
-    TYPE,
-    ShardSpec,
-)
 from edge_runtime.agent.llm_timing import StepClock, reset_peak_rss, rss_bytes
 from edge_runtime.errors import (
     CheckpointError,
     DeployError,
     EdgeRuntimeError,
     InputError,
+    ShardIntegrityError,
     is_user_error,
 )
+from edge_runtime.llm.checkpoint import FileHashes
+from edge_runtime.protocol import (
+    LlmConnect,
+    LlmConnectReply,
+    LlmPut,
+    LlmPutReply,
+    LlmReady,
+    LlmReadyReply,
+    LlmStep,
+    LlmStepReply,
+    Message,
+    ShardSpec,
+)
+from edge_runtime.protocol.kinds import LLM_SHARD
 from transports.errors import CollectiveError
 from transports.wire import Frame, error_frame
 
@@ -94,30 +102,39 @@ def _trim_heap() -> None:
         log.debug("malloc_trim unavailable: %s", error)
 
 
-def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
+def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
     """The plan's peak bytes for this share (weights or window, KV cache, activations)."""
-    return ShardSpec.from_wire(spec).memory_bytes
+    return spec.memory_bytes
 
 
-def load(deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> LlmShard:
-    shard = ShardSpec.from_wire(spec)
+def _hashes(ctx: AgentContext) -> FileHashes:
+    """The agent's own memory of checkpoint file hashes (in its cache, not the user's)."""
+    return FileHashes.at(ctx.cache.root / CACHE_SUBDIR / "file-hashes.json")
+
+
+def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
     inbox = None
-    if not (shard.checkpoint and Path(shard.checkpoint).is_dir()):
+    source = allowed_checkpoint(shard.checkpoint, ctx.config.allowed_checkpoint_dirs)
+    if source is None:
         if not shard.files:
-            raise CheckpointError(
-                f"agent {ctx.name} cannot see the checkpoint directory {shard.checkpoint!r} "
-                "and was not offered its files; deploy with send_checkpoint=True")
+            raise DeployError(
+                f"agent {ctx.name} reads checkpoints in place only under the directories its "
+                f"--allow-checkpoint-dir names, not {shard.checkpoint!r}, and was not offered "
+                "the checkpoint's files; deploy with this release's SDK (it sends them)")
         inbox = CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
-                                shard.checkpoint_digest, list(shard.files))
+                                shard.checkpoint_digest, list(shard.files), ctx.cache,
+                                _hashes(ctx))
+    else:
+        shard = dataclasses.replace(shard, checkpoint=str(source))
     return LlmShard(deployment_id, shard, ctx, inbox)
 
 
 @dataclass
 class _Job:
-    kind: str
+    kind: str  # "load", or the kind of `message`
     request_id: int = 0
     client: bytes = b""
-    meta: dict[str, Any] = field(default_factory=dict)
+    message: Message | None = None
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -157,6 +174,10 @@ class LlmShard:
         return self.spec.memory_bytes
 
     @property
+    def missing_files(self) -> tuple[str, ...]:
+        return () if self._inbox is None else tuple(self._inbox.missing())
+
+    @property
     def checkpoint_dir(self) -> Path:
         return Path(self.spec.checkpoint) if self._inbox is None else self._inbox.directory
 
@@ -167,32 +188,26 @@ class LlmShard:
 
     # --- control loop side: queue only, never block ---
 
-    def handle(self, kind: str, sender: bytes, frame: Frame) -> None:
-        if kind == PUT:
-            self._ctx.send_to_client(sender, self._put(frame))
+    def handle(self, sender: bytes, request_id: int, message: Message,
+               tensors: dict[str, np.ndarray]) -> None:
+        if isinstance(message, LlmPut):
+            self._ctx.send_to_client(sender, self._put(request_id, message, tensors))
             return
-        if kind not in (READY, CONNECT, STEP):
-            raise InputError(f"an llm-shard deployment does not take {kind!r} frames")
-        self._queue.put(_Job(kind, int(frame.request_id), sender, dict(frame.meta),
-                             dict(frame.tensors)))
+        if not isinstance(message, LlmReady | LlmConnect | LlmStep):
+            raise InputError(f"an llm-shard deployment does not take {message.KIND!r} messages")
+        self._queue.put(_Job(message.KIND, request_id, sender, message, dict(tensors)))
 
-    def _put(self, frame: Frame) -> Frame:
-        """One chunk of a checkpoint file (in the control loop: a 1 MiB append)."""
+    def _put(self, request_id: int, message: LlmPut, tensors: dict[str, np.ndarray]) -> Frame:
+        """One chunk of a checkpoint file (off the control loop: a 1 MiB append)."""
         if self._inbox is None:
             raise InputError("this agent reads the checkpoint from its path; send no files")
-        data = frame.tensors.get("data")
+        data = tensors.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise InputError("llm_put needs a 1-D uint8 tensor 'data'")
-        meta = frame.meta
-        try:
-            done = self._inbox.put(str(meta["name"]), int(meta["offset"]), data.tobytes(),
-                                   str(meta["sha256"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"llm_put needs name, offset and sha256: {error!r}") from error
+        done = self._inbox.put(message.name, message.offset, data.tobytes(), message.sha256)
         if done and self._inbox.complete:
             self._queue_load()
-        return Frame(kind=REPLY, request_id=frame.request_id, sender=self._ctx.name,
-                     meta={"deployment_id": self.id, "complete": done})
+        return LlmPutReply(self.id, done).frame(request_id, self._ctx.name)
 
     # --- worker thread ---
 
@@ -223,22 +238,20 @@ class LlmShard:
             return None
         if self._failed is not None:
             raise self._failed
-        if job.kind == READY and self._worker is None:
+        message = job.message
+        if isinstance(message, LlmReady) and self._worker is None:
             missing = self._inbox.missing() if self._inbox is not None else []
             raise DeployError(f"the share is not loaded: checkpoint files {missing} have not "
                               "arrived; redeploy")
-        if job.kind == READY:
-            return self._reply(job, {"address": self._group.address(),
-                                     "status": self.status()})
-        if job.kind == CONNECT:
-            self._group.connect(job.meta.get("endpoints"))
-            return self._reply(job, {"connected": len(self._group.endpoints)})
-        return self._step(job)
-
-    def _reply(self, job: _Job, meta: dict[str, Any],
-               tensors: dict[str, np.ndarray] | None = None) -> Frame:
-        return Frame(kind=REPLY, request_id=job.request_id, sender=self._ctx.name,
-                     meta={"deployment_id": self.id, **meta}, tensors=tensors or {})
+        if isinstance(message, LlmReady):
+            ready = LlmReadyReply(self.id, self._group.address(), self.status())
+            return ready.frame(job.request_id, self._ctx.name)
+        if isinstance(message, LlmConnect):
+            self._group.connect(message.endpoints)
+            connected = LlmConnectReply(self.id, len(self._group.endpoints))
+            return connected.frame(job.request_id, self._ctx.name)
+        assert isinstance(message, LlmStep)  # `handle` queues nothing else
+        return self._step(job, message)
 
     def _answer_error(self, job: _Job, error: BaseException) -> None:
         error_type, agent = type(error).__name__, self._ctx.name
@@ -260,8 +273,13 @@ class LlmShard:
 
         started = time.perf_counter()
         self._limit_blas()
-        ckpt = Checkpoint(self.checkpoint_dir)
+        ckpt = Checkpoint(self.checkpoint_dir, hashes=_hashes(self._ctx))
         if ckpt.digest != self.spec.checkpoint_digest:
+            if self._inbox is not None:  # changed on disk since it was verified
+                self._inbox.discard()
+                raise ShardIntegrityError(
+                    f"the checkpoint files in agent {self._ctx.name}'s cache no longer match "
+                    "their digest (changed on disk); they were deleted — redeploy to send them")
             raise CheckpointError(
                 f"the checkpoint at {self.checkpoint_dir} on agent {self._ctx.name} differs "
                 "from the coordinator's (digest mismatch); copy the same checkpoint here")
@@ -310,14 +328,13 @@ class LlmShard:
         self._blas_threads = threads
         log.info("llm-shard %s: BLAS limited to %d thread(s)", self.id, threads)
 
-    def _step(self, job: _Job) -> Frame | None:
+    def _step(self, job: _Job, message: LlmStep) -> Frame | None:
         if self._group.group is None:
             raise InputError("llm_step before llm_connect; redeploy the model")
         ids = job.tensors.get("ids")
         if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise InputError("llm_step needs a 1-D integer tensor 'ids'")
-        start = int(job.meta.get("start", 0))
-        last_only = bool(job.meta.get("last_only", True))
+        start, last_only = message.start, message.last_only
         group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
 
         def allreduce(x: np.ndarray) -> np.ndarray:
@@ -341,7 +358,8 @@ class LlmShard:
         counters["comm_s"] += clock.comm_s
         if logits is None:
             return None
-        return self._reply(job, {"compute_s": clock.compute_s, "comm_s": clock.comm_s},
+        reply = LlmStepReply(self.id, clock.compute_s, clock.comm_s)
+        return reply.frame(job.request_id, self._ctx.name,
                            {"logits": np.ascontiguousarray(logits, dtype=np.float32)})
 
     def status(self) -> dict[str, Any]:
@@ -350,7 +368,7 @@ class LlmShard:
         if self._worker is not None:
             window = dataclasses.asdict(self._worker.stats())
         return {
-            "type": TYPE,
+            "type": LLM_SHARD,
             "rank": self.spec.rank,
             "hub": self.plan.hub,
             "ready": self._worker is not None,

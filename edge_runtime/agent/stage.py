@@ -24,12 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent import protocol as p
-from edge_runtime.agent.backends import Backend, TensorSpec, open_backend
-from edge_runtime.agent.backends.base import check_feeds
 from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
 from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.backends import Backend, open_backend
+from edge_runtime.backends.base import check_feeds
 from edge_runtime.errors import DeployError, EdgeRuntimeError, InputError
+from edge_runtime.protocol import (
+    ACT_PREFIX,
+    OUT_PREFIX,
+    Activation,
+    ExitRule,
+    Message,
+    Run,
+    RunResult,
+    SetExit,
+    SetExitReply,
+    StageSpec,
+    StageTiming,
+)
 from transports.wire import Frame, error_frame
 
 log = logging.getLogger(__name__)
@@ -38,9 +50,8 @@ log = logging.getLogger(__name__)
 WORKER_JOIN_TIMEOUT_S = 5.0
 
 
-def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
+def estimate_memory(stage: StageSpec, ctx: AgentContext) -> int:
     """The plan's `memory_bytes` if given, else the shard's size × SHARD_MEMORY_FACTOR."""
-    stage = p.StageSpec.from_wire(spec)
     if stage.memory_bytes is not None:
         return stage.memory_bytes
     path = ctx.cache.path_for(stage.shard_sha256, stage.shard_ext)
@@ -49,13 +60,11 @@ def estimate_memory(spec: dict[str, Any], ctx: AgentContext) -> int:
     return int(path.stat().st_size * SHARD_MEMORY_FACTOR)
 
 
-def load(deployment_id: str, spec: dict[str, Any], ctx: AgentContext) -> OnnxStage:
-    stage = p.StageSpec.from_wire(spec)
+def load(deployment_id: str, stage: StageSpec, ctx: AgentContext) -> OnnxStage:
+    """Open the verified shard (the handler already admitted `stage.allow_keys`)."""
     path = ctx.cache.verified_path(stage.shard_sha256, stage.shard_ext)
     backend = open_backend(path, threads=ctx.threads)
-    for key in stage.allow_keys:
-        ctx.allow(key)
-    return OnnxStage(stage, backend, ctx, estimate_memory(spec, ctx))
+    return OnnxStage(stage, backend, ctx, estimate_memory(stage, ctx))
 
 
 @dataclass(frozen=True)
@@ -63,12 +72,12 @@ class _Work:
     request_id: int
     client: bytes
     tensors: dict[str, np.ndarray]
-    meta: dict[str, Any]
+    timings: tuple[StageTiming, ...]  # of the stages before this one
     arrived: float  # perf_counter at arrival
     transfer_s: float
 
 
-def _exit_fires(rule: p.ExitRule, available: dict[str, np.ndarray],
+def _exit_fires(rule: ExitRule, available: dict[str, np.ndarray],
                 collected: dict[str, np.ndarray]) -> bool:
     """True when every sample of the batch may stop here under the exit's policy.
 
@@ -87,15 +96,13 @@ class OnnxStage:
     """A loaded pipeline stage with its worker thread."""
 
     def __init__(
-        self, spec: p.StageSpec, backend: Backend, ctx: AgentContext, memory_bytes: int
+        self, spec: StageSpec, backend: Backend, ctx: AgentContext, memory_bytes: int
     ) -> None:
         self.spec = spec
         self._backend = backend
         self._ctx = ctx
         self._memory = memory_bytes
-        self._signature = tuple(
-            TensorSpec(name, dtype, shape) for name, dtype, shape in spec.signature
-        )
+        self._signature = spec.signature
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._served = 0
         self._busy_s = 0.0
@@ -108,51 +115,47 @@ class OnnxStage:
     def memory_bytes(self) -> int:
         return self._memory
 
-    def handle(self, kind: str, sender: bytes, frame: Frame) -> None:
-        now = time.time()
-        meta = dict(frame.meta)
-        transfer_s = max(0.0, now - float(meta.get("sent_at", now)))
-        if kind == p.RUN:
+    @property
+    def missing_files(self) -> tuple[str, ...]:
+        return ()
+
+    def handle(self, sender: bytes, request_id: int, message: Message,
+               tensors: dict[str, np.ndarray]) -> None:
+        if isinstance(message, SetExit):
+            self._set_exit(sender, request_id, message)
+            return
+        timings: tuple[StageTiming, ...] = ()
+        if isinstance(message, Run):
             if self.spec.stage != 0:
                 raise InputError(f"stage {self.spec.stage} takes activations, not run requests")
-            tensors = {f"{p.ACT_PREFIX}{k}": v for k, v in frame.tensors.items()}
             if self._signature:
-                check_feeds(self._signature, dict(frame.tensors))
+                check_feeds(self._signature, dict(tensors))
+            tensors = {f"{ACT_PREFIX}{k}": v for k, v in tensors.items()}
             client = sender
-        elif kind == p.ACTIVATION:
-            tensors = dict(frame.tensors)
-            client = bytes(meta["client"])
-        elif kind == p.SET_EXIT:
-            self._set_exit(sender, frame)
-            return
+        elif isinstance(message, Activation):
+            tensors = dict(tensors)
+            client, timings = message.client, message.timings
         else:
-            raise InputError(f"an onnx-stage deployment does not take {kind!r} frames")
+            raise InputError(f"an onnx-stage deployment does not take {message.KIND!r} messages")
+        transfer_s = max(0.0, time.time() - message.sent_at)
         self._queue.put(
-            _Work(int(frame.request_id), client, tensors, meta, time.perf_counter(), transfer_s)
-        )
+            _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s))
 
-    def _set_exit(self, sender: bytes, frame: Frame) -> None:
+    def _set_exit(self, sender: bytes, request_id: int, message: SetExit) -> None:
         """Replace this stage's exit rule (a new threshold; None: never stop here).
 
         Only the rule changes, not the shard, so no session is rebuilt. The worker
         reads `self.spec` once per request, so a request in progress finishes under
         the rule it started with and the next one uses the new rule.
         """
-        data = frame.meta.get("exit")
-        try:
-            rule = None if data is None else p.ExitRule.from_wire(dict(data))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"set_exit: 'exit' must be an exit rule map or nil ({error!r})"
-                             ) from error
+        rule = message.exit
         if rule is not None and rule.output not in self.spec.outputs:
             raise InputError(f"stage {self.spec.stage} does not produce {rule.output!r} (it "
                              f"produces {list(self.spec.outputs)}); set that exit's threshold "
                              "on the stage that ends at it")
         self.spec = replace(self.spec, exit=rule)
-        self._ctx.send_to_client(sender, Frame(
-            kind=p.REPLY, request_id=frame.request_id, sender=self._ctx.name,
-            meta={"deployment_id": self.spec.deployment_id,
-                  "exit": None if rule is None else rule.to_wire()}))
+        self._ctx.send_to_client(sender, SetExitReply(self.spec.deployment_id, rule).frame(
+            request_id, self._ctx.name))
 
     def _loop(self) -> None:
         while True:
@@ -181,10 +184,10 @@ class OnnxStage:
         start = time.perf_counter()
         started_at = time.time()
         queue_s = start - work.arrived
-        acts = {k[len(p.ACT_PREFIX):]: v for k, v in work.tensors.items()
-                if k.startswith(p.ACT_PREFIX)}
-        collected = {k[len(p.OUT_PREFIX):]: v for k, v in work.tensors.items()
-                     if k.startswith(p.OUT_PREFIX)}
+        acts = {k[len(ACT_PREFIX):]: v for k, v in work.tensors.items()
+                if k.startswith(ACT_PREFIX)}
+        collected = {k[len(OUT_PREFIX):]: v for k, v in work.tensors.items()
+                     if k.startswith(OUT_PREFIX)}
         needed = [*spec.inputs, *(s.name for s in self._backend.inputs)]
         missing = sorted({name for name in needed if name not in acts})
         if missing:
@@ -200,36 +203,26 @@ class OnnxStage:
         available = {**acts, **produced}
         for name in spec.outputs:
             collected[name] = available[name]
-        timings = list(work.meta.get("timings", []))
-        timings.append(
-            p.StageTiming(spec.stage, self._ctx.name, queue_s, compute_s, work.transfer_s,
-                          self._ctx.emulated, started_at).to_wire()
-        )
+        timings = (*work.timings, StageTiming(spec.stage, self._ctx.name, queue_s, compute_s,
+                                              work.transfer_s, self._ctx.emulated, started_at))
         fired = spec.exit is not None and _exit_fires(spec.exit, available, collected)
         last = spec.stage == spec.n_stages - 1 or spec.next_hop is None
+        # each frame is stamped `sent_at` now so the receiver can measure its transfer time
         if fired or last:
             exit_name = spec.exit.name if fired and spec.exit is not None else None
-            self._ctx.send_to_client(work.client, self._onward(
-                p.RESULT, work,
-                {"deployment_id": spec.deployment_id, "exit": exit_name, "stage": spec.stage,
-                 "timings": timings},
-                collected))
+            result = RunResult(spec.deployment_id, exit_name, spec.stage, timings, time.time())
+            self._ctx.send_to_client(work.client, self._frame(result, work, collected))
             return
         assert spec.next_hop is not None  # guarded by `last` above
-        tensors = {f"{p.ACT_PREFIX}{name}": available[name] for name in spec.forward}
-        tensors.update({f"{p.OUT_PREFIX}{name}": value for name, value in collected.items()})
-        self._ctx.send_to_peer(spec.next_hop, self._onward(
-            p.ACTIVATION, work,
-            {"deployment_id": spec.next_hop.deployment_id, "client": work.client,
-             "stage": spec.stage + 1, "timings": timings},
-            tensors))
+        tensors = {f"{ACT_PREFIX}{name}": available[name] for name in spec.forward}
+        tensors.update({f"{OUT_PREFIX}{name}": value for name, value in collected.items()})
+        onward = Activation(spec.next_hop.deployment_id, work.client, spec.stage + 1, timings,
+                            time.time())
+        self._ctx.send_to_peer(spec.next_hop, self._frame(onward, work, tensors))
 
-    def _onward(self, kind: str, work: _Work, meta: dict[str, Any],
-                tensors: dict[str, np.ndarray]) -> Frame:
-        """The request's next frame (result or activation), stamped `sent_at` now so the
-        receiver can measure its transfer time."""
-        return Frame(kind=kind, request_id=work.request_id, sender=self._ctx.name,
-                     meta={**meta, "sent_at": time.time()}, tensors=tensors)
+    def _frame(self, message: RunResult | Activation, work: _Work,
+               tensors: dict[str, np.ndarray]) -> Frame:
+        return message.frame(work.request_id, self._ctx.name, tensors)
 
     def status(self) -> dict[str, Any]:
         return {

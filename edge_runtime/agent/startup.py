@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import edge_runtime
-from edge_runtime.agent.backends import backend_kinds
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.daemon import Agent, install_signal_handlers
+from edge_runtime.backends import backend_kinds
 from edge_runtime.errors import ConfigError
+from transports.keys import DEFAULT_KEYS_DIR, FINGERPRINT_CHARS, key_fingerprint, load_keypair
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ def build_identity(config: AgentConfig) -> tuple[AgentConfig, dict[str, Any]]:
     budget = config.memory_budget
     if budget is None and caps is not None:
         budget = caps.memory_budget_bytes
-    config = replace(config, threads=threads, memory_budget=budget,
-                     name=config.name or (f"{config.preset}@{host.name}" if config.preset
-                                          else host.name))
+    name = config.name or default_agent_name(host.name, config)
+    if config.preset and not config.name:
+        name = f"{config.preset}@{name}"
+    config = replace(config, threads=threads, memory_budget=budget, name=name)
     identity: dict[str, Any] = {
         "name": config.name,
         "version": edge_runtime.__version__,
@@ -65,6 +67,24 @@ def build_identity(config: AgentConfig) -> tuple[AgentConfig, dict[str, Any]]:
     if caps is not None and config.preset is not None:
         identity["_dilate"] = partial(dcaps.dilate, caps)
     return config, identity
+
+
+def default_agent_name(host: str, config: AgentConfig) -> str:
+    """`host` plus a short tag unique to this agent, e.g. ``myhost-3fa9c1``.
+
+    Coordinators and the demo's device table key agents by name, so two hosts
+    that share a host name (every fresh Raspberry Pi is ``raspberrypi``) must
+    not share an agent name. The tag is the fingerprint of the agent's CURVE
+    public key: stable across restarts and the same one `keys show` prints.
+    Under --insecure there is no key; a random per-process tag keeps names
+    unique, at the cost of changing on restart (pass --name for a fixed one).
+    """
+    if config.insecure:
+        tag = os.urandom(FINGERPRINT_CHARS // 2).hex()
+    else:
+        pair = load_keypair(config.keys_dir or DEFAULT_KEYS_DIR)
+        tag = key_fingerprint(pair.public)
+    return f"{host}-{tag}"
 
 
 def announce_target(address: str) -> tuple[int, list[str] | None]:

@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _shape(args: argparse.Namespace) -> Any:
-    from edge_runtime.agent.config import parse_size
     from edge_runtime.llm.synthetic import REFERENCE, SyntheticShape
+    from edge_runtime.units import parse_size
 
     if args.reference:
         return REFERENCE
@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, n, streamed, fmt in variants:
             t1 = time.perf_counter()
             with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
-                                  insecure=args.insecure) as cluster:
+                                  insecure=args.insecure,
+                                  allow_checkpoint_dirs=[ckpt_dir]) as cluster:
                 if args.pin:
                     _pin(cluster, args.threads)
                 names = [a.name for a in cluster.agents]

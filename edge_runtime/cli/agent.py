@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="tcp://0.0.0.0:7700",
                         help="control socket address (default tcp://0.0.0.0:7700; port 0 = any)")
     parser.add_argument("--name", default="",
-                        help="agent name (default: host name, or preset@host)")
+                        help="agent name (default: host name plus its key's fingerprint, "
+                             "e.g. pi-3fa9c1; preset@that with --preset)")
     parser.add_argument("--preset", default=None,
                         help="emulate this device preset (see `edge-runtime profile --list`)")
     parser.add_argument("--memory-budget", default=None,
@@ -23,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads per stage (default: the preset's cores, else onnxruntime's)")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/edge-runtime/agent"),
                         help="where verified shards are kept across restarts")
+    parser.add_argument("--allow-checkpoint-dir", type=Path, action="append", default=[],
+                        metavar="DIR", dest="allow_checkpoint_dirs",
+                        help="let deploys name LLM checkpoints under DIR for this agent to read "
+                             "in place (repeatable; default none: the files are sent to it)")
     parser.add_argument("--profile-cache", type=Path, default=None,
                         help="profile cache directory (default ~/.cache/edge-runtime/profiles)")
     parser.add_argument("--refresh-profile", action="store_true",
@@ -41,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.agent.config import AgentConfig, parse_size
+    from edge_runtime.agent.config import AgentConfig
     from edge_runtime.agent.startup import run_agent
     from edge_runtime.errors import ConfigError
+    from edge_runtime.units import parse_size
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
@@ -58,5 +64,17 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         refresh_profile=args.refresh_profile,
         profile_cache=None if args.profile_cache is None else args.profile_cache.expanduser(),
+        allowed_checkpoint_dirs=_checkpoint_dirs(args.allow_checkpoint_dirs),
     )
     return run_agent(config, ready_file=args.ready_file, announce=args.announce)
+
+
+def _checkpoint_dirs(given: list[Path]) -> tuple[Path, ...]:
+    """Each --allow-checkpoint-dir, resolved (symlinks followed); it must exist."""
+    from edge_runtime.errors import ConfigError
+
+    resolved = tuple(path.expanduser().resolve() for path in given)
+    for path in resolved:
+        if not path.is_dir():
+            raise ConfigError(f"--allow-checkpoint-dir {path} is not a directory")
+    return resolved

@@ -92,7 +92,9 @@ def _open_cluster(args: argparse.Namespace) -> Any:
         raise ConfigError(f"--local must be at least 1, got {count}")
     print(f"starting {count} local agent(s)" + (f": {args.presets}" if presets else ""),
           file=sys.stderr)
-    return er.local_cluster(count, presets=presets, insecure=args.insecure, log_level="WARNING")
+    # the local agents may read the checkpoint the user named in place (no copy per agent)
+    return er.local_cluster(count, presets=presets, insecure=args.insecure, log_level="WARNING",
+                            allow_checkpoint_dirs=[args.checkpoint])
 
 
 def _prompt(args: argparse.Namespace) -> str | list[int]:

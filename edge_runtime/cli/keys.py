@@ -4,7 +4,7 @@ Typical setup of two devices A and B::
 
     A$ edge-runtime keys init            # once per device
     A$ edge-runtime keys show            # prints A's public key and a trust command
-    B$ edge-runtime keys trust KEY --name A --address tcp://10.0.0.2:7700
+    B$ edge-runtime keys trust --name A --address 10.0.0.2:7700 -- 'KEY'
 
 After this, B's clients find A's server key by its address, and A's servers
 admit B once A trusts B's key the same way.
@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trust = sub.add_parser("trust", help="allow a peer's public key (and record its address)")
     trust.add_argument("public_key", help="the peer's public key (40 z85 chars) or its .key file")
     trust.add_argument("--name", required=True, help="a name for the peer, e.g. pi-kitchen")
-    trust.add_argument("--address", default=None, help="the peer's server address, tcp://host:port")
+    trust.add_argument("--address", default=None,
+                       help="the peer's agent address: host, host:port or tcp://host:port "
+                            "(port 7700 if left out)")
     # `keys init --dir X` reads as naturally as `keys --dir X init`: accept both.
     for action in (init, show, trust):
         action.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -66,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.keys_command == "show":
         pair = keys.load_keypair(directory)
-        print(f"public key: {pair.public.decode()}")
-        print("on another device, trust this one with:")
-        print(f"  edge-runtime keys trust '{pair.public.decode()}' --name <this-device> "
-              "--address tcp://<this-host>:<port>")
+        fingerprint = keys.key_fingerprint(pair.public)
+        print(f"public key: {pair.public.decode()}  (fingerprint {fingerprint})")
+        print("on another device, trust this one with (set the address to this agent's):")
+        print("  " + keys.trust_command(pair.public, keys.device_name(), "HOST:7700"))
         trusted = keys.trusted_keys(directory)
         print(f"trusted peers ({len(trusted)}):")
         for name, key in sorted(trusted.items()):

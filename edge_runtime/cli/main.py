@@ -12,6 +12,9 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit status when stdout's reader went away: what a command killed by SIGPIPE
+reports (141), as `yes | head` does, without a traceback."""
+
+
+def _stdout_closed() -> bool:
+    """True if stdout is a pipe whose reader has gone (poll flags POLLERR on it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still
+    buffered cannot raise BrokenPipeError again at exit (Python's documented recipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         code: int = module.run(args)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of the command's own (e.g. to a child process), not stdout
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

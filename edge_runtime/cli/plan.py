@@ -177,8 +177,8 @@ def print_plan(plan: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.agent.config import parse_size
     from edge_runtime.errors import ConfigError
+    from edge_runtime.units import parse_size
     from partitioner import (
         ModelGraph,
         apply_calibration,

@@ -9,8 +9,13 @@ into one matrix and gate/up into another (one BLAS call each). The embedding tab
 one fp32 file read by memory map, row by row, so it is never resident as a whole.
 
 Layout of a block file: arrays back to back, each at a 64-byte aligned offset; the
-`manifest.json` next to them names every array's offset and shape. The manifest is
-written last (atomic rename), so an interrupted conversion is simply redone.
+`manifest.json` next to them names every array's offset and shape and the sha256 of
+every file (hashed as it is written). The manifest is written last (atomic rename), so
+an interrupted conversion is simply redone. A reused share is re-hashed before use: a
+file changed on disk (same size or not) makes `convert_share` delete the share and
+convert it again from the checkpoint, whose own digest covers every byte of it. The
+directory's name is derived from that content digest, so two checkpoints that differ
+in any byte never share a conversion.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,13 @@ import numpy as np
 
 from edge_runtime.errors import CheckpointError
 from edge_runtime.llm.checkpoint import Checkpoint
+from partitioner.plan import sha256_file
 from partitioner.tensor import TensorShare
 
 log = logging.getLogger(__name__)
 
 _ALIGN = 64
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: every file's sha256 is recorded and checked
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class SliceSet:
 
 
 def share_key(checkpoint_digest: str, share: TensorShare) -> str:
-    """Cache key of a share: the checkpoint identity and the three ranges."""
+    """Cache key of a share: the checkpoint's content digest and the three ranges."""
     text = json.dumps([checkpoint_digest, share.kv_heads, share.mlp_columns, share.vocab_rows])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -113,19 +120,40 @@ def _layer_arrays(
     return attn, mlp
 
 
-def _write_block(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, ArraySpec]:
+class _HashingWriter:
+    """A file written once, hashed as it is written (no second read)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("wb")
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._sha.update(data)
+
+    def close(self) -> str:
+        """Close the file; its sha256."""
+        self._file.close()
+        return self._sha.hexdigest()
+
+
+def _write_block(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict[str, ArraySpec], str]:
+    """Write the arrays; their specs and the file's sha256."""
     specs: dict[str, ArraySpec] = {}
     offset = 0
-    with path.open("wb") as f:
+    out = _HashingWriter(path)
+    try:
         for name, arr in arrays.items():
             pad = (-offset) % _ALIGN
-            f.write(b"\0" * pad)
+            out.write(b"\0" * pad)
             offset += pad
             data = np.ascontiguousarray(arr, dtype=np.float32)
-            f.write(data.tobytes())
+            out.write(data.tobytes())
             specs[name] = ArraySpec(offset, tuple(data.shape))
             offset += data.nbytes
-    return specs
+    finally:
+        sha256 = out.close()
+    return specs, sha256
 
 
 def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -> SliceSet:
@@ -134,9 +162,11 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     manifest = directory / "manifest.json"
     if manifest.is_file():
         try:
-            return load_slices(directory)
+            return load_slices(directory, expect=(ckpt.digest, share))
         except CheckpointError as exc:
-            log.warning("re-converting %s: %s", directory, exc)
+            log.warning("slices failed their check; deleting and converting them again "
+                        "from the checkpoint: %s", exc)
+            shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     c = ckpt.config
     log.info("converting %s share %s into %s", ckpt.directory, share.device, directory)
@@ -144,12 +174,13 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
 
     def add(name: str, arrays: dict[str, np.ndarray]) -> None:
         path = directory / f"{name}.bin"
-        specs = _write_block(path, arrays)
+        specs, sha256 = _write_block(path, arrays)
         blocks.append(
             {
                 "name": name,
                 "file": path.name,
                 "nbytes": path.stat().st_size,
+                "sha256": sha256,
                 "arrays": {k: [s.offset, list(s.shape)] for k, s in specs.items()},
             }
         )
@@ -174,9 +205,12 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
         add(f"head{j}", chunk)
     embed_path = directory / "embedding.f32"
     table = ckpt.tensor("model.embed_tokens.weight")
-    with embed_path.open("wb") as f:
+    out = _HashingWriter(embed_path)
+    try:
         for r in range(0, c.vocab, 4096):
-            f.write(np.ascontiguousarray(table[r : r + 4096], dtype=np.float32).tobytes())
+            out.write(np.ascontiguousarray(table[r : r + 4096], dtype=np.float32).tobytes())
+    finally:
+        embed_sha256 = out.close()
     doc = {
         "version": MANIFEST_VERSION,
         "checkpoint_digest": ckpt.digest,
@@ -188,36 +222,50 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
         "vocab": c.vocab,
         "hidden": c.hidden,
         "embedding": embed_path.name,
+        "embedding_sha256": embed_sha256,
         "blocks": blocks,
     }
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, manifest)
-    return load_slices(directory)
+    return load_slices(directory, verify=False)  # hashed as written
 
 
-def load_slices(directory: str | Path) -> SliceSet:
-    """Read a slice directory's manifest and check that every file is complete."""
+def _check_file(path: Path, nbytes: int, sha256: object, verify: bool) -> None:
+    if not path.is_file() or path.stat().st_size != nbytes:
+        raise CheckpointError(f"{path} is missing or truncated")
+    if verify:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise CheckpointError(f"{path} hashes to {actual[:12]}…, its manifest says "
+                                  f"{str(sha256)[:12]}…: it was changed after conversion")
+
+
+def load_slices(directory: str | Path, *, verify: bool = True,
+                expect: tuple[str, TensorShare] | None = None) -> SliceSet:
+    """Read a slice directory's manifest and check every file: size, and (`verify`) the
+    sha256 of its bytes. `expect`: the checkpoint digest and share the manifest must
+    name. Any failure is a `CheckpointError` (`convert_share` then converts again)."""
     directory = Path(directory)
     try:
         doc = json.loads((directory / "manifest.json").read_text())
         if doc.get("version") != MANIFEST_VERSION:
             raise CheckpointError(f"{directory}: slice manifest version {doc.get('version')}")
+        if expect is not None:
+            digest, share = expect
+            ranges = {"kv_heads": list(share.kv_heads), "mlp_columns": list(share.mlp_columns),
+                      "vocab_rows": list(share.vocab_rows)}
+            if doc["checkpoint_digest"] != digest or doc["share"] != ranges:
+                raise CheckpointError(f"{directory}: manifest names another checkpoint or share")
         blocks = []
         for b in doc["blocks"]:
             path = directory / b["file"]
-            if not path.is_file() or path.stat().st_size != b["nbytes"]:
-                raise CheckpointError(
-                    f"{path} is missing or truncated; delete {directory} to redo it"
-                )
+            _check_file(path, int(b["nbytes"]), b["sha256"], verify)
             arrays = {k: ArraySpec(int(o), tuple(s)) for k, (o, s) in b["arrays"].items()}
             blocks.append(BlockSpec(b["name"], path, int(b["nbytes"]), arrays))
         embedding = directory / doc["embedding"]
         vocab, hidden = int(doc["vocab"]), int(doc["hidden"])
-        if not embedding.is_file() or embedding.stat().st_size != vocab * hidden * 4:
-            raise CheckpointError(
-                f"{embedding} is missing or truncated; delete {directory} to redo it"
-            )
+        _check_file(embedding, vocab * hidden * 4, doc["embedding_sha256"], verify)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"{directory}: unreadable slice manifest ({exc}); delete it to redo"

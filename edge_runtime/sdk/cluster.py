@@ -1,8 +1,10 @@
 """`Cluster`: the coordinator's view of a set of agents, and `connect`.
 
-A cluster says hello to each agent (name, profile, keys), tells every agent who
-the others are (`join`, so they accept each other's activations), measures the
-links between them on first deploy, and deploys models (`deploy.py`).
+A cluster says hello to each agent (name, profile, keys; this opens the
+coordinator's session and lease there), tells every agent who the others are
+(`join`, so they accept each other's activations), measures the links between
+them on first deploy (`agents.py`), and deploys models (`deploy.py`, `llm.py`).
+It is the top of the SDK: it imports those modules, none of them imports it.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devices.links import LinkProfile
-from devices.profile import DeviceProfile
-from edge_runtime.agent import protocol as p
-from edge_runtime.discovery import AgentAddress
-from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
+from edge_runtime.discovery import AgentAddress, parse_endpoint
+from edge_runtime.errors import AgentError, ConfigError
+from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, JoinReply, Peer
+from edge_runtime.sdk.agents import AgentInfo, Agents, parse_reply
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
+from edge_runtime.sdk.deploy import deploy_model, plan_model
+from edge_runtime.sdk.deployment import Deployment
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.llm import LlmDeployment, deploy_llm
 from transports.keys import DEFAULT_KEYS_DIR
 from transports.security import Security
 
@@ -30,97 +34,17 @@ log = logging.getLogger(__name__)
 C = TypeVar("C", bound="Cluster")
 
 
-@dataclass(frozen=True)
-class AgentInfo:
-    """One agent as its hello described it. `profile.name` is the agent's unique name."""
-
-    name: str
-    address: str
-    public_key: str | None
-    profile: DeviceProfile
-    preset: str | None
-    emulated: bool
-    label: str
-    backends: tuple[str, ...]
-    memory_budget: int | None
-    pid: int
-
-
-class Cluster:
+class Cluster(Agents):
     """Agents that run models together. Use as a context manager or call `close()`."""
 
     def __init__(self, hub: Hub, links: list[AgentLink], infos: list[AgentInfo],
                  on_close: Callable[[], None] | None = None) -> None:
-        self._hub = hub
-        self._links = {info.name: link for info, link in zip(infos, links, strict=True)}
-        self.agents: tuple[AgentInfo, ...] = tuple(infos)
+        super().__init__(hub, links, infos)
         self._on_close = on_close
-        self._measured_links: list[LinkProfile] | None = None
-        self._deployments: list[Any] = []
+        self._deployments: list[Deployment | LlmDeployment] = []
         self._closed = False
 
-    # --- plumbing the deploy and deployment modules use ---
-
-    @property
-    def hub(self) -> Hub:
-        return self._hub
-
-    @property
-    def timeouts(self) -> Timeouts:
-        return self._hub.timeouts
-
-    def link(self, name: str) -> AgentLink:
-        try:
-            return self._links[name]
-        except KeyError:
-            raise ConfigError(
-                f"no agent named {name!r} in this cluster (agents: {sorted(self._links)})"
-            ) from None
-
-    def info(self, name: str) -> AgentInfo:
-        for info in self.agents:
-            if info.name == name:
-                return info
-        raise ConfigError(f"no agent named {name!r} in this cluster")
-
-    def call(self, name: str, kind: str, meta: dict[str, Any] | None = None,
-             tensors: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
-        """One request to agent `name`; returns the reply frame or raises its typed error."""
-        frame = self._hub.request(self.link(name), kind, meta, tensors, timeout_s)
-        if frame.is_error:
-            raise error_from_frame(frame, name)
-        return frame
-
     # --- public API ---
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Each agent's status (deployments, memory, emulation); unreachable ones say so."""
-        table: dict[str, dict[str, Any]] = {}
-        for info in self.agents:
-            try:
-                table[info.name] = dict(self.call(info.name, p.STATUS).meta)
-                table[info.name]["available"] = True
-            except (AgentUnavailableError, AgentError) as error:
-                table[info.name] = {"name": info.name, "available": False, "error": str(error)}
-            table[info.name]["label"] = info.label
-        return table
-
-    def links(self, refresh: bool = False) -> list[LinkProfile]:
-        """Measured links between every pair of agents (agent-to-agent probes; cached)."""
-        if self._measured_links is not None and not refresh:
-            return self._measured_links
-        found: list[LinkProfile] = []
-        for i, src in enumerate(self.agents):
-            for dst in self.agents[i + 1:]:
-                reply = self.call(src.name, p.PROBE_LINK,
-                                  {"address": dst.address, "public_key": dst.public_key,
-                                   "name": dst.name}, timeout_s=self.timeouts.probe_s)
-                link = LinkProfile.from_dict(reply.meta)
-                log.info("link %s -> %s: rtt %.3f ms, %.1f MB/s", src.name, dst.name,
-                         link.rtt_s * 1e3, link.bandwidth_bytes_per_s / 1e6)
-                found.append(link)
-        self._measured_links = found
-        return found
 
     def plan(self, model: str | os.PathLike[str], strategy: str = "auto", *,
              exits: Any = None, slo_ms: float | None = None, objective: str = "latency",
@@ -133,8 +57,6 @@ class Cluster:
         once per cluster). Inspect or adjust the plan (e.g. calibrated exit
         thresholds), then `deploy(model, plan=plan)`; arguments as for `deploy`.
         """
-        from edge_runtime.sdk.deploy import plan_model
-
         return plan_model(self, Path(model), strategy=strategy, exits=exits, slo_ms=slo_ms,
                           objective=objective, batch_size=batch_size, devices=devices,
                           calibration=calibration, exit_policy=exit_policy)
@@ -144,15 +66,13 @@ class Cluster:
                batch_size: int = 1, plan: Any = None, devices: Sequence[str] | None = None,
                progress: Callable[[str, int, int], None] | None = None,
                calibration: tuple[Mapping[str, Any], Any] | None = None,
-               exit_policy: str = "max_prob") -> Any:
+               exit_policy: str = "max_prob") -> Deployment:
         """Plan, extract, send and load `model`; returns a `Deployment` (see deploy.py).
 
         `slo_ms` with `calibration=(inputs, labels)` plans cuts and exit thresholds
         together (`partitioner.plan_with_slo`): the most accurate plan whose
         expected latency meets the SLO.
         """
-        from edge_runtime.sdk.deploy import deploy_model
-
         deployment = deploy_model(self, Path(model), strategy=strategy, exits=exits,
                                   slo_ms=slo_ms, objective=objective, batch_size=batch_size,
                                   plan=plan, devices=devices, progress=progress,
@@ -161,10 +81,8 @@ class Cluster:
         return deployment
 
     def deploy_llm(self, path: str | os.PathLike[str], strategy: str = "tensor",
-                   **options: Any) -> Any:
+                   **options: Any) -> LlmDeployment:
         """Split an LLM checkpoint tensor-parallel over the agents; see `sdk/llm.py`."""
-        from edge_runtime.sdk.llm import deploy_llm
-
         deployment = deploy_llm(self, Path(path), strategy, **options)
         self._deployments.append(deployment)
         return deployment
@@ -190,20 +108,25 @@ class Cluster:
         self.close()
 
 
-def hello(hub: Hub, link: AgentLink) -> dict[str, Any]:
-    frame = hub.request(link, p.HELLO, timeout_s=hub.timeouts.hello_s)
+def hello(hub: Hub, link: AgentLink) -> HelloReply:
+    """The agent's hello, which also opens this coordinator's session (and lease) there."""
+    request = Hello(session=hub.session, lease_s=hub.timeouts.lease_s)
+    frame = hub.request(link, request.KIND, request.to_meta(), timeout_s=hub.timeouts.hello_s)
     if frame.is_error:
         raise error_from_frame(frame, link.name)
-    return dict(frame.meta)
+    reply = parse_reply(HelloReply, frame.meta, link.name, request.KIND)
+    if reply.protocol != PROTOCOL_VERSION:
+        raise AgentError(f"speaks protocol {reply.protocol}, this SDK {PROTOCOL_VERSION}; run "
+                         "the same edge-runtime release on the agents and here", agent=link.name)
+    return reply
 
 
-def agent_info(meta: dict[str, Any], address: str, name: str) -> AgentInfo:
-    profile = replace(DeviceProfile.from_dict(meta["profile"]), name=name)
+def agent_info(reply: HelloReply, address: str, name: str) -> AgentInfo:
     return AgentInfo(
-        name=name, address=address, public_key=meta.get("public_key"), profile=profile,
-        preset=meta.get("preset"), emulated=bool(meta.get("emulated")),
-        label=str(meta.get("label") or name), backends=tuple(meta.get("backends", ())),
-        memory_budget=meta.get("memory_budget"), pid=int(meta.get("pid", 0)),
+        name=name, address=address, public_key=reply.public_key,
+        profile=replace(reply.profile, name=name), preset=reply.preset,
+        emulated=reply.emulated, label=reply.label or name, backends=reply.backends,
+        memory_budget=reply.memory_budget, pid=reply.pid,
     )
 
 
@@ -213,18 +136,19 @@ def assemble(hub: Hub, links: list[AgentLink], on_close: Callable[[], None] | No
     infos: list[AgentInfo] = []
     seen: set[str] = set()
     for index, link in enumerate(links):
-        meta = hello(hub, link)
-        name = names[index] if names else str(meta.get("name") or link.address)
+        reply = hello(hub, link)
+        name = names[index] if names else reply.name
         if name in seen:
             name = f"{name}-{index}"
         seen.add(name)
         link.name = name
-        infos.append(agent_info(meta, link.address, name))
-    peers = [{"name": i.name, "public_key": i.public_key} for i in infos]
+        infos.append(agent_info(reply, link.address, name))
+    join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos))
     for link in links:
-        reply = hub.request(link, p.JOIN, {"peers": peers})
-        if reply.is_error:
-            raise error_from_frame(reply, link.name)
+        answer = hub.request(link, join.KIND, join.to_meta())
+        if answer.is_error:
+            raise error_from_frame(answer, link.name)
+        parse_reply(JoinReply, answer.meta, link.name, join.KIND)
     return (cls or Cluster)(hub, links, infos, on_close)
 
 
@@ -284,7 +208,7 @@ def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str
     try:
         links: list[AgentLink] = []
         for index, entry in enumerate(addresses):
-            address = entry.endpoint if isinstance(entry, AgentAddress) else entry
+            address = parse_endpoint(entry.endpoint if isinstance(entry, AgentAddress) else entry)
             key: str | None = None
             if not insecure:
                 given = server_keys[index] if server_keys else None

@@ -1,12 +1,18 @@
 """Every timeout and limit the SDK (the coordinator) waits on, with why.
 
-Each can be overridden per cluster (`connect(..., timeouts=Timeouts(...))`) and
-the request timeout per call (`run(..., timeout_s=...)`).
+Each can be overridden per cluster (`connect(..., timeouts=Timeouts(...))`), the
+request timeout per call (`run(..., timeout_s=...)`), and every field by the
+environment: EDGE_RUNTIME_<FIELD> (e.g. ``EDGE_RUNTIME_HEARTBEAT_TIMEOUT_S=10`` for a
+flaky Wi-Fi), read when the default `Timeouts` is made (`Timeouts.from_env()`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from edge_runtime.envconfig import with_env_overrides
+
+SDK_ENV_PREFIX = "EDGE_RUNTIME_"
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,18 @@ class Timeouts:
     agent_start_s: float = 90.0
     # Link probes between agents during deploy (see `links.py`).
     probe_s: float = 10.0
+    # Lease of this coordinator's deployments on each agent: renewed every third of it
+    # by a background thread while the coordinator lives; once it lapses (the app
+    # crashed, was paused or lost the network for this long) the agents unload them.
+    lease_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> Timeouts:
+        """The defaults with EDGE_RUNTIME_<FIELD> overrides applied."""
+        return with_env_overrides(cls(), SDK_ENV_PREFIX)
 
 
-DEFAULT_TIMEOUTS = Timeouts()
+DEFAULT_TIMEOUTS = Timeouts.from_env()
 
 # Shard uploads are cut into chunks this big; each chunk is acknowledged, so
 # progress is reported and a transfer never holds a whole model in one message.

@@ -27,51 +27,32 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent import protocol as p
 from edge_runtime.errors import ConfigError, DeployError
-from edge_runtime.sdk.cluster import Cluster
+from edge_runtime.protocol import (
+    Deploy,
+    DeployReply,
+    ExitRule,
+    HasShards,
+    HasShardsReply,
+    Hop,
+    PutChunk,
+    PutChunkReply,
+    ShardRef,
+    StageSpec,
+    TensorSpec,
+    Unload,
+    UnloadReply,
+)
+from edge_runtime.protocol.kinds import ONNX_STAGE
+from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import CHUNK_BYTES
 from edge_runtime.sdk.deployment import Deployment
+from edge_runtime.sdk.exits import exit_rules, exit_thresholds
 from edge_runtime.sdk.whole_file import WHOLE_FILE_SUFFIXES, whole_file_plan
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "pipeline", "single")
-
-
-def exit_thresholds(plan: Any, exits: Any,
-                    policy: str = "max_prob") -> dict[str, tuple[str, float | None]]:
-    """Exit name -> (policy, threshold): the plan's, overridden by an `exits` mapping
-    (`{name: threshold}` or `{name: (policy, threshold)}`; None: never stop there)."""
-    thresholds: dict[str, tuple[str, float | None]] = {}
-    for spec in plan.exits:
-        thresholds[spec.name] = (spec.policy, spec.threshold)
-    if isinstance(exits, Mapping):
-        unknown = sorted(set(exits) - set(thresholds))
-        if unknown:
-            raise ConfigError(
-                f"exits {unknown} are not exit heads of this plan (known: {sorted(thresholds)})"
-            )
-        for name, value in exits.items():
-            if isinstance(value, tuple):
-                thresholds[name] = (str(value[0]), float(value[1]))
-            else:
-                thresholds[name] = (policy, None if value is None else float(value))
-    return thresholds
-
-
-def exit_rules(plan: Any, exits: Any, policy: str = "max_prob") -> dict[str, p.ExitRule]:
-    """Exit name -> rule for exits that may fire (a threshold and not the final one)."""
-    thresholds = exit_thresholds(plan, exits, policy)
-    rules: dict[str, p.ExitRule] = {}
-    earlier: list[str] = []
-    for spec in plan.exits:
-        chosen_policy, threshold = thresholds[spec.name]
-        if not spec.final and threshold is not None:
-            rules[spec.name] = p.ExitRule(spec.name, spec.output, chosen_policy,
-                                          float(threshold), tuple(earlier))
-        earlier.append(spec.output)
-    return rules
 
 
 def _exit_names(exits: Any) -> list[str] | None:
@@ -91,7 +72,7 @@ def exit_logits(model: Path, graph: Any, inputs: Mapping[str, np.ndarray]) -> li
     return [np.asarray(x) for x in session.run(outputs, dict(inputs))]
 
 
-def make_plan(cluster: Cluster, model: Path, strategy: str, exits: Any, objective: str,
+def make_plan(cluster: Agents, model: Path, strategy: str, exits: Any, objective: str,
               batch_size: int, devices: Sequence[str] | None, slo_ms: float | None,
               calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
               exit_policy: str = "max_prob") -> Any:
@@ -169,11 +150,11 @@ def _forced_split(graph: Any, profiles: list[Any], links: list[Any], budgets: li
                                predicted_throughput_rps=1.0 / worst if worst > 0 else 0.0)
 
 
-def upload(cluster: Cluster, agent: str, shard: Path, sha256: str,
+def upload(cluster: Agents, agent: str, shard: Path, sha256: str,
            progress: Callable[[str, int, int], None] | None) -> int:
     """Send `shard` to `agent` unless its cache has it; returns bytes sent."""
     ext = shard.suffix
-    missing = cluster.call(agent, p.HAS_SHARDS, {"shards": [[sha256, ext]]}).meta["missing"]
+    missing = cluster.call(agent, HasShards((ShardRef(sha256, ext),)), HasShardsReply).missing
     if sha256 not in missing:
         log.info("%s already holds shard %s…", agent, sha256[:12])
         return 0
@@ -182,21 +163,20 @@ def upload(cluster: Cluster, agent: str, shard: Path, sha256: str,
     sent = 0
     while True:
         chunk = data[sent:sent + CHUNK_BYTES]
-        reply = cluster.call(agent, p.PUT_CHUNK,
-                             {"sha256": sha256, "ext": ext, "offset": sent, "total": total},
+        reply = cluster.call(agent, PutChunk(sha256, ext, sent, total), PutChunkReply,
                              {"data": chunk}, timeout_s=cluster.timeouts.chunk_s)
         sent += int(chunk.size)
         if progress is not None:
             progress(agent, sent, total)
         log.info("sent %s to %s: %d / %d bytes", shard.name, agent, sent, total)
-        if reply.meta.get("complete"):
+        if reply.complete:
             break
         if sent >= total:
             raise DeployError(f"{agent} did not accept shard {shard.name} after all its bytes")
     return total
 
 
-def plan_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
+def plan_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
                slo_ms: float | None, objective: str, batch_size: int,
                devices: Sequence[str] | None,
                calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
@@ -220,7 +200,7 @@ def plan_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
     return plan
 
 
-def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
+def deploy_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
                  slo_ms: float | None, objective: str, batch_size: int, plan: Any,
                  devices: Sequence[str] | None,
                  progress: Callable[[str, int, int], None] | None,
@@ -257,14 +237,13 @@ def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
     loaded: list[tuple[str, str]] = []
     try:
         for spec, stage in reversed(list(zip(specs, plan.stages, strict=True))):
-            cluster.call(stage.device, p.DEPLOY,
-                         {"deployment_id": spec.deployment_id, "type": "onnx-stage",
-                          "spec": spec.to_wire()}, timeout_s=cluster.timeouts.deploy_s)
+            request = Deploy(spec.deployment_id, ONNX_STAGE, spec, cluster.hub.session)
+            cluster.call(stage.device, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
             loaded.append((stage.device, spec.deployment_id))
     except BaseException:
         for agent, stage_id in loaded:
             try:
-                cluster.call(agent, p.UNLOAD, {"deployment_id": stage_id})
+                cluster.call(agent, Unload(stage_id), UnloadReply)
             except Exception as error:  # best effort: the agent may be the one that failed
                 log.debug("rollback unload on %s failed: %s", agent, error)
         raise
@@ -273,19 +252,19 @@ def deploy_model(cluster: Cluster, model: Path, *, strategy: str, exits: Any,
     return Deployment(cluster, deployment_id, plan, specs, bytes_sent=sent)
 
 
-def stage_specs(cluster: Cluster, plan: Any, rules: dict[str, p.ExitRule],
-                deployment_id: str) -> list[p.StageSpec]:
+def stage_specs(cluster: Agents, plan: Any, rules: dict[str, ExitRule],
+                deployment_id: str) -> list[StageSpec]:
     stages = list(plan.stages)
     keys = tuple(i.public_key for i in cluster.agents if i.public_key)
-    signature = tuple((s.name, s.dtype, tuple(s.shape)) for s in plan.model_inputs)
-    specs: list[p.StageSpec] = []
+    signature = tuple(TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in plan.model_inputs)
+    specs: list[StageSpec] = []
     for index, stage in enumerate(stages):
         nxt = stages[index + 1] if index + 1 < len(stages) else None
         hop = None
         if nxt is not None:
             info = cluster.info(nxt.device)
-            hop = p.Hop(info.name, info.address, info.public_key, f"{deployment_id}.{index + 1}")
-        specs.append(p.StageSpec(
+            hop = Hop(info.name, info.address, info.public_key, f"{deployment_id}.{index + 1}")
+        specs.append(StageSpec(
             deployment_id=f"{deployment_id}.{index}", stage=index, n_stages=len(stages),
             shard_sha256=str(stage.shard_sha256), shard_ext=Path(str(stage.shard_file)).suffix,
             inputs=tuple(stage.inputs), forward=tuple(stage.forward),

@@ -14,22 +14,30 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent import protocol as p
-from edge_runtime.agent.backends.base import TensorSpec
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import AgentError, ConfigError
+from edge_runtime.protocol import (
+    Run,
+    RunResult,
+    SetExit,
+    SetExitReply,
+    StageSpec,
+    TensorSpec,
+    Unload,
+    UnloadReply,
+)
+from edge_runtime.protocol.kinds import RESULT
+from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
 from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.exits import exit_rules, exit_thresholds
+from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.result import Result
 from transports.wire import Frame
-
-if TYPE_CHECKING:
-    from edge_runtime.sdk.cluster import Cluster
-    from edge_runtime.sdk.hub import AgentLink
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,8 @@ def _number(value: Any, exit_name: str) -> float:
 class Deployment:
     """A model deployed on a cluster (one pipeline of stages)."""
 
-    def __init__(self, cluster: Cluster, deployment_id: str, plan: Any,
-                 specs: list[p.StageSpec], bytes_sent: int = 0) -> None:
+    def __init__(self, cluster: Agents, deployment_id: str, plan: Any,
+                 specs: list[StageSpec], bytes_sent: int = 0) -> None:
         self.cluster = cluster
         self.id = deployment_id
         self.plan = plan
@@ -76,26 +84,23 @@ class Deployment:
         hub = self.cluster.hub
         request_id = hub.next_id()
         start = time.perf_counter()
-        hub.send(self._first, Frame(
-            kind=p.RUN, request_id=request_id,
-            meta={"deployment_id": self.specs[0].deployment_id, "sent_at": time.time()},
-            tensors=arrays), timeout_s=self.cluster.timeouts.hello_s)
+        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time())
+        hub.send(self._first, run.frame(request_id, tensors=arrays),
+                 timeout_s=self.cluster.timeouts.hello_s)
         return request_id, start
 
     def _result(self, frame: Frame, start: float) -> Result:
         if frame.is_error:
             raise error_from_frame(frame, frame.sender or self.agents[0])
-        if frame.kind != p.RESULT:
-            raise error_from_frame(
-                Frame(kind="error", meta={"error_type": "AgentError",
-                                          "message": f"unexpected {frame.kind!r} frame"}),
-                frame.sender)
+        agent = frame.sender or self.agents[0]
+        if frame.kind != RESULT:
+            raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
         latency = time.perf_counter() - start
-        timings = tuple(p.StageTiming.from_wire(t) for t in frame.meta.get("timings", []))
+        result = parse_reply(RunResult, frame.meta, agent, RESULT)
         outputs = {name: np.array(value) for name, value in frame.tensors.items()}
         return Result(
-            outputs=outputs, exit=frame.meta.get("exit"), stage=int(frame.meta.get("stage", -1)),
-            latency_s=latency, stages=timings,
+            outputs=outputs, exit=result.exit, stage=result.stage,
+            latency_s=latency, stages=result.timings,
             predicted_latency_s=float(self.plan.predicted_latency_s),
             predicted_stages=self._predicted_stages, request_id=frame.request_id,
         )
@@ -153,7 +158,6 @@ class Deployment:
         stages are told (one `set_exit` message each); requests already running
         finish under the old rule. `plan` and `specs` are updated to match.
         """
-        from edge_runtime.sdk.deploy import exit_rules, exit_thresholds
         from partitioner.exit_policies import POLICIES
 
         if self._unloaded:
@@ -187,9 +191,7 @@ class Deployment:
             if stage.exit not in wanted:
                 continue
             rule = rules.get(stage.exit)
-            self.cluster.call(stage.device, p.SET_EXIT, {
-                "deployment_id": spec.deployment_id,
-                "exit": None if rule is None else rule.to_wire()})
+            self.cluster.call(stage.device, SetExit(spec.deployment_id, rule), SetExitReply)
             specs[index] = dataclasses.replace(spec, exit=rule)
             log.info("%s: exit %s of stage %d on %s now %s", self.id, stage.exit, index,
                      stage.device, "off" if rule is None else f"{rule.policy} {rule.threshold:g}")
@@ -199,8 +201,8 @@ class Deployment:
         """Each stage's status as its agent reports it."""
         table: dict[str, Any] = {}
         for spec, stage in zip(self.specs, self.plan.stages, strict=True):
-            reply = self.cluster.call(stage.device, p.STATUS)
-            table[spec.deployment_id] = reply.meta["deployments"].get(spec.deployment_id)
+            table[spec.deployment_id] = self.cluster.deployment_status(stage.device,
+                                                                       spec.deployment_id)
         return table
 
     def unload(self) -> None:
@@ -211,7 +213,7 @@ class Deployment:
         errors: list[str] = []
         for spec, stage in zip(self.specs, self.plan.stages, strict=True):
             try:
-                self.cluster.call(stage.device, p.UNLOAD, {"deployment_id": spec.deployment_id})
+                self.cluster.call(stage.device, Unload(spec.deployment_id), UnloadReply)
             except Exception as error:  # keep unloading the others
                 errors.append(str(error))
         if errors:

@@ -6,18 +6,27 @@ directly, not through the first). Request ids are unique across agents, so a
 frame is matched to its waiter by id alone; frames nobody waits for yet (results
 of other in-flight requests) are kept until asked for.
 
-Dead agents are found two ways while waiting: a process the SDK started that
-exited (local clusters), and heartbeats: every `heartbeat_interval_s` each
-watched agent is pinged, and one silent for `heartbeat_timeout_s` is declared
-unavailable. Sends use `ZMQ_IMMEDIATE` and never block, so a message to a dead
-agent fails at once instead of queueing forever.
+Telling dead from stopped from busy from refused, while waiting:
+
+- *dead*: a process the SDK started has exited, or the connection dropped and
+  nothing accepts a new one (the socket monitor, `transports.handshake`);
+- *stopped* (SIGSTOP, a hung host): the connection stays up but heartbeats go
+  unanswered for `heartbeat_timeout_s`;
+- *busy*: it answers heartbeats (an agent's control loop never computes), so it
+  is never declared unavailable; only the request's own timeout ends the wait;
+- *refused*: the handshake failed — the agent does not trust this machine's key,
+  the key trusted for it is wrong, or one side runs --insecure — reported within
+  milliseconds with the exact command that fixes it.
+
+An agent declared unavailable is available again as soon as it answers anything.
+Sends use `ZMQ_IMMEDIATE` and never block. The session id names this coordinator to
+its agents; `LeaseKeeper` renews its lease from a thread of its own.
 
 Not thread-safe: use a cluster from one thread (ZeroMQ sockets are not shareable).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -28,17 +37,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from edge_runtime.agent import protocol as p
 from edge_runtime.errors import AgentUnavailableError
+from edge_runtime.protocol import Ping
 from edge_runtime.sdk.config import CLIENT_IDENTITY_PREFIX, Timeouts
-from transports.errors import ProtocolError
+from edge_runtime.sdk.leases import LeaseKeeper
+from transports.errors import ProtocolError, SecurityError
+from transports.handshake import HandshakeStatus, HandshakeWatch
 from transports.security import Security
+from transports.sockets import open_client
 from transports.wire import Frame, decode, encode
 
 log = logging.getLogger(__name__)
-
-# How long closing a DEALER may keep flushing queued frames.
-LINGER_MS = 200
 
 
 @dataclass
@@ -49,20 +58,22 @@ class AgentLink:
     address: str
     public_key: str | None
     socket: zmq.Socket[bytes]
+    watch: HandshakeWatch
     alive: Callable[[], bool] | None = None  # False once a local process has exited
     last_seen: float = field(default_factory=time.monotonic)
     last_ping: float = 0.0
-    dead: bool = False
+    dead: bool = False  # declared unavailable; cleared when it answers again
     answered: bool = False  # has sent us anything since it was connected
 
 
 class Hub:
-    """DEALER sockets to agents, request/reply matching, heartbeats."""
+    """DEALER sockets to agents, request/reply matching, heartbeats, leases."""
 
     def __init__(self, security: Security, timeouts: Timeouts) -> None:
         self.security = security
         self.timeouts = timeouts
-        self.identity = CLIENT_IDENTITY_PREFIX + f"{os.getpid()}-{os.urandom(4).hex()}".encode()
+        self.session = os.urandom(8).hex()
+        self.identity = CLIENT_IDENTITY_PREFIX + f"{os.getpid()}-{self.session}".encode()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._ids = itertools.count(1)
         self._links: dict[str, AgentLink] = {}  # by address
@@ -71,50 +82,82 @@ class Hub:
         self._stash: dict[int, Frame] = {}
         self._heartbeat_ids: set[int] = set()
         self._abandoned: set[int] = set()  # requests given up on: drop their late answers
+        self.leases = LeaseKeeper(security, self.session, timeouts.lease_s)
 
     def next_id(self) -> int:
         return next(self._ids)
 
     def connect(self, address: str, server_key: str | None, name: str = "",
                 alive: Callable[[], bool] | None = None) -> AgentLink:
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.IDENTITY, self.identity)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        self.security.apply_client(sock, None if server_key is None else server_key.encode())
-        sock.connect(address)
-        link = AgentLink(name or address, address, server_key, sock, alive)
+        sock = open_client(self._context, self.security, address, server_key,
+                           identity=self.identity, connect=False)
+        try:
+            watch = HandshakeWatch(sock)
+            try:
+                sock.connect(address)
+            except BaseException:
+                watch.close()
+                raise
+        except BaseException:  # a bad address must not leave a socket that blocks term()
+            sock.close(linger=0)
+            raise
+        link = AgentLink(name or address, address, server_key, sock, watch, alive)
         self._links[address] = link
         self._by_socket[sock] = link
         self._poller.register(sock, zmq.POLLIN)
+        self.leases.add(link.name, address, server_key)
         return link
 
     def disconnect(self, link: AgentLink) -> None:
         self._poller.unregister(link.socket)
         self._by_socket.pop(link.socket, None)
         self._links.pop(link.address, None)
+        link.watch.close()
         link.socket.close()
 
     def unavailable(self, link: AgentLink, why: str) -> AgentUnavailableError:
         link.dead = True
         return AgentUnavailableError(f"{why} (at {link.address})", agent=link.name)
 
+    def _refused(self, link: AgentLink) -> SecurityError | None:
+        """A SecurityError saying how to fix it, if the handshake with `link` failed."""
+        state = link.watch.poll()
+        if not state.handshake_failed:
+            return None
+        pair = self.security.keypair
+        return SecurityError(state.explain(link.name, link.address,
+                                           None if pair is None else pair.public))
+
+    def _connection_lost(self, link: AgentLink) -> str | None:
+        """Why the connection to `link` is down, if the monitor says it is."""
+        state = link.watch.poll()
+        if state.status in (HandshakeStatus.UNREACHABLE, HandshakeStatus.DISCONNECTED):
+            return state.explain(link.name, link.address, None)
+        return None
+
     # --- sending ---
 
     def send(self, link: AgentLink, frame: Frame, timeout_s: float = 0.0) -> None:
-        """Queue `frame` for `link`; AgentUnavailableError if no connection within `timeout_s`."""
-        if link.dead:
-            raise self.unavailable(link, "agent was declared unavailable earlier")
+        """Queue `frame` for `link`; AgentUnavailableError if no connection within
+        `timeout_s`, SecurityError at once if the handshake was refused."""
         if link.alive is not None and not link.alive():
             raise self.unavailable(link, "agent process exited")
-        if link.answered:  # it was connected: a lost connection is a dead or silent agent
+        if link.answered or link.dead:  # it was connected: a lost connection is a lost agent
             timeout_s = min(timeout_s, self.timeouts.heartbeat_timeout_s)
-        if timeout_s > 0 and not link.socket.poll(int(timeout_s * 1000), zmq.POLLOUT):
-            if link.answered:
-                raise self.unavailable(link, f"connection lost for {timeout_s:g} s")
-            raise self.unavailable(
-                link, f"no connection within {timeout_s:g} s: the agent is not running, the "
-                "address is wrong, or it refused our key (check `edge-runtime keys`)")
+        deadline = time.monotonic() + timeout_s
+        while not link.socket.poll(0, zmq.POLLOUT):
+            refused = self._refused(link)
+            if refused is not None:
+                raise refused
+            left = deadline - time.monotonic()
+            if left <= 0:
+                lost = self._connection_lost(link)
+                if link.answered:
+                    raise self.unavailable(link, lost or f"connection lost for {timeout_s:g} s")
+                raise self.unavailable(
+                    link, f"no connection within {timeout_s:g} s: "
+                    + (lost or "the agent is not running or the address is wrong"))
+            link.socket.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLOUT)
         try:
             parts = encode(frame, split_bytes=self.security.split_bytes)
             link.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
@@ -124,21 +167,22 @@ class Hub:
     def request(self, link: AgentLink, kind: str, meta: dict[str, object] | None = None,
                 tensors: dict[str, np.ndarray] | None = None,
                 timeout_s: float | None = None) -> Frame:
-        """Send one request and wait for its reply (error frames are returned as they are)."""
+        """Send one request and wait for its reply (error frames are returned as they are).
+
+        Heartbeats watch the agent meanwhile: its control loop answers them even while
+        it loads a large shard or probes links, so silence means stopped or dead."""
         timeout = self.timeouts.hello_s if timeout_s is None else timeout_s
         request_id = self.next_id()
         self.send(link, Frame(kind=kind, request_id=request_id, meta=dict(meta or {}),
                               tensors=dict(tensors or {})), timeout_s=timeout)
-        # No heartbeat verdict here: a control request (loading a large shard, a link
-        # probe) may keep the agent's loop busy longer than the heartbeat timeout.
-        return self.wait({request_id}, timeout, [link], f"reply to {kind}", heartbeat=False)
+        return self.wait({request_id}, timeout, [link], f"reply to {kind}")
 
     # --- receiving ---
 
     def wait(self, request_ids: set[int], timeout_s: float, watch: Iterable[AgentLink],
              what: str = "reply", heartbeat: bool = True) -> Frame:
-        """The first frame answering one of `request_ids`; fails fast if a watched agent dies
-        (its local process exited, or with `heartbeat`, it missed heartbeats)."""
+        """The first frame answering one of `request_ids`; fails fast if a watched agent
+        dies or stops (its local process exited; with `heartbeat`, it missed heartbeats)."""
         watched = list(watch)
         deadline = time.monotonic() + timeout_s
         now = time.monotonic()
@@ -154,8 +198,9 @@ class Hub:
             if now >= deadline:
                 names = ", ".join(link.name for link in watched)
                 raise AgentUnavailableError(
-                    f"no {what} within {timeout_s:g} s from {names}; raise the timeout if the "
-                    "model is slow on this device", agent=watched[-1].name if watched else "")
+                    f"no {what} within {timeout_s:g} s from {names} (it answers heartbeats, "
+                    "so it is alive but busy); raise the timeout if the model is slow on "
+                    "this device", agent=watched[-1].name if watched else "")
             wait_s = min(deadline - now, self.timeouts.heartbeat_interval_s)
             for sock, _ in self._poller.poll(max(1, int(wait_s * 1000))):
                 self._drain(self._by_socket[sock])
@@ -168,6 +213,9 @@ class Hub:
                 return
             link.last_seen = time.monotonic()
             link.answered = True
+            if link.dead:
+                log.info("agent %s answers again; it is available", link.name)
+                link.dead = False
             try:
                 frame = decode(parts)
             except ProtocolError as error:
@@ -183,23 +231,30 @@ class Hub:
 
     def _check(self, watched: list[AgentLink], now: float, heartbeat: bool) -> None:
         for link in watched:
-            if link.dead:
-                raise self.unavailable(link, "agent was declared unavailable earlier")
             if link.alive is not None and not link.alive():
                 raise self.unavailable(link, "agent process exited")
+            refused = self._refused(link)
+            if refused is not None:
+                raise refused
             if not heartbeat:
                 continue
-            if now - link.last_seen > self.timeouts.heartbeat_timeout_s:
-                raise self.unavailable(
-                    link, f"agent silent for {now - link.last_seen:.1f} s (no heartbeat)")
+            silent = now - link.last_seen
+            if silent > self.timeouts.heartbeat_timeout_s:
+                lost = self._connection_lost(link)
+                raise self.unavailable(link, (
+                    f"connection lost and agent silent for {silent:.1f} s ({lost})" if lost else
+                    f"agent stopped answering heartbeats {silent:.1f} s ago while its "
+                    "connection stayed up (the process is paused or hung)"))
             if now - link.last_ping >= self.timeouts.heartbeat_interval_s:
                 link.last_ping = now
                 request_id = self.next_id()
                 self._heartbeat_ids.add(request_id)
-                # zmq.Again = disconnected: the silence will trip the heartbeat timeout
-                with contextlib.suppress(zmq.Again):
-                    link.socket.send_multipart(
-                        encode(Frame(kind=p.PING, request_id=request_id)), flags=zmq.NOBLOCK)
+                # not connected: the silence will trip the heartbeat timeout
+                try:
+                    link.socket.send_multipart(encode(Ping().frame(request_id)),
+                                               flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    self._heartbeat_ids.discard(request_id)
 
     def forget(self, request_ids: Iterable[int]) -> None:
         """Drop answers to requests nobody will wait for (after an error), now or later."""
@@ -208,6 +263,7 @@ class Hub:
                 self._abandoned.add(request_id)
 
     def close(self) -> None:
+        self.leases.close()
         for link in list(self._links.values()):
             self.disconnect(link)
         self._context.term()

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent.backends.base import TensorSpec
 from edge_runtime.errors import InputError
+from edge_runtime.protocol import TensorSpec
 
 
 def describe(signature: tuple[TensorSpec, ...]) -> str:

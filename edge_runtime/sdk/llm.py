@@ -28,21 +28,35 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from edge_runtime.agent import protocol as p
-from edge_runtime.agent.llm_spec import (
-    COLLECTIVE_TIMEOUT_S,
-    CONNECT,
-    READY,
-    STEP,
-    TYPE,
-    ShardSpec,
+from edge_runtime.errors import (
+    AgentError,
+    AgentUnavailableError,
+    ConfigError,
+    EdgeRuntimeError,
 )
-from edge_runtime.errors import AgentUnavailableError, ConfigError, EdgeRuntimeError
+from edge_runtime.protocol import (
+    COLLECTIVE_TIMEOUT_S,
+    Deploy,
+    DeployReply,
+    LlmConnect,
+    LlmConnectReply,
+    LlmReady,
+    LlmReadyReply,
+    LlmStep,
+    LlmStepReply,
+    Record,
+    ShardSpec,
+    Unload,
+    UnloadReply,
+)
+from edge_runtime.protocol.kinds import LLM_SHARD
+from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
 from edge_runtime.sdk.llm_plan import (
     Budget,
@@ -55,13 +69,12 @@ from edge_runtime.sdk.llm_plan import (
     plan_llm,
     quantize_plan,
 )
-from transports.wire import Frame
 
 if TYPE_CHECKING:
     from edge_runtime.llm import Generation, LlmConfig, LlmEngine, TokenEvent
-    from edge_runtime.sdk.cluster import Cluster
-    from edge_runtime.sdk.hub import AgentLink
     from partitioner.tensor import TensorPlan
+
+R = TypeVar("R", bound=Record)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +86,7 @@ DEFAULT_MAX_CONTEXT = 512
 class AgentRunner:
     """`Runner` over the agents of one deployment: one `llm_step` frame per forward."""
 
-    def __init__(self, cluster: Cluster, deployment_id: str, names: Sequence[str], hub: int,
+    def __init__(self, cluster: Agents, deployment_id: str, names: Sequence[str], hub: int,
                  max_context: int, timeout_s: float | None = None) -> None:
         self._cluster = cluster
         self._id = deployment_id
@@ -102,12 +115,12 @@ class AgentRunner:
         timeouts = self._cluster.timeouts
         request_id = hub.next_id()
         ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
-        meta = {"deployment_id": self._id, "start": int(start), "last_only": bool(last_only)}
+        step = LlmStep(self._id, int(start), bool(last_only))
         started = time.perf_counter()
         try:
             for link in self._links:
-                hub.send(link, Frame(kind=STEP, request_id=request_id, meta=meta,
-                                     tensors={"ids": ids}), timeout_s=timeouts.hello_s)
+                hub.send(link, step.frame(request_id, tensors={"ids": ids}),
+                         timeout_s=timeouts.hello_s)
             timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
             frame = hub.wait({request_id}, timeout, self._links, "logits")
         except AgentUnavailableError as error:
@@ -120,16 +133,19 @@ class AgentRunner:
             if isinstance(failure, AgentUnavailableError):
                 self.broken = failure
             raise failure
+        reply = parse_reply(LlmStepReply, frame.meta, frame.sender, step.KIND)
         self.last_step = {"wall_s": time.perf_counter() - started,
-                          "compute_s": float(frame.meta.get("compute_s", 0.0)),
-                          "comm_s": float(frame.meta.get("comm_s", 0.0))}
-        return np.array(frame.tensors["logits"])
+                          "compute_s": reply.compute_s, "comm_s": reply.comm_s}
+        logits = frame.tensors.get("logits")
+        if logits is None:
+            raise AgentError("answered a step without logits", agent=frame.sender)
+        return np.array(logits)
 
 
 class LlmDeployment:
     """An LLM deployed tensor-parallel on a cluster: `generate`, `logits`, `status`."""
 
-    def __init__(self, cluster: Cluster, deployment_id: str, plan: TensorPlan,
+    def __init__(self, cluster: Agents, deployment_id: str, plan: TensorPlan,
                  names: Sequence[str], engine: LlmEngine, runner: AgentRunner,
                  checkpoint: Path, quantize: str | None = None) -> None:
         self.cluster = cluster
@@ -191,8 +207,7 @@ class LlmDeployment:
         """Each agent's view of its share: rss/peak RSS, window counters, steps, compute, comm."""
         table: dict[str, Any] = {}
         for name in self.agents:
-            reply = self.cluster.call(name, p.STATUS)
-            table[name] = reply.meta["deployments"].get(self.id)
+            table[name] = self.cluster.deployment_status(name, self.id)
         return table
 
     def unload(self) -> None:
@@ -204,41 +219,41 @@ class LlmDeployment:
         _unload(self.cluster, self.id, self.agents)
 
 
-def _unload(cluster: Cluster, deployment_id: str, names: Sequence[str]) -> None:
+def _unload(cluster: Agents, deployment_id: str, names: Sequence[str]) -> None:
     problems = []
     for name in names:
         try:
-            cluster.call(name, p.UNLOAD, {"deployment_id": deployment_id})
+            cluster.call(name, Unload(deployment_id), UnloadReply)
         except Exception as error:  # keep unloading the others; an agent may be gone
             problems.append(str(error))
     if problems:
         log.warning("unload of %s incomplete: %s", deployment_id, "; ".join(problems))
 
 
-def _ask_all(cluster: Cluster, names: Sequence[str], kind: str,
-             metas: Sequence[dict[str, Any]], timeout_s: float) -> list[Frame]:
-    """Send one request to each agent at once, then collect every reply (typed errors)."""
-    hub = cluster.hub
+def _ask_all(cluster: Agents, names: Sequence[str], request: Record, reply_type: type[R],
+             timeout_s: float) -> list[R]:
+    """Send `request` to each agent at once, then collect every reply (typed errors)."""
+    hub, kind = cluster.hub, request.KIND
     sent: list[tuple[str, int]] = []
-    for name, meta in zip(names, metas, strict=True):
+    for name in names:
         request_id = hub.next_id()
-        hub.send(cluster.link(name), Frame(kind=kind, request_id=request_id, meta=meta),
+        hub.send(cluster.link(name), request.frame(request_id),
                  timeout_s=cluster.timeouts.hello_s)
         sent.append((name, request_id))
-    replies: list[Frame] = []
+    replies: list[R] = []
     try:
         for name, request_id in sent:
             frame = hub.wait({request_id}, timeout_s, [cluster.link(name)], f"reply to {kind}")
             if frame.is_error:
                 raise error_from_frame(frame, name)
-            replies.append(frame)
+            replies.append(parse_reply(reply_type, frame.meta, name, kind))
     except BaseException:
         hub.forget(request_id for _, request_id in sent)
         raise
     return replies
 
 
-def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
+def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                memory_budget: Budget | Sequence[Budget] = None,
                max_context: int = DEFAULT_MAX_CONTEXT, devices: Sequence[str] | None = None,
                timeout_s: float | None = None,
@@ -315,17 +330,15 @@ def deploy_llm(cluster: Cluster, path: str | Path, strategy: str = "tensor", *,
                 advertise_host=host_of(cluster.info(name).address),
                 collective_timeout_s=collective_timeout_s or COLLECTIVE_TIMEOUT_S,
                 files=tuple(files), blas_threads=blas[rank], quantize=quantize)
-            reply = cluster.call(name, p.DEPLOY, {"deployment_id": deployment_id, "type": TYPE,
-                                                  "spec": spec.to_wire()},
-                                 timeout_s=cluster.timeouts.deploy_s)
+            request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session)
+            reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
             loaded.append(name)
-            missing = reply.meta.get("status", {}).get("missing", [])
-            if missing:
-                sender.send(name, deployment_id, [str(m) for m in missing])
-        base = {"deployment_id": deployment_id}
-        ready = _ask_all(cluster, names, READY, [base] * len(names), cluster.timeouts.deploy_s)
-        endpoints = [str(f.meta["address"]) for f in ready]
-        _ask_all(cluster, names, CONNECT, [{**base, "endpoints": endpoints}] * len(names),
+            if reply.missing_files:
+                sender.send(name, deployment_id, list(reply.missing_files))
+        ready = _ask_all(cluster, names, LlmReady(deployment_id), LlmReadyReply,
+                         cluster.timeouts.deploy_s)
+        endpoints = tuple(r.address for r in ready)
+        _ask_all(cluster, names, LlmConnect(deployment_id, endpoints), LlmConnectReply,
                  cluster.timeouts.hello_s)
     except BaseException:
         _unload(cluster, deployment_id, loaded)

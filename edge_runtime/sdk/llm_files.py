@@ -3,8 +3,10 @@
 An agent's deploy reply lists the files its cache lacks (`status.missing`); only
 those are sent, in acknowledged `CHUNK_BYTES` chunks (so a transfer never holds a
 whole file in one message and progress can be shown), each file announced with its
-sha256, which the agent checks before using it. Hashes are computed once per deploy
-and only for files some agent lacks.
+sha256, which the agent checks on arrival; the agent then checks that the whole set
+hashes to the checkpoint digest of the spec (`llm.content_digest`) before it converts
+anything. Hashes come from the same identity-keyed cache that computed the digest
+(`llm.FileHashes`), so a file is read for hashing once, not once per deploy.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_runtime.agent.llm_spec import PUT
 from edge_runtime.errors import DeployError
+from edge_runtime.llm.checkpoint import Checkpoint, FileHashes
+from edge_runtime.protocol import LlmPut, LlmPutReply
 from edge_runtime.sdk.config import CHUNK_BYTES
-from partitioner.plan import sha256_file
 
 if TYPE_CHECKING:
-    from edge_runtime.sdk.cluster import Cluster
+    from edge_runtime.sdk.agents import Agents as Cluster
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +32,23 @@ Progress = Callable[[str, int, int], None]
 
 
 def checkpoint_files(directory: Path) -> list[tuple[str, int]]:
-    """(name, size) of the files an agent needs: config, weights, shard index."""
-    names = ["config.json", *sorted(p.name for p in directory.glob("*.safetensors"))]
-    if (directory / "model.safetensors.index.json").is_file():
-        names.append("model.safetensors.index.json")
-    return [(name, (directory / name).stat().st_size) for name in names]
+    """(name, size) of the files an agent needs: config, shard index, the weights the
+    checkpoint reads — exactly the files its digest covers (`Checkpoint.files`)."""
+    return [(path.name, path.stat().st_size) for path in Checkpoint(directory).files]
 
 
 class FileSender:
-    """Sends missing checkpoint files to agents; remembers hashes and bytes sent."""
+    """Sends missing checkpoint files to agents; counts the bytes sent."""
 
     def __init__(self, cluster: Cluster, directory: Path,
                  progress: Progress | None = None) -> None:
         self._cluster = cluster
         self._directory = directory
         self._progress = progress
-        self._hashes: dict[str, str] = {}
         self.bytes_sent = 0
 
     def _sha256(self, name: str) -> str:
-        if name not in self._hashes:
-            self._hashes[name] = sha256_file(self._directory / name)
-        return self._hashes[name]
+        return FileHashes.at().sha256(self._directory / name)
 
     def send(self, agent: str, deployment_id: str, missing: Sequence[str]) -> None:
         sizes = {name: (self._directory / name).stat().st_size for name in missing}
@@ -67,14 +64,13 @@ class FileSender:
                 while offset < size or (size == 0 and not complete):
                     chunk = handle.read(CHUNK_BYTES)
                     reply = self._cluster.call(
-                        agent, PUT, {"deployment_id": deployment_id, "name": name,
-                                     "offset": offset, "sha256": sha256},
+                        agent, LlmPut(deployment_id, name, offset, sha256), LlmPutReply,
                         {"data": np.frombuffer(chunk, dtype=np.uint8)},
                         timeout_s=self._cluster.timeouts.chunk_s)
                     offset += len(chunk)
                     done += len(chunk)
                     self.bytes_sent += len(chunk)
-                    complete = bool(reply.meta.get("complete"))
+                    complete = reply.complete
                     if self._progress is not None:
                         self._progress(agent, done, total)
                     if size == 0:

@@ -22,13 +22,13 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_runtime.agent.config import parse_size
-from edge_runtime.agent.llm_spec import QUANTIZE_CHOICES
 from edge_runtime.errors import ConfigError
+from edge_runtime.protocol import QUANTIZE_CHOICES
+from edge_runtime.sdk.agents import Agents
+from edge_runtime.units import parse_size
 
 if TYPE_CHECKING:
     from edge_runtime.llm import LlmConfig
-    from edge_runtime.sdk.cluster import Cluster
     from partitioner.tensor import DecoderShape, DeviceLike, TensorPlan, TensorShare
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def host_of(address: str) -> str:
     return address.removeprefix("tcp://").rsplit(":", 1)[0]
 
 
-def budgets_for(cluster: Cluster, names: Sequence[str],
+def budgets_for(cluster: Agents, names: Sequence[str],
                 memory_budget: Budget | Sequence[Budget]) -> list[int | None]:
     """Per agent: the given budget (one for all, or one each), else the agent's own."""
     if memory_budget is None:
@@ -63,7 +63,7 @@ def budgets_for(cluster: Cluster, names: Sequence[str],
             for n, b in zip(names, given, strict=True)]
 
 
-def _rtts(cluster: Cluster, names: Sequence[str]) -> dict[tuple[int, int], float] | None:
+def _rtts(cluster: Agents, names: Sequence[str]) -> dict[tuple[int, int], float] | None:
     """Measured round trips between the chosen agents, by plan index (None for one agent)."""
     if len(names) < 2:
         return None
@@ -81,7 +81,7 @@ def check_quantize(quantize: str | None) -> None:
                           "or 'q4' (4-bit weights, resident shares only)")
 
 
-def plan_llm(cluster: Cluster, config: LlmConfig, digest: str, names: Sequence[str],
+def plan_llm(cluster: Agents, config: LlmConfig, digest: str, names: Sequence[str],
              budgets: Sequence[int | None], max_context: int, *,
              quantize: str | None = None) -> TensorPlan:
     """The tensor plan over the agents' profiles (pure apart from the link probes).
@@ -112,7 +112,7 @@ def check_plan(plan: TensorPlan, config: LlmConfig, names: Sequence[str]) -> Non
                           f"agents {list(names)}; name the shares after the agents")
 
 
-def blas_threads(cluster: Cluster, names: Sequence[str]) -> list[int | None]:
+def blas_threads(cluster: Agents, names: Sequence[str]) -> list[int | None]:
     """Per agent: None when it has its host to itself, else its host's cores divided
     among the deployment's agents there (their BLAS pools would oversubscribe it)."""
     hosts = [host_of(cluster.info(n).address) for n in names]

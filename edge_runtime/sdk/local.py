@@ -146,6 +146,7 @@ def local_cluster(
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     log_level: str = "INFO",
     names: Sequence[str] | None = None,
+    allow_checkpoint_dirs: Sequence[str | os.PathLike[str]] = (),
 ) -> Iterator[LocalCluster]:
     """Start `n` agents on 127.0.0.1 (one per preset if `presets` is given) and yield
     the cluster; stop them all on exit, also after an error.
@@ -154,6 +155,11 @@ def local_cluster(
     `memory_budgets`: per agent ("512MB", bytes, or None for the preset's).
     `cache_dirs`: per agent shard cache directories (default: inside the session
     directory, removed on exit); pass them to keep shards across clusters.
+    `allow_checkpoint_dirs`: directories every agent may read LLM checkpoints from in
+    place (`edge-runtime agent --allow-checkpoint-dir`). By default none: like remote
+    agents, they are sent the checkpoint's files into their caches (content-addressed,
+    verified), so a local cluster exercises what real devices do; pass the directory of
+    a large checkpoint to skip copying it into every agent's cache.
     """
     if n is None:
         n = len(presets) if presets else 1
@@ -192,6 +198,8 @@ def local_cluster(
             args += ["--insecure"] if agent_keys is None else ["--keys", str(agent_keys)]
             if preset:
                 args += ["--preset", preset]
+            for directory in allow_checkpoint_dirs:
+                args += ["--allow-checkpoint-dir", str(Path(directory).expanduser().resolve())]
             budget = memory_budgets[index] if memory_budgets else None
             if budget is not None:
                 args += ["--memory-budget", str(budget)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.agent.protocol import StageTiming
+from edge_runtime.protocol import StageTiming
 
 
 @dataclass(frozen=True)

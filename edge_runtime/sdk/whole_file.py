@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.agent.backends import TensorSpec, open_backend
+from edge_runtime.backends import TensorSpec, open_backend
 from edge_runtime.errors import DeployError
-from edge_runtime.sdk.cluster import Cluster
+from edge_runtime.sdk.agents import Agents
 from partitioner.plan import Plan, Stage, sha256_file
 from partitioner.plan import TensorSpec as PlanTensorSpec
 
@@ -44,7 +44,7 @@ def _signature(model: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, .
         backend.close()
 
 
-def whole_file_plan(cluster: Cluster, model: Path, devices: Sequence[str] | None) -> Any:
+def whole_file_plan(cluster: Agents, model: Path, devices: Sequence[str] | None) -> Any:
     """A one-stage plan putting `model` on the fastest agent that can run its file type."""
     suffix = model.suffix.lower()
     infos = [cluster.info(n) for n in devices] if devices else list(cluster.agents)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,16 +13,24 @@ import pytest
 import zmq
 
 import edge_runtime as er
-from edge_runtime.agent import protocol as p
 from edge_runtime.errors import (
-    AgentUnavailableError,
     MemoryBudgetError,
     ShardIntegrityError,
 )
+from edge_runtime.protocol import (
+    HasShards,
+    HasShardsReply,
+    Hello,
+    PutChunk,
+    PutChunkReply,
+    ShardRef,
+)
+from edge_runtime.protocol import kinds as p
 from edge_runtime.sdk.config import Timeouts
 from edge_runtime.sdk.hub import Hub
 from support.cluster import DIGITS_MODEL, assert_outputs_equal, digits_inputs, reference
 from support.onnx_models import mlp_chain, random_feeds
+from transports.errors import SecurityError
 from transports.keys import generate_keypair
 from transports.security import Security
 from transports.wire import Frame, decode, encode
@@ -62,10 +71,10 @@ def test_shard_corrupted_in_transit_is_refused(agent: er.LocalCluster) -> None:
     data = np.frombuffer(b"not the bytes that were announced", dtype=np.uint8)
     claimed = hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(ShardIntegrityError, match="tampered"):
-        agent.call("agent0", p.PUT_CHUNK, {"sha256": claimed, "ext": ".onnx", "offset": 0,
-                                           "total": int(data.size)}, {"data": data})
-    missing = agent.call("agent0", p.HAS_SHARDS, {"shards": [[claimed, ".onnx"]]}).meta["missing"]
-    assert missing == [claimed]  # nothing was published under that digest
+        agent.call("agent0", PutChunk(claimed, ".onnx", 0, int(data.size)), PutChunkReply,
+                   {"data": data})
+    missing = agent.call("agent0", HasShards((ShardRef(claimed, ".onnx"),)), HasShardsReply).missing
+    assert missing == (claimed,)  # nothing was published under that digest
 
 
 def test_shard_tampered_on_disk_is_refused_then_resent(agent: er.LocalCluster,
@@ -124,12 +133,17 @@ def test_unkeyed_or_wrongly_keyed_clients_are_refused(agent: er.LocalCluster) ->
     assert _raw_request(info.address, stranger, info.public_key, p.SHUTDOWN, 1.0) is None
     # a client without CURVE gets no answer either
     assert _raw_request(info.address, Security(insecure=True), None, p.SHUTDOWN, 1.0) is None
-    # the SDK reports a refused connection as an unavailable agent, naming the address
-    hub = Hub(stranger, Timeouts(hello_s=1.0))
+    # the SDK reports a refused handshake at once, with the exact command that fixes it
+    hub = Hub(stranger, Timeouts(hello_s=10.0))
     try:
         link = hub.connect(info.address, info.public_key, "agent0")
-        with pytest.raises(AgentUnavailableError, match="refused our key"):
-            hub.request(link, p.HELLO, timeout_s=1.0)
+        start = time.monotonic()
+        with pytest.raises(SecurityError, match="does not trust this machine's key") as caught:
+            hub.request(link, p.HELLO, Hello(hub.session, 30.0).to_meta())
+        assert time.monotonic() - start < 2.0
+        assert stranger.keypair is not None
+        command = str(caught.value).split("run: ", 1)[1]
+        assert shlex.split(command)[-1] == stranger.keypair.public.decode()  # pastes as is
     finally:
         hub.close()
     assert agent.processes[0].alive()
@@ -196,7 +210,7 @@ def test_insecure_cluster_runs_a_pipeline() -> None:
         sock.send_multipart(encode(Frame(kind="launch_missiles", request_id=3)))
         assert sock.poll(5000)
         reply = decode(sock.recv_multipart())
-        assert reply.meta["error_type"] == "InputError"
+        assert reply.meta["error_type"] == "ProtocolError"  # an unknown kind is malformed
         assert "launch_missiles" in reply.meta["message"]
         sock.close()
         context.term()

@@ -8,7 +8,7 @@ import numpy as np
 import zmq
 
 import edge_runtime as er
-from edge_runtime.agent import protocol as p
+from edge_runtime.protocol import kinds as p
 from transports.security import Security
 from transports.wire import Frame, decode, encode
 

@@ -16,8 +16,9 @@ import pytest
 
 import edge_runtime as er
 import support.tflite_models as tm
-from edge_runtime.agent import protocol as p
 from edge_runtime.errors import InputError
+from edge_runtime.protocol import Deploy, DeployReply, StageSpec
+from edge_runtime.protocol import TensorSpec as WireSpec
 from edge_runtime.sdk.deploy import upload
 from partitioner.plan import Plan, Stage, TensorSpec
 
@@ -61,7 +62,7 @@ def test_agent_runs_a_tflite_stage_in_litert(tmp_path: Path) -> None:
         assert ".tflite" in info.backends
         assert upload(cluster, info.name, model, sha256, None) == model.stat().st_size
         plan = _plan(info.name, sha256)
-        spec = p.StageSpec(
+        spec = StageSpec(
             deployment_id="fc.0",
             stage=0,
             n_stages=1,
@@ -70,13 +71,10 @@ def test_agent_runs_a_tflite_stage_in_litert(tmp_path: Path) -> None:
             inputs=("x",),
             forward=(),
             outputs=("y",),
-            signature=(("x", "float32", (2, 3)),),
+            signature=(WireSpec("x", "float32", (2, 3)),),
         )
-        cluster.call(
-            info.name,
-            p.DEPLOY,
-            {"deployment_id": "fc.0", "type": "onnx-stage", "spec": spec.to_wire()},
-        )
+        cluster.call(info.name, Deploy("fc.0", "onnx-stage", spec, cluster.hub.session),
+                     DeployReply)
         deployment = er.Deployment(cluster, "fc", plan, [spec])
         for _ in range(3):
             x = rng.standard_normal((2, 3)).astype(np.float32)

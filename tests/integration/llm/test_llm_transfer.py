@@ -12,6 +12,7 @@ import pytest
 import edge_runtime as er
 from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.errors import DeployError, ShardIntegrityError
+from edge_runtime.llm.checkpoint import content_digest
 
 IDS = (1, 5, 17, 33, 99, 150, 7, 8, 9)
 
@@ -45,7 +46,9 @@ def test_files_are_sent_once_and_the_model_is_exact(
 
 def test_inbox_refuses_corrupted_or_unexpected_files(tmp_path: Path) -> None:
     data = b"x" * 1000
-    inbox = CheckpointInbox(tmp_path, "a" * 64, [("config.json", len(data))])
+    good = hashlib.sha256(data).hexdigest()
+    digest = content_digest([("config.json", good)])  # the set must match it too
+    inbox = CheckpointInbox(tmp_path, digest, [("config.json", len(data))])
     assert inbox.missing() == ["config.json"]
     assert not inbox.put("config.json", 0, data[:600], "0" * 64)
     with pytest.raises(ShardIntegrityError, match="corrupted"):
@@ -53,11 +56,10 @@ def test_inbox_refuses_corrupted_or_unexpected_files(tmp_path: Path) -> None:
     assert inbox.missing() == ["config.json"]
     with pytest.raises(DeployError, match="offset"):
         inbox.put("config.json", 600, data[600:], "0" * 64)  # the transfer must restart
-    good = hashlib.sha256(data).hexdigest()
     assert not inbox.put("config.json", 0, data[:600], good)
     assert inbox.put("config.json", 600, data[600:], good)
     assert inbox.complete
     with pytest.raises(DeployError, match="not a file of this checkpoint"):
         inbox.put("model.safetensors", 0, b"", good)
     with pytest.raises(DeployError, match="not accepted"):
-        CheckpointInbox(tmp_path, "a" * 64, [("../evil.json", 1)])
+        CheckpointInbox(tmp_path, digest, [("../evil.json", 1)])

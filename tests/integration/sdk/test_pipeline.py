@@ -121,15 +121,14 @@ def test_bad_inputs_are_refused_with_the_signature(cluster: er.LocalCluster) -> 
         with pytest.raises(InputError, match=r"Expected image: float32\[batch, 1, 8, 8\]"):
             model.run(bad)
     # the first agent checks too: a request that skips the SDK's check is refused there
-    from edge_runtime.agent import protocol as p
-    from transports.wire import Frame
+    from edge_runtime.protocol import Run
 
     hub = cluster.hub
     link = cluster.link(model.plan.stages[0].device)
     request_id = hub.next_id()
-    hub.send(link, Frame(kind=p.RUN, request_id=request_id,
-                         meta={"deployment_id": model.specs[0].deployment_id},
-                         tensors={"image": good.astype(np.float16)}), timeout_s=5)
+    run = Run(model.specs[0].deployment_id, sent_at=0.0)
+    hub.send(link, run.frame(request_id, tensors={"image": good.astype(np.float16)}),
+             timeout_s=5)
     reply = hub.wait({request_id}, 10, [link])
     assert reply.is_error and reply.meta["error_type"] == "InputError"
     assert "float32[batch, 1, 8, 8]" in reply.meta["message"]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import support.tflite_models as tm
-from edge_runtime.agent.backends.base import Backend, TensorSpec
-from edge_runtime.agent.backends.litert import LiteRTBackend, litert_runtime, open_litert
+from edge_runtime.backends.base import Backend
+from edge_runtime.backends.litert import LiteRTBackend, litert_runtime, open_litert
 from edge_runtime.errors import ConfigError, DeployError, InputError
+from edge_runtime.protocol import TensorSpec
 
 
 @pytest.fixture

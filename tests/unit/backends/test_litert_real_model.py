@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from edge_runtime.agent.backends.base import TensorSpec
-from edge_runtime.agent.backends.litert import LiteRTBackend
+from edge_runtime.backends.litert import LiteRTBackend
 from edge_runtime.errors import InputError
+from edge_runtime.protocol import TensorSpec
 
 MODEL = Path(__file__).parent / "data" / "face_detection_front.tflite"
 SHA256 = "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"

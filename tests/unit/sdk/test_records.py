@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.agent.backends.base import TensorSpec
 from edge_runtime.agent.cache import ShardCache
-from edge_runtime.agent.config import parse_size
-from edge_runtime.agent.protocol import ExitRule, Hop, StageSpec, StageTiming
 from edge_runtime.errors import (
     AgentError,
     AgentUnavailableError,
@@ -21,8 +18,11 @@ from edge_runtime.errors import (
     MemoryBudgetError,
     ShardIntegrityError,
 )
+from edge_runtime.protocol import ExitRule, Hop, StageSpec, StageTiming, TensorSpec
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.inputs import check_inputs
+from edge_runtime.units import parse_size
+from transports.errors import ProtocolError
 from transports.wire import error_frame
 
 SIGNATURE = (TensorSpec("image", "float32", ("batch", 1, 8, 8)),)
@@ -69,16 +69,16 @@ def test_stage_spec_round_trips_through_the_wire_form() -> None:
         inputs=("h",), forward=("h2", "x"), outputs=("exit1",),
         exit=ExitRule("exit1", "exit1", "max_prob", 0.9, ("exit0",)),
         next_hop=Hop("b", "tcp://127.0.0.1:1", "k" * 40, "abc.2"), memory_bytes=1234,
-        signature=(("x", "float32", ("batch", 4)),), allow_keys=("k" * 40,),
+        signature=(TensorSpec("x", "float32", ("batch", 4)),), allow_keys=("k" * 40,),
     )
-    assert StageSpec.from_wire(spec.to_wire()) == spec
+    assert StageSpec.from_meta(spec.to_meta()) == spec
     timing = StageTiming(2, "agent1", 0.001, 0.02, 0.0005, True, 1.7e9)
-    assert StageTiming.from_wire(timing.to_wire()) == timing
+    assert StageTiming.from_meta(timing.to_meta()) == timing
 
 
-def test_malformed_stage_spec_is_a_deploy_error() -> None:
-    with pytest.raises(DeployError, match="malformed stage spec"):
-        StageSpec.from_wire({"deployment_id": "x"})
+def test_malformed_stage_spec_is_a_protocol_error_naming_the_field() -> None:
+    with pytest.raises(ProtocolError, match=r"StageSpec.stage is missing"):
+        StageSpec.from_meta({"deployment_id": "x"})
 
 
 @pytest.mark.parametrize(("name", "cls"), [

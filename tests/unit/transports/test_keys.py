@@ -73,7 +73,8 @@ def test_zmq_written_certificates_are_trusted_too(tmp_path: Path) -> None:
     [
         ("short", "a", None, "not a CURVE public key"),
         ("x" * 40, "../escape", None, "name"),
-        ("x" * 40, "a", "10.0.0.1:7700", "tcp://host:port"),
+        ("x" * 40, "a", "udp://10.0.0.1:7700", "only tcp://"),
+        ("x" * 40, "a", "10.0.0.1:http", "not a number"),
     ],
 )
 def test_trust_validates_its_input(
@@ -99,8 +100,8 @@ def test_cli_init_show_trust(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     shown = capsys.readouterr().out
     key_a = load_keypair(a).public.decode()
     assert key_a in shown and "edge-runtime keys trust" in shown
-    assert main(["keys", "--dir", str(b), "trust", key_a, "--name", "a",
-                 "--address", "tcp://127.0.0.1:7700"]) == 0
+    assert main(["keys", "--dir", str(b), "trust", "--name", "a",
+                 "--address", "tcp://127.0.0.1:7700", "--", key_a]) == 0
     assert server_key_for(b, "tcp://127.0.0.1:7700").decode() == key_a
     # a certificate file works in place of the key text
     assert main(["keys", "--dir", str(a), "trust", str(b / "identity.key"), "--name", "b"]) == 0
@@ -115,6 +116,6 @@ def test_cli_takes_dir_after_the_action_too(tmp_path: Path) -> None:
     assert main(["keys", "init", "--dir", str(a)]) == 0
     assert main(["keys", "init", "--dir", str(b)]) == 0
     key_a = load_keypair(a).public.decode()
-    assert main(["keys", "trust", key_a, "--name", "a", "--dir", str(b)]) == 0
+    assert main(["keys", "trust", "--name", "a", "--dir", str(b), "--", key_a]) == 0
     assert trusted_keys(b)["a"].public.decode() == key_a
     assert main(["keys", "show", "--dir", str(a)]) == 0

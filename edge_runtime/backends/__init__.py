@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edge_runtime.agent.backends.base import Backend, TensorSpec
+from edge_runtime.backends.base import Backend
 from edge_runtime.errors import DeployError
+from edge_runtime.protocol import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ def open_backend(path: str | Path, threads: int | None = None) -> Backend:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from edge_runtime.agent.backends.onnxruntime import OnnxRuntimeBackend
+        from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, threads=threads)
     if suffix == ".tflite":
-        from edge_runtime.agent.backends.litert import open_litert
+        from edge_runtime.backends.litert import open_litert
 
         return open_litert(path, threads=threads)
     raise DeployError(
@@ -41,7 +42,7 @@ def open_backend(path: str | Path, threads: int | None = None) -> Backend:
 
 def backend_kinds() -> list[str]:
     """The model file types this device can run (reported in the agent's hello)."""
-    from edge_runtime.agent.backends.litert import litert_runtime
+    from edge_runtime.backends.litert import litert_runtime
 
     return [".onnx", ".tflite"] if litert_runtime() is not None else [".onnx"]
 

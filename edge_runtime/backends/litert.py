@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.agent.backends.base import TensorSpec, check_feeds
+from edge_runtime.backends.base import check_feeds
 from edge_runtime.errors import ConfigError, DeployError
+from edge_runtime.protocol import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.agent.backends.base import TensorSpec, check_feeds
+from edge_runtime.backends.base import check_feeds
 from edge_runtime.errors import DeployError
+from edge_runtime.protocol import TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""Frame kinds of the agent protocol (docs/PROTOCOL.md): each spelled once, here.
+
+One ROUTER control socket per agent carries every kind. A request is answered by
+REPLY or ERROR with the same request id; RUN, ACTIVATION and RESULT form the
+pipeline data path and are not answered.
+"""
+
+from __future__ import annotations
+
+from transports.wire import ERROR_KIND
+
+PROTOCOL_VERSION = 2
+"""The vocabulary's version, reported in hello. 2: every meta is one typed record (the
+timings of a result are maps, the stage signature holds TensorSpec maps, ShardSpec's
+plan is `plan_json`, hello/join/deploy carry the coordinator's session, `renew` added,
+the `load` and `heartbeat` aliases removed)."""
+
+# coordinator -> agent requests
+HELLO = "hello"
+PING = "ping"  # echoes tensors (link probes, heartbeats)
+PROFILE = "profile"
+JOIN = "join"
+PROBE_LINK = "probe_link"
+HAS_SHARDS = "has_shards"
+PUT_CHUNK = "put_chunk"
+DEPLOY = "deploy"
+UNLOAD = "unload"
+STATUS = "status"
+SHUTDOWN = "shutdown"
+RENEW = "renew"
+SET_EXIT = "set_exit"  # to the stage holding an exit: replace its rule in place
+# pipeline data path (no reply)
+RUN = "run"  # coordinator -> first stage
+ACTIVATION = "activation"  # agent -> next stage's agent
+RESULT = "result"  # answering stage -> coordinator
+# llm-shard deployments (coordinator -> agent, answered by REPLY)
+LLM_READY = "llm_ready"
+LLM_CONNECT = "llm_connect"
+LLM_STEP = "llm_step"
+LLM_PUT = "llm_put"
+# answers
+REPLY = "reply"
+ERROR = ERROR_KIND
+
+# Tensors carried along a pipeline are named with these prefixes so the model's
+# own tensor names can never collide with the runtime's bookkeeping.
+ACT_PREFIX = "a/"  # activations the next stage consumes
+OUT_PREFIX = "o/"  # model outputs collected so far
+
+# Deployment types an agent serves out of the box.
+ONNX_STAGE = "onnx-stage"
+LLM_SHARD = "llm-shard"

@@ -1,0 +1,132 @@
+"""Keeping this coordinator's leases alive on its agents, from a background thread.
+
+Why a thread of its own: a `Cluster` is used from one thread and may sit idle for
+minutes (a notebook, an app waiting for input) — its deployments must not lapse
+meanwhile. So a small thread with its own ZeroMQ context and sockets (sockets are
+not shareable between threads) sends `renew` to each agent every third of the lease.
+It dies with the process: a crashed, killed or paused app stops renewing, and after
+`lease_s` its agents unload what it deployed and revoke the keys it introduced.
+
+The replies say which tracked deployments an agent no longer has (and why); the
+cluster reads them with `gone()` to tell the user "redeploy" instead of a bare error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from edge_runtime.protocol import Renew, RenewReply
+from transports.errors import ProtocolError
+from transports.security import Security
+from transports.sockets import open_client
+from transports.wire import decode, encode
+
+log = logging.getLogger(__name__)
+
+RENEWALS_PER_LEASE = 3
+"""Renewals sent per lease period: two can be lost before the lease lapses."""
+
+
+@dataclass
+class _Agent:
+    name: str
+    address: str
+    server_key: str | None
+    socket: zmq.Socket[bytes] | None = None
+    deployments: set[str] = field(default_factory=set)
+
+
+class LeaseKeeper:
+    """Renews `session`'s lease on every agent added, until `close()`."""
+
+    def __init__(self, security: Security, session: str, lease_s: float) -> None:
+        self._security = security
+        self._session = session
+        self._interval_s = lease_s / RENEWALS_PER_LEASE
+        self._lock = threading.Lock()
+        self._agents: dict[str, _Agent] = {}  # by address
+        self._gone: dict[str, str] = {}  # deployment id -> reason an agent gave
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def add(self, name: str, address: str, server_key: str | None) -> None:
+        with self._lock:
+            self._agents.setdefault(address, _Agent(name, address, server_key)).name = name
+
+    def track(self, address: str, deployment_id: str) -> None:
+        """Ask `address` about `deployment_id` in every renewal (it belongs to this session)."""
+        with self._lock:
+            agent = self._agents.get(address)
+            if agent is not None:
+                agent.deployments.add(deployment_id)
+
+    def untrack(self, deployment_id: str) -> None:
+        with self._lock:
+            for agent in self._agents.values():
+                agent.deployments.discard(deployment_id)
+            self._gone.pop(deployment_id, None)
+
+    def gone(self, deployment_id: str) -> str | None:
+        """Why an agent said it no longer has `deployment_id` (None: not reported gone)."""
+        with self._lock:
+            return self._gone.get(deployment_id)
+
+    def _run(self) -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        ids = itertools.count(1)
+        try:
+            while not self._stop.wait(self._interval_s):
+                with self._lock:
+                    agents = [(a, tuple(sorted(a.deployments))) for a in self._agents.values()]
+                for agent, deployment_ids in agents:
+                    self._renew(context, agent, deployment_ids, next(ids))
+        finally:
+            with self._lock:
+                for agent in self._agents.values():
+                    if agent.socket is not None:
+                        agent.socket.close(linger=0)
+                        agent.socket = None
+            context.term()
+
+    def _renew(self, context: zmq.Context[zmq.Socket[bytes]], agent: _Agent,
+               deployment_ids: tuple[str, ...], request_id: int) -> None:
+        """One renewal; a lost one is harmless (the next comes a third of a lease later)."""
+        try:
+            if agent.socket is None:
+                agent.socket = open_client(context, self._security, agent.address,
+                                           agent.server_key)
+            frame = Renew(session=self._session, deployment_ids=deployment_ids).frame(request_id)
+            agent.socket.send_multipart(encode(frame), flags=zmq.NOBLOCK)
+            deadline = time.monotonic() + self._interval_s / 2
+            while (left := deadline - time.monotonic()) > 0:
+                if not agent.socket.poll(int(left * 1000) + 1):
+                    return
+                reply = decode(agent.socket.recv_multipart())
+                if reply.request_id == request_id and not reply.is_error:
+                    self._record(RenewReply.from_meta(reply.meta))
+                    return
+        except zmq.Again:
+            return  # not connected now: the agent is down or unreachable; try next time
+        except (zmq.ZMQError, ProtocolError) as error:
+            log.debug("lease renewal on %s failed: %s", agent.name, error)
+
+    def _record(self, reply: RenewReply) -> None:
+        with self._lock:
+            for gone in reply.gone:
+                if gone.deployment_id not in self._gone:
+                    log.warning("%s", gone.reason)
+                self._gone[gone.deployment_id] = gone.reason
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+__all__ = ["RENEWALS_PER_LEASE", "LeaseKeeper"]
