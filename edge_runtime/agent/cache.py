@@ -11,7 +11,7 @@ Incomplete uploads are bounded (`UploadQuota`, shared with the LLM checkpoint in
 anyone who may deploy could otherwise fill the disk by starting uploads to made-up
 digests and never finishing them. Their total is capped, an upload whose declared size
 does not fit is refused before a byte is kept, and uploads idle for
-`PARTIAL_UPLOAD_TTL_S` (by file mtime, so it holds across restarts) are deleted.
+`AgentTimeouts.partial_upload_ttl_s` (by file mtime, so it holds across restarts) are deleted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from edge_runtime.agent.config import PARTIAL_UPLOAD_TTL_S
+from edge_runtime.agent.config import AgentTimeouts
 from edge_runtime.errors import DeployError, ShardIntegrityError, UploadQuotaError
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class UploadQuota:
     """
 
     def __init__(self, limit_bytes: int = PARTIAL_QUOTA_BYTES,
-                 ttl_s: float = PARTIAL_UPLOAD_TTL_S) -> None:
+                 ttl_s: float = AgentTimeouts.partial_upload_ttl_s) -> None:
         self.limit_bytes = limit_bytes
         self.ttl_s = ttl_s
         self._dirs: list[Path] = []

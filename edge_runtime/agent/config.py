@@ -11,25 +11,6 @@ from pathlib import Path
 
 from edge_runtime.envconfig import with_env_overrides
 
-# How long the control loop blocks waiting for a frame before it looks at the
-# outbox of finished stage results and the shutdown flag. Stage workers wake the
-# loop through an inproc socket, so this only bounds shutdown latency.
-LOOP_POLL_S = 0.2
-
-# Activations to the next agent have no send timeout on purpose: ZeroMQ queues
-# them while the connection is (re)made, and a next agent that died is found by
-# the coordinator's heartbeats, which fail the request naming that agent.
-
-# A link probe (`probe_link`) pings a peer agent this many times per size.
-PROBE_ROUNDS = 5
-
-# A link probe gives up on a peer that does not answer one ping within this.
-PROBE_TIMEOUT_S = 5.0
-
-# Chunks of a shard not completed within this after their last chunk arrived are
-# dropped, so an interrupted deploy does not hold disk forever.
-PARTIAL_UPLOAD_TTL_S = 600.0
-
 # A deployed shard's resident memory is estimated as its file size times this
 # factor when the plan gives no `memory_bytes` (weights plus onnxruntime's
 # arena and activations; 1.5 matched the digits and skip models measured here).
@@ -62,6 +43,11 @@ class AgentTimeouts:
     # Probes waiting to run beyond this are refused with "busy" (a flood of probes to
     # dead addresses must not queue minutes of work).
     probe_queue: int = 8
+    # Pings per payload size in one link probe (the median is kept).
+    probe_rounds: int = 5
+    # An upload (shard or checkpoint file) whose last chunk arrived longer ago than
+    # this is deleted, so an interrupted deploy does not hold disk forever.
+    partial_upload_ttl_s: float = 600.0
     # Lease a coordinator session gets when it asks for none, and the bounds of what it
     # may ask for: an abandoned deployment is unloaded at most `lease_max_s` after its
     # coordinator went silent.

@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from edge_runtime.agent.cache import ShardCache
+from edge_runtime.agent.cache import ShardCache, UploadQuota
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.handlers import Handlers
@@ -105,7 +105,8 @@ class Agent:
         self._threads: int | None = identity.get("threads")
         self._emulated = bool(identity.get("emulated"))
         self._dilate_fn: Any = identity.pop("_dilate", None)
-        self._cache = ShardCache(config.cache_dir)
+        self._cache = ShardCache(
+            config.cache_dir, UploadQuota(ttl_s=self.timeouts.partial_upload_ttl_s))
         self.state = AgentState()
         self._stop = threading.Event()
         self._outbox: queue.Queue[_Outgoing] = queue.Queue()

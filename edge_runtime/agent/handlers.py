@@ -26,7 +26,6 @@ import zmq
 from devices.links import measure_link
 from devices.profile import DeviceProfile
 from edge_runtime.agent import deployments
-from edge_runtime.agent.config import PROBE_ROUNDS
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.errors import (
     AgentUnavailableError,
@@ -176,7 +175,14 @@ class Handlers:
             preset=self.agent.identity.get("preset"), uptime_s=time.time() - state.started_at,
             memory_budget=self.agent.config.memory_budget, memory_used=used,
             requests_served=state.requests_served, errors_answered=state.errors_answered,
-            deployments={k: d.status() for k, d in held})
+            deployments={k: self._with_lease(k, d.status()) for k, d in held})
+
+    def _with_lease(self, deployment_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A deployment's status row plus who owns it and when that lease runs out."""
+        lease = self.agent.sessions.lease_of(deployment_id)
+        if lease is not None:
+            row = {**row, "session": lease[0], "lease_expires_in_s": lease[1]}
+        return row
 
     def shutdown(self, message: Shutdown, tensors: Tensors) -> ShutdownReply:
         self.agent.request_stop()
@@ -204,7 +210,7 @@ class Handlers:
         try:
             link = measure_link(self._pinger(sock, message.name), self.agent.name, message.name,
                                 small=PROBE_SMALL_BYTES, large=PROBE_LARGE_BYTES,
-                                repeats=PROBE_ROUNDS)
+                                repeats=self.agent.timeouts.probe_rounds)
         finally:
             sock.close()
         return ProbeLinkReply(link)
@@ -215,8 +221,13 @@ class Handlers:
 
         def roundtrip(payload: bytes) -> None:
             data = np.frombuffer(payload, dtype=np.uint8)
-            sock.send_multipart(encode(Ping().frame(next(counter), self.agent.name,
-                                                    {"x": data})), copy=False)
+            try:  # waits up to the socket's send timeout for a connection
+                sock.send_multipart(encode(Ping().frame(next(counter), self.agent.name,
+                                                        {"x": data})), copy=False)
+            except zmq.Again:
+                raise AgentUnavailableError(
+                    f"no connection for a link probe within {timeout_s:g} s (down, or it does "
+                    "not trust this agent's key)", agent=name) from None
             if not sock.poll(int(timeout_s * 1000)):
                 raise AgentUnavailableError(
                     f"no answer to a link probe within {timeout_s:g} s", agent=name)

@@ -36,8 +36,6 @@ each collective, so a Pi-like agent really holds the others up as a Pi would.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import gc
 import logging
@@ -51,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
 from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_timing import StepClock, reset_peak_rss, rss_bytes
@@ -85,21 +84,6 @@ log = logging.getLogger(__name__)
 WORKER_JOIN_TIMEOUT_S = 5.0
 # Sub-directory of the agent's cache holding converted shares (one per digest+share).
 CACHE_SUBDIR = "llm"
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
-
-    Why: building 4-bit kernels quantises each fp32 matrix through temporaries; glibc
-    keeps the freed pages, and on the reference checkpoint they held ~40 % of the
-    agent's serving RSS. fp32 shares are memory-mapped and gain nothing from this."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError as error:
-        log.debug("malloc_trim unavailable: %s", error)
 
 
 def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
@@ -296,8 +280,9 @@ class LlmShard:
                                     window_budget_bytes=window, quantize=self.spec.quantize)
         resident = self._worker.window
         if resident is None:  # 4-bit: kernels built; the fp32 temporaries are gone
-            gc.collect()
-            _trim_heap()
+            # quantising each fp32 matrix went through temporaries whose freed pages
+            # glibc kept: ~40 % of the serving RSS on the reference checkpoint
+            return_free_memory()
         elif resident.resident:
             # read the whole share now: the load belongs to the deploy, not the first token
             for index in range(resident.n):

@@ -189,13 +189,19 @@ class Sessions:
         while len(self._gone) > MAX_GONE:
             self._gone.popitem(last=False)
 
-    def summary(self) -> list[dict[str, object]]:
-        """Plain rows for `status`: session, lease, seconds left, deployments."""
+    def lease_of(self, deployment_id: str) -> tuple[str, float] | None:
+        """(owning session, seconds until its lease lapses) of a deployment, for `status`."""
         now = self._clock()
         with self._lock:
-            return [{"session": s.session_id, "lease_s": s.lease_s,
-                     "expires_in_s": round(s.expires_at() - now, 3),
-                     "deployments": sorted(s.deployments)} for s in self._sessions.values()]
+            owner = self._owner.get(deployment_id)
+            session = self._sessions.get(owner) if owner is not None else None
+            if session is None:
+                return None
+            return session.session_id, round(session.expires_at() - now, 3)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
 
 
 __all__ = ["MAX_GONE", "MAX_SESSIONS", "Lapsed", "LeaseLimits", "Session", "Sessions"]

@@ -18,7 +18,15 @@ import numpy as np
 from devices.links import LinkProfile
 from devices.profile import DeviceProfile
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
-from edge_runtime.protocol import ProbeLink, ProbeLinkReply, Record, Status, StatusReply
+from edge_runtime.protocol import (
+    Deploy,
+    ProbeLink,
+    ProbeLinkReply,
+    Record,
+    Status,
+    StatusReply,
+    Unload,
+)
 from edge_runtime.sdk.config import Timeouts
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink, Hub
@@ -89,12 +97,21 @@ class Agents:
     def call(self, name: str, request: Record, reply_type: type[R],
              tensors: Mapping[str, np.ndarray] | None = None,
              timeout_s: float | None = None) -> R:
-        """One request to agent `name`; its typed reply, or the typed error it answered."""
-        frame = self._hub.request(self.link(name), request.KIND, request.to_meta(),
-                                  dict(tensors or {}), timeout_s)
+        """One request to agent `name`; its typed reply, or the typed error it answered.
+
+        A deployment this session loads (or unloads) is registered with the lease
+        keeper, whose renewals then ask the agent about it (`LeaseKeeper.gone`)."""
+        link = self.link(name)
+        frame = self._hub.request(link, request.KIND, request.to_meta(), dict(tensors or {}),
+                                  timeout_s)
         if frame.is_error:
             raise error_from_frame(frame, name)
-        return parse_reply(reply_type, frame.meta, name, request.KIND)
+        reply = parse_reply(reply_type, frame.meta, name, request.KIND)
+        if isinstance(request, Deploy):
+            self._hub.leases.track(link.address, request.deployment_id)
+        elif isinstance(request, Unload):
+            self._hub.leases.untrack(request.deployment_id)
+        return reply
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each agent's status (deployments, memory, emulation); unreachable ones say so."""

@@ -26,7 +26,8 @@ from edge_runtime.sdk.deployment import Deployment
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.llm import LlmDeployment, deploy_llm
-from transports.keys import DEFAULT_KEYS_DIR
+from transports.errors import SecurityError
+from transports.keys import DEFAULT_KEYS_DIR, trust_command, trusted_keys_in
 from transports.security import Security
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def assemble(hub: Hub, links: list[AgentLink], on_close: Callable[[], None] | No
             name = f"{name}-{index}"
         seen.add(name)
         link.name = name
+        hub.leases.add(name, link.address, link.public_key)  # renamed: logs say which
         infos.append(agent_info(reply, link.address, name))
     join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos))
     for link in links:
@@ -167,9 +169,6 @@ def discovered_key(agent: AgentAddress, security: Security) -> str:
     told to check the key on the device and trust it. An agent that announced no
     key is looked up by address, as for a static address.
     """
-    from transports.errors import SecurityError
-    from transports.keys import trusted_keys_in
-
     announced = agent.properties.get("public_key", "")
     if not announced:
         return security.server_key_for(agent.endpoint).decode()
@@ -185,8 +184,8 @@ def discovered_key(agent: AgentAddress, security: Security) -> str:
         raise SecurityError(
             f"agent {agent.name or agent.endpoint} at {agent.endpoint} announced public key "
             f"{announced} over mDNS, which is not trusted here (mDNS is not authenticated); "
-            "check it on the device with `edge-runtime keys show`, then run `edge-runtime keys "
-            f"trust {announced} --name <device> --address {agent.endpoint}`")
+            "check it on the device with `edge-runtime keys show`, then run "
+            + trust_command(announced, agent.name or "DEVICE", agent.endpoint))
     return announced
 
 
@@ -197,7 +196,7 @@ def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str
 
     `keys`: this machine's keys directory (default ``~/.config/edge-runtime/keys``);
     each agent's public key is looked up there by address (`edge-runtime keys trust
-    KEY --name N --address ADDR`) unless `server_keys` gives them in order.
+    --name N --address ADDR -- KEY`) unless `server_keys` gives them in order.
     Agents found by `edge_runtime.discovery.browse()` may be passed as they are:
     their announced key is used only if it is trusted (`discovered_key`).
     """

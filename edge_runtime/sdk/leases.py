@@ -7,8 +7,9 @@ not shareable between threads) sends `renew` to each agent every third of the le
 It dies with the process: a crashed, killed or paused app stops renewing, and after
 `lease_s` its agents unload what it deployed and revoke the keys it introduced.
 
-The replies say which tracked deployments an agent no longer has (and why); the
-cluster reads them with `gone()` to tell the user "redeploy" instead of a bare error.
+The replies say which tracked deployments an agent no longer has, and why (a lapse
+while the app was paused, an agent restart); each is logged once as a warning, before
+the app's next request meets the `DeploymentGoneError` that says "redeploy".
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class LeaseKeeper:
         self._interval_s = lease_s / RENEWALS_PER_LEASE
         self._lock = threading.Lock()
         self._agents: dict[str, _Agent] = {}  # by address
-        self._gone: dict[str, str] = {}  # deployment id -> reason an agent gave
+        self._gone: set[str] = set()  # deployment ids already reported gone (logged once)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
@@ -71,12 +72,7 @@ class LeaseKeeper:
         with self._lock:
             for agent in self._agents.values():
                 agent.deployments.discard(deployment_id)
-            self._gone.pop(deployment_id, None)
-
-    def gone(self, deployment_id: str) -> str | None:
-        """Why an agent said it no longer has `deployment_id` (None: not reported gone)."""
-        with self._lock:
-            return self._gone.get(deployment_id)
+            self._gone.discard(deployment_id)
 
     def _run(self) -> None:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -122,7 +118,7 @@ class LeaseKeeper:
             for gone in reply.gone:
                 if gone.deployment_id not in self._gone:
                     log.warning("%s", gone.reason)
-                self._gone[gone.deployment_id] = gone.reason
+                    self._gone.add(gone.deployment_id)
 
     def close(self) -> None:
         self._stop.set()

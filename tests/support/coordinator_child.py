@@ -4,7 +4,9 @@
                                                          its lease)
 
 Prints ``deployed <id>`` once the model is loaded, then for each line on stdin:
-``run`` runs the model once and prints ``ok`` or ``error <ErrorType>``; ``quit`` exits.
+``run`` runs the model once and prints ``ok`` or ``error <ErrorType>``; ``stream``
+prints ``streaming`` and then streams requests (`run_many`) until it is killed;
+``quit`` exits.
 A test SIGKILLs or SIGSTOPs it in between, as a crash or a closed laptop lid would.
 """
 
@@ -27,6 +29,11 @@ def main(address: str, model_path: str) -> None:
             command = line.strip()
             if command == "quit":
                 break
+            if command == "stream":
+                print("streaming", flush=True)
+                while True:
+                    for _ in model.run_many(feeds for _ in range(100)):
+                        pass
             if command == "run":
                 try:
                     model.run(feeds, timeout_s=10.0)

@@ -263,7 +263,12 @@ def test_killed_coordinator_is_reclaimed_within_its_lease(tmp_path: Path) -> Non
         idle_rss = rss_bytes(pid)
         child = _child(local.agents[0].address, big, lease_s)
         assert rss_bytes(pid) - idle_rss > 100 * MB
-        child.kill()  # no unload, no goodbye
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("stream\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "streaming"
+        time.sleep(0.5)
+        child.kill()  # mid-stream: no unload, no goodbye
         child.wait()
         killed_at = time.monotonic()
         row = local.status()["agent0"]

@@ -35,6 +35,7 @@ def test_a_renewed_session_keeps_its_deployments() -> None:
         assert sessions.renew("s1", ["d1"]) == []
         assert sessions.lapsed() == []
     assert sessions.owner("d1") == "s1"
+    assert sessions.lease_of("d1") == ("s1", 5.0)
 
 
 def test_a_silent_session_lapses_and_its_deployments_are_gone_with_a_reason() -> None:
@@ -94,7 +95,7 @@ def test_idle_sessions_are_bounded_and_gone_reasons_too() -> None:
     sessions.adopt("owner", "d0")
     for i in range(MAX_SESSIONS + 50):
         sessions.touch(f"idle{i}")
-    assert len(sessions.summary()) <= MAX_SESSIONS
+    assert len(sessions) <= MAX_SESSIONS
     assert sessions.owner("d0") == "owner"  # a session that owns something is kept
     for i in range(MAX_GONE + 10):
         sessions.adopt(f"s{i}", f"d{i + 1}")
