@@ -193,15 +193,18 @@ class _PlainProbe:
         self._deadline = time.monotonic() + PROBE_TIMEOUT_S
 
     def verdict(self) -> HandshakeStatus | None:
-        """SECURITY_MISMATCH (the server is plain), SERVER_KEY_MISMATCH (it is not), or
-        None while the probe has not answered."""
+        """SECURITY_MISMATCH (the server is plain), SERVER_KEY_MISMATCH (it is CURVE and
+        dropped us), UNREACHABLE (no handshake completes at all within the probe's time),
+        or None while the probe has not answered."""
         for event, _ in _drain(self._monitor):
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return HandshakeStatus.SECURITY_MISMATCH
             if event in _PROBE_FAILURES:
                 return HandshakeStatus.SERVER_KEY_MISMATCH
-        if time.monotonic() >= self._deadline:  # it could not even connect: keep to the key
-            return HandshakeStatus.SERVER_KEY_MISMATCH
+        if time.monotonic() >= self._deadline:
+            # no handshake either way: a paused or overloaded process (its kernel accepts
+            # the TCP connection, nothing answers), not evidence of a wrong key
+            return HandshakeStatus.UNREACHABLE
         return None
 
     def close(self) -> None:

@@ -43,6 +43,12 @@ class AgentTimeouts:
     # Probes waiting to run beyond this are refused with "busy" (a flood of probes to
     # dead addresses must not queue minutes of work).
     probe_queue: int = 8
+    # Deploys and uploads waiting for the loads lane beyond this are refused with "busy"
+    # (each may hold a 1 MiB chunk or a spec; a flood must not grow memory without end).
+    loads_queue: int = 64
+    # Requests waiting for one pipeline stage's worker beyond this are refused with "busy"
+    # (each holds its input tensors; the SDK keeps 8 in flight by default).
+    stage_queue: int = 64
     # Pings per payload size in one link probe (the median is kept).
     probe_rounds: int = 5
     # An upload (shard or checkpoint file) whose last chunk arrived longer ago than

@@ -93,7 +93,7 @@ class Agent:
 
     # Requests that take long (loading, hashing, unloading): answered from the loads lane,
     # in arrival order. Link probes get a lane of their own with a bounded backlog.
-    SLOW_KINDS = frozenset({p.DEPLOY, p.UNLOAD, p.PUT_CHUNK, p.HAS_SHARDS, p.LLM_PUT})
+    SLOW_KINDS = frozenset({p.DEPLOY, p.UNLOAD, p.PUT_CHUNK, p.LLM_PUT})
     PROBE_KINDS = frozenset({p.PROBE_LINK})
 
     def __init__(self, config: AgentConfig, identity: dict[str, Any]) -> None:
@@ -110,6 +110,7 @@ class Agent:
         self.state = AgentState()
         self._stop = threading.Event()
         self._outbox: queue.Queue[_Outgoing] = queue.Queue()
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -124,7 +125,7 @@ class Agent:
         self._peers = PeerLinks(self._context, self.security,
                                 f"agent-{self._name}-{os.getpid()}".encode(),
                                 self.timeouts.peer_send_s, self.timeouts.max_message_bytes)
-        self._loads = Lane("loads")
+        self._loads = Lane("loads", max_queued=self.timeouts.loads_queue)
         self._probes = Lane("probes", max_queued=self.timeouts.probe_queue)
         self._next_sweep = 0.0
         self._handlers = Handlers(self)
@@ -183,6 +184,8 @@ class Agent:
         self._wake()
 
     def _wake(self) -> None:
+        if self._closed:  # a late worker after close(): the fd number may be reused
+            return
         with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the loop
             os.write(self._wake_w, b"x")
 
@@ -234,9 +237,11 @@ class Agent:
                         pass
                 except BlockingIOError:
                     pass
-            self._flush_outbox()
-            self._peers.pump()
-            self._sweep_leases()
+            for step in (self._flush_outbox, self._peers.pump, self._sweep_leases):
+                try:
+                    step()
+                except Exception:  # a bug in one step must not end the agent
+                    log.exception("agent loop step %s failed", step.__name__)
         self._flush_outbox()
         log.info("agent %s stopping", self._name)
 
@@ -261,7 +266,10 @@ class Agent:
                                               sender=self._name))
             return
         if frame.kind in self.SLOW_KINDS:
-            self._loads.submit(lambda: self._answer(identity, frame))
+            if not self._loads.submit(lambda: self._answer(identity, frame)):
+                self._answer_error(identity, frame, AgentBusyError(
+                    f"{self.timeouts.loads_queue} deploys and uploads are already queued; "
+                    "retry later", agent=self._name))
         elif frame.kind in self.PROBE_KINDS:
             if not self._probes.submit(lambda: self._answer(identity, frame)):
                 self._answer_error(identity, frame, AgentBusyError(
@@ -343,8 +351,8 @@ class Agent:
         try:
             self._peers.send(hop.name, hop.address, hop.public_key, hop.deployment_id, parts,
                              failed)
-        except (zmq.ZMQError, EdgeRuntimeError) as error:  # bad address or key in the hop
-            failed(f"cannot connect to {hop.address}: {error}")
+        except Exception as error:  # a bad address or key in the hop: that request fails
+            failed(f"cannot connect to {_clip(hop.address)}: {_clip(error)}")
 
     def _sweep_leases(self) -> None:
         """Unload the deployments of sessions whose lease lapsed; revoke their keys."""
@@ -391,6 +399,7 @@ class Agent:
             self._authorizer.release()
             self._authorizer = None
         self._context.term()
+        self._closed = True
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -75,10 +75,6 @@ class AgentContext(Protocol):
         """Sleep so `busy_s` of compute looks like the emulated device's (no-op when real)."""
         ...
 
-    def allow(self, public_key: str) -> None:
-        """Accept connections from this CURVE public key from now on."""
-        ...
-
 
 class Deployment(Protocol):
     """A loaded deployment; `handle` must not block the control loop."""

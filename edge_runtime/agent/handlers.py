@@ -27,6 +27,7 @@ from devices.links import measure_link
 from devices.profile import DeviceProfile
 from edge_runtime.agent import deployments
 from edge_runtime.agent.deployments import Deployment
+from edge_runtime.agent.sessions import SessionLapsed
 from edge_runtime.errors import (
     AgentUnavailableError,
     DeployError,
@@ -157,7 +158,8 @@ class Handlers:
             caps=identity.get("caps"), label=str(identity.get("label") or self.agent.name),
             threads=self.agent.threads, memory_budget=self.agent.config.memory_budget,
             backends=tuple(identity.get("backends", ())), address=self.agent.address,
-            public_key=self.agent.public_key)
+            public_key=self.agent.public_key,
+            lease_s=self.agent.sessions.limits.clamp(message.lease_s))
 
     def profile(self, message: Profile, tensors: Tensors) -> ProfileReply:
         return ProfileReply(DeviceProfile.from_dict(self.agent.identity["profile"]))
@@ -252,7 +254,11 @@ class Handlers:
     def deploy(self, message: Deploy, tensors: Tensors) -> DeployReply:
         """Admit (reserving memory under the lock), load (slow, unlocked), then publish."""
         agent, state, deployment_id = self.agent, self.agent.state, message.deployment_id
-        agent.sessions.touch(message.session)
+        generation = agent.sessions.touch(message.session)
+        hop = message.spec.next_hop if isinstance(message.spec, StageSpec) else None
+        if hop is not None and not hop.public_key and not agent.security.insecure:
+            raise DeployError(f"deployment {deployment_id}: the next stage's agent {hop.name} "
+                              "has no public key, and this agent runs CURVE")
         need = deployments.estimate_memory(message.type, message.spec, agent)
         budget = agent.config.memory_budget
         with state.lock:
@@ -276,10 +282,19 @@ class Handlers:
             with state.lock:
                 self._reserved.pop(deployment_id, None)
             raise
-        with state.lock:
+        with state.lock:  # adopt and publish together: a lease sweep sees both or neither
             self._reserved.pop(deployment_id, None)
-            state.deployments[deployment_id] = deployment
-        agent.sessions.adopt(message.session, deployment_id)
+            try:
+                agent.sessions.adopt(message.session, deployment_id, generation)
+            except SessionLapsed as lapsed:
+                adopted = False
+                reason = str(lapsed)
+            else:
+                adopted = True
+                state.deployments[deployment_id] = deployment
+        if not adopted:
+            deployment.close()
+            raise DeploymentGoneError(f"agent {agent.name}: {reason}; redeploy it")
         log.info("deployed %s (%s, %s) in %.3f s", deployment_id, message.type, _mb(need),
                  time.perf_counter() - start)
         return DeployReply(memory_bytes=need, memory_used=used + need, memory_budget=budget,

@@ -9,7 +9,8 @@ relative paths and `..` refused) is never read: the agent asks for the files ins
 Why a cache keyed by the checkpoint digest: the digest (`llm.content_digest`: the sha256
 of every file's bytes) names the weights, so a redeploy, or a restarted agent, finds the
 files and receives nothing. Files arrive in acknowledged 1 MiB chunks (`llm_put`), in
-order, into an upload directory counted against the agent's `UploadQuota`; each file is
+order, into an upload directory of the deployment's own (`CheckpointInbox` says why),
+counted against the agent's `UploadQuota`; each file is
 checked against the sha256 the coordinator announced, and once all are there the set
 must hash to the announced checkpoint digest before it is moved into place
 (`<root>/<digest>/`), so a corrupted transfer or a checkpoint that is not the one
@@ -18,14 +19,18 @@ announced is refused (`ShardIntegrityError`) with nothing kept, never converted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-from edge_runtime.agent.cache import ShardCache, UploadQuota, sha256_file
+from edge_runtime.agent.cache import ShardCache
 from edge_runtime.errors import DeployError, ShardIntegrityError
 from edge_runtime.llm.checkpoint import FileHashes, content_digest
 
@@ -59,15 +64,49 @@ def allowed_checkpoint(path: str, allowed: Sequence[Path]) -> Path | None:
     return None
 
 
+class _Verified(NamedTuple):
+    """A received file's sha256 and the identity of the inode it was computed from."""
+
+    sha256: str
+    identity: tuple[int, int, int]  # (inode, mtime_ns, size)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _hash(path: Path) -> _Verified:
+    """The sha256 of `path` with the identity of the very inode read; refused if it changed
+    while being read (then the digest would describe no version of the file)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        before = _identity(os.fstat(handle.fileno()))
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        after = _identity(os.fstat(handle.fileno()))
+    if before != after:
+        raise ShardIntegrityError(f"checkpoint file {path.name} changed while it was verified; "
+                                  "redeploy")
+    return _Verified(digest.hexdigest(), before)
+
+
 class CheckpointInbox:
     """The checkpoint directory `<root>/<digest>/`, published once every file arrived and
     the set matched the digest. `cache`: the agent's shard cache, whose upload directory
-    and quota the files in transit share (default: `<root>/partial`, a quota of its own).
-    `hashes`: where the sha256 of each published file is remembered, so loading it does
-    not hash it again."""
+    and quota the files in transit share. `hashes`: where the sha256 of each published file
+    is remembered, so loading it does not hash it again.
+
+    Why each inbox has a directory of its own (`partial/llm-<digest>-<random token>`):
+    several deployments of one digest may be receiving at once, from coordinators that are
+    trusted but not necessarily honest. Sharing one directory let one of them overwrite a
+    file another had verified, which was then published (and its hash remembered) under a
+    digest it does not hash to. Now nobody else writes where this inbox writes, and what is
+    published is checked again: a file whose inode, mtime or size differ from the ones it
+    was verified with is hashed again, and the set is moved into place with one rename.
+    Files received by an earlier deployment are not reused: a redeploy sends them again."""
 
     def __init__(self, root: Path, digest: str, files: list[tuple[str, int]],
-                 cache: ShardCache | None = None, hashes: FileHashes | None = None) -> None:
+                 cache: ShardCache, hashes: FileHashes | None = None) -> None:
         if not _DIGEST.match(digest):
             raise DeployError(f"checkpoint digest {digest!r} is not a lowercase hex sha256")
         for name, size in files:
@@ -78,14 +117,13 @@ class CheckpointInbox:
             raise DeployError("the checkpoint's file list names a file twice")
         self.digest = digest
         self.directory = root / digest
-        if cache is None:
-            self.partial, self._uploads = root / "partial" / digest, UploadQuota()
-        else:
-            self.partial, self._uploads = cache.partial / f"llm-{digest}", cache.uploads
-        self._uploads.watch(self.partial.parent)
+        self.partial = cache.partial / f"llm-{digest}-{secrets.token_hex(8)}"
+        self._uploads = cache.uploads
         self._hashes = hashes or FileHashes.at(root / "file-hashes.json")
         self.files = dict(files)
-        self._verified: dict[str, str] = {}
+        self._verified: dict[str, _Verified] = {}
+        self._lock = threading.Lock()  # puts (control loop) against close (a loader thread)
+        self._closed = False
         if not self.complete:  # refused at deploy, before a byte is sent
             self._uploads.admit(self.partial, sum(self.files.values()))
 
@@ -98,20 +136,24 @@ class CheckpointInbox:
         """Files not received (and verified) yet, in the order they were listed."""
         if self.complete:
             return []
-        return [name for name, size in self.files.items()
-                if not ((self.partial / name).is_file()
-                        and (self.partial / name).stat().st_size == size)]
+        return [name for name in self.files if name not in self._verified]
 
     def put(self, name: str, offset: int, data: bytes, sha256: str) -> bool:
         """Append one chunk; True once file `name` is complete and verified."""
         if name not in self.files:
             raise DeployError(f"{name!r} is not a file of this checkpoint")
-        if self.complete:
-            return True
+        with self._lock:
+            if self._closed:
+                raise DeployError("this deployment is closed; its checkpoint upload ended")
+            if self.complete:  # published, maybe by another deployment: drop our copy
+                shutil.rmtree(self.partial, ignore_errors=True)
+                return True
+            if name in self._verified:
+                return True
+            return self._append(name, offset, data, sha256)
+
+    def _append(self, name: str, offset: int, data: bytes, sha256: str) -> bool:
         total = self.files[name]
-        done = self.partial / name
-        if done.is_file() and done.stat().st_size == total:
-            return True
         if offset == 0:
             self._uploads.sweep()
         self._uploads.admit(self.partial, sum(self.files.values()))
@@ -130,42 +172,81 @@ class CheckpointInbox:
             handle.write(data)
         if offset + len(data) < total:
             return False
-        actual = sha256_file(part)
-        if actual != sha256:
+        verified = _hash(part)
+        if verified.sha256 != sha256:
             part.unlink()
             raise ShardIntegrityError(
-                f"checkpoint file {name} arrived with sha256 {actual[:12]}… but was "
+                f"checkpoint file {name} arrived with sha256 {verified.sha256[:12]}… but was "
                 f"announced as {sha256[:12]}…; it was corrupted in transit — redeploy")
-        os.replace(part, done)
-        self._verified[name] = actual
+        os.replace(part, self.partial / name)  # a rename keeps the inode and mtime
+        self._verified[name] = verified
         log.info("checkpoint file %s received (%d bytes)", name, total)
         if not self.missing():
-            self._publish()
+            try:
+                self._publish()
+            finally:
+                self._verified.clear()  # published, or refused with nothing kept
         return True
 
+    def _current(self, directory: Path) -> dict[str, _Verified]:
+        """The sha256 of each file in `directory`: the one verified on arrival while the
+        file is the very inode it was computed from, else hashed now."""
+        current = {}
+        for name in self.files:
+            path = directory / name
+            verified = self._verified[name]
+            if _identity(path.stat()) != verified.identity:
+                verified = _hash(path)
+            current[name] = verified
+        return current
+
+    def _refuse(self, actual: str) -> ShardIntegrityError:
+        return ShardIntegrityError(
+            f"the checkpoint files sent hash to {actual[:12]}…, not to the announced "
+            f"checkpoint digest {self.digest[:12]}…; refused and deleted (a coordinator "
+            "sent other weights than it named) — redeploy from an unmodified checkpoint")
+
     def _publish(self) -> None:
-        """Check the whole set against the digest; move it into place or delete it."""
-        shas = {name: self._verified.get(name) or sha256_file(self.partial / name)
-                for name in self.files}
-        actual = content_digest(shas.items())
+        """Check the whole set against the digest; move it into place with one rename, check
+        that what was moved is what was hashed, and only then remember those hashes."""
+        try:
+            shas = self._current(self.partial)
+        except OSError as error:  # expired and swept meanwhile
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise DeployError(f"the checkpoint's received files are gone ({error}); "
+                              "redeploy to send them again") from error
+        actual = content_digest((name, v.sha256) for name, v in shas.items())
         if actual != self.digest:
             shutil.rmtree(self.partial, ignore_errors=True)
-            raise ShardIntegrityError(
-                f"the checkpoint files sent hash to {actual[:12]}…, not to the announced "
-                f"checkpoint digest {self.digest[:12]}…; refused and deleted (a coordinator "
-                "sent other weights than it named) — redeploy from an unmodified checkpoint")
+            raise self._refuse(actual)
         self.directory.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(self.partial, self.directory)
+            os.replace(self.partial, self.directory)  # fails if it exists and is not empty
         except OSError:
             shutil.rmtree(self.partial, ignore_errors=True)
             if self.complete:  # published meanwhile by another deployment of this digest
                 return
             raise
-        for name, sha256 in shas.items():
-            self._hashes.remember(self.directory / name, sha256)
+        try:
+            moved = {name: _identity((self.directory / name).stat()) for name in self.files}
+        except OSError:
+            moved = {}
+        if moved != {name: v.identity for name, v in shas.items()}:
+            self.discard()  # changed between the hash and the rename: never load it
+            raise ShardIntegrityError(
+                f"checkpoint {self.digest[:12]}… changed on disk while it was published; it "
+                "was deleted — redeploy")
+        for name, verified in shas.items():
+            self._hashes.remember(self.directory / name, verified.sha256)
         log.info("checkpoint %s… verified and stored (%d files)", self.digest[:12],
                  len(self.files))
+
+    def close(self) -> None:
+        """Delete the files received so far (the deployment ended): they count against the
+        upload quota, and no other deployment uses them."""
+        with self._lock:
+            self._closed = True
+            shutil.rmtree(self.partial, ignore_errors=True)
 
     def discard(self) -> None:
         """Delete the published copy (its bytes changed on disk): the next deploy sends it."""

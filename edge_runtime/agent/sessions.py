@@ -16,6 +16,7 @@ the daemon sweeps it and does the unloading (`Agent._sweep_leases`).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -44,13 +45,19 @@ class LeaseLimits:
         return min(self.max_s, max(self.min_s, requested_s))
 
 
+class SessionLapsed(Exception):
+    """A session's lease lapsed while a request of it was being served (a slow deploy)."""
+
+
 @dataclass
 class Session:
-    """One coordinator session as the agent sees it."""
+    """One coordinator session as the agent sees it. `generation` tells a session from a
+    later one with the same id (a coordinator that came back after its lease lapsed)."""
 
     session_id: str
     lease_s: float
     renewed_at: float
+    generation: int
     deployments: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)
 
@@ -84,17 +91,19 @@ class Sessions:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._owner: dict[str, str] = {}  # deployment id -> session id
         self._gone: OrderedDict[str, str] = OrderedDict()  # deployment id -> why
+        self._generations = itertools.count(1)
 
-    def touch(self, session: str, lease_s: float | None = None) -> None:
-        """Create or renew `session`'s lease (`lease_s` given: also set its length)."""
+    def touch(self, session: str, lease_s: float | None = None) -> int:
+        """Create or renew `session`'s lease (`lease_s` given: also set its length);
+        returns its generation, for `adopt` at the end of a slow deploy."""
         with self._lock:
-            self._touch(session, lease_s)
+            return self._touch(session, lease_s).generation
 
     def _touch(self, session: str, lease_s: float | None) -> Session:
         now = self._clock()
         found = self._sessions.get(session)
         if found is None:
-            found = Session(session, self.limits.clamp(lease_s), now)
+            found = Session(session, self.limits.clamp(lease_s), now, next(self._generations))
             self._evict_idle()
             self._sessions[session] = found
         else:
@@ -127,9 +136,16 @@ class Sessions:
                 gone.append((deployment_id, reason))
             return gone
 
-    def adopt(self, session: str, deployment_id: str) -> None:
-        """Record that `session` owns the deployment it just deployed (renews its lease)."""
+    def adopt(self, session: str, deployment_id: str, generation: int | None = None) -> None:
+        """Record that `session` owns the deployment it just deployed (renews its lease).
+
+        With `generation` (from `touch` when the deploy began): SessionLapsed if the
+        session lapsed meanwhile — its keys are revoked, so the caller must unload."""
         with self._lock:
+            found = self._sessions.get(session)
+            if generation is not None and (found is None or found.generation != generation):
+                raise SessionLapsed(f"session {session}'s lease lapsed during the deploy of "
+                                    f"{deployment_id}")
             self._touch(session, None).deployments.add(deployment_id)
             self._owner[deployment_id] = session
             self._gone.pop(deployment_id, None)
@@ -204,4 +220,5 @@ class Sessions:
             return len(self._sessions)
 
 
-__all__ = ["MAX_GONE", "MAX_SESSIONS", "Lapsed", "LeaseLimits", "Session", "Sessions"]
+__all__ = ["MAX_GONE", "MAX_SESSIONS", "Lapsed", "LeaseLimits", "Session", "SessionLapsed",
+           "Sessions"]

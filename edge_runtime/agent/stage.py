@@ -28,7 +28,7 @@ from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
 from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.backends import Backend, open_backend
 from edge_runtime.backends.base import check_feeds
-from edge_runtime.errors import DeployError, EdgeRuntimeError, InputError
+from edge_runtime.errors import AgentBusyError, DeployError, EdgeRuntimeError, InputError
 from edge_runtime.protocol import (
     ACT_PREFIX,
     OUT_PREFIX,
@@ -103,6 +103,7 @@ class OnnxStage:
         self._ctx = ctx
         self._memory = memory_bytes
         self._signature = spec.signature
+        self._queue_limit = ctx.config.timeouts.stage_queue
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._served = 0
         self._busy_s = 0.0
@@ -138,6 +139,9 @@ class OnnxStage:
         else:
             raise InputError(f"an onnx-stage deployment does not take {message.KIND!r} messages")
         transfer_s = max(0.0, time.time() - message.sent_at)
+        if self._queue.qsize() >= self._queue_limit:  # only this loop thread adds work
+            raise AgentBusyError(f"stage {self.spec.stage} already has {self._queue_limit} "
+                                 "requests waiting; retry later", agent=self._ctx.name)
         self._queue.put(
             _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s))
 
@@ -242,4 +246,8 @@ class OnnxStage:
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(WORKER_JOIN_TIMEOUT_S)
+        if self._worker.is_alive():  # still inside a run: the session must outlive it
+            log.warning("stage %s still running after %.0f s; leaving its session to the "
+                        "garbage collector", self.spec.deployment_id, WORKER_JOIN_TIMEOUT_S)
+            return
         self._backend.close()

@@ -85,6 +85,8 @@ class HelloReply(Record):
     backends: tuple[str, ...] = field(metadata=wire(seq(text(32), 32)))
     address: str = field(metadata=wire(ident))
     public_key: str | None = field(metadata=wire(optional(public_key)))
+    # the lease this agent granted the session (the request clamped to its bounds)
+    lease_s: float = field(metadata=wire(number(0.0, MAX_LEASE_S, above=True)))
 
 
 @dataclass(frozen=True)

@@ -194,5 +194,6 @@ session_id = text(64, min_len=8, pattern=SESSION_PATTERN)
 ident = text(MAX_NAME, min_len=1)
 """A deployment id, agent name, file name or address: non-empty, bounded."""
 sha256_hex = text(64, min_len=64, pattern=re.compile(r"[0-9a-f]{64}"))
-public_key = text(MAX_NAME)
-"""A CURVE public key in Z85 text (40 chars) or an empty string."""
+public_key = text(40, pattern=re.compile(r"(?:[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40})?"))
+"""A CURVE public key in Z85 text (40 characters of the Z85 alphabet) or an empty string:
+a malformed key must be refused on receipt, not when a socket is configured with it."""

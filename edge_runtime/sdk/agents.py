@@ -102,6 +102,8 @@ class Agents:
         A deployment this session loads (or unloads) is registered with the lease
         keeper, whose renewals then ask the agent about it (`LeaseKeeper.gone`)."""
         link = self.link(name)
+        if timeout_s is None and isinstance(request, Unload):
+            timeout_s = self.timeouts.deploy_s  # queued behind other deploys on that agent
         frame = self._hub.request(link, request.KIND, request.to_meta(), dict(tensors or {}),
                                   timeout_s)
         if frame.is_error:

@@ -119,6 +119,7 @@ def hello(hub: Hub, link: AgentLink) -> HelloReply:
     if reply.protocol != PROTOCOL_VERSION:
         raise AgentError(f"speaks protocol {reply.protocol}, this SDK {PROTOCOL_VERSION}; run "
                          "the same edge-runtime release on the agents and here", agent=link.name)
+    hub.leases.grant(link.address, reply.lease_s)  # renew often enough for what it granted
     return reply
 
 

@@ -27,6 +27,7 @@ Not thread-safe: use a cluster from one thread (ZeroMQ sockets are not shareable
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -50,6 +51,11 @@ from transports.wire import Frame, decode, encode
 log = logging.getLogger(__name__)
 
 
+HEARTBEAT_IDS = 1 << 62
+"""Heartbeats use request ids from here up, so a late answer to one is recognised (and
+dropped) by its id alone, without remembering every heartbeat ever sent."""
+
+
 @dataclass
 class AgentLink:
     """One agent as the coordinator sees it."""
@@ -60,10 +66,17 @@ class AgentLink:
     socket: zmq.Socket[bytes]
     watch: HandshakeWatch
     alive: Callable[[], bool] | None = None  # False once a local process has exited
-    last_seen: float = field(default_factory=time.monotonic)
-    last_ping: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)  # last frame from it
+    last_ping: float = 0.0  # last heartbeat sent
+    ping_unanswered_since: float | None = None  # oldest heartbeat not answered yet
     dead: bool = False  # declared unavailable; cleared when it answers again
     answered: bool = False  # has sent us anything since it was connected
+
+    def heard(self, now: float) -> None:
+        """Anything from the agent: it is alive, and every heartbeat counts as answered."""
+        self.last_seen = now
+        self.answered = True
+        self.ping_unanswered_since = None
 
 
 class Hub:
@@ -80,7 +93,7 @@ class Hub:
         self._by_socket: dict[zmq.Socket[bytes], AgentLink] = {}
         self._poller = zmq.Poller()
         self._stash: dict[int, Frame] = {}
-        self._heartbeat_ids: set[int] = set()
+        self._heartbeat_ids = itertools.count(HEARTBEAT_IDS)
         self._abandoned: set[int] = set()  # requests given up on: drop their late answers
         self.leases = LeaseKeeper(security, self.session, timeouts.lease_s)
 
@@ -120,9 +133,17 @@ class Hub:
         return AgentUnavailableError(f"{why} (at {link.address})", agent=link.name)
 
     def _refused(self, link: AgentLink) -> SecurityError | None:
-        """A SecurityError saying how to fix it, if the handshake with `link` failed."""
+        """A SecurityError saying how to fix it, if the handshake with `link` failed.
+
+        An agent that answered before and now drops handshakes without a reason is not
+        re-keyed or reconfigured but paused or overloaded (a stopped process's kernel
+        still accepts the TCP connection, then the handshake times out): that is left to
+        the heartbeats.
+        A refused key stays an error: the agent restarted without trusting us."""
         state = link.watch.poll()
         if not state.handshake_failed:
+            return None
+        if link.answered and state.status is not HandshakeStatus.KEY_REFUSED:
             return None
         pair = self.security.keypair
         return SecurityError(state.explain(link.name, link.address,
@@ -175,7 +196,11 @@ class Hub:
         request_id = self.next_id()
         self.send(link, Frame(kind=kind, request_id=request_id, meta=dict(meta or {}),
                               tensors=dict(tensors or {})), timeout_s=timeout)
-        return self.wait({request_id}, timeout, [link], f"reply to {kind}")
+        try:
+            return self.wait({request_id}, timeout, [link], f"reply to {kind}")
+        except BaseException:
+            self.forget([request_id])  # its late answer must not be kept forever
+            raise
 
     # --- receiving ---
 
@@ -185,9 +210,14 @@ class Hub:
         dies or stops (its local process exited; with `heartbeat`, it missed heartbeats)."""
         watched = list(watch)
         deadline = time.monotonic() + timeout_s
-        now = time.monotonic()
         for link in watched:
-            link.last_seen = max(link.last_seen, now)
+            self._drain(link)  # what arrived while nobody waited (a late heartbeat answer)
+        start = time.monotonic()  # "heard during this wait" means after this point
+        for link in watched:
+            stale = link.ping_unanswered_since
+            if stale is not None and start - stale > self.timeouts.heartbeat_timeout_s:
+                link.ping_unanswered_since = None  # sent long ago, maybe to a process that
+                # restarted since: judge by a fresh heartbeat, not by the idle time
         while True:
             for request_id in request_ids:
                 found = self._stash.pop(request_id, None)
@@ -197,10 +227,12 @@ class Hub:
             self._check(watched, now, heartbeat)
             if now >= deadline:
                 names = ", ".join(link.name for link in watched)
+                alive = heartbeat and all(link.last_seen >= start for link in watched)
                 raise AgentUnavailableError(
-                    f"no {what} within {timeout_s:g} s from {names} (it answers heartbeats, "
-                    "so it is alive but busy); raise the timeout if the model is slow on "
-                    "this device", agent=watched[-1].name if watched else "")
+                    f"no {what} within {timeout_s:g} s from {names}" + (
+                        " (it answers heartbeats, so it is alive but busy); raise the timeout "
+                        "if the model is slow on this device" if alive else ""),
+                    agent=watched[-1].name if watched else "")
             wait_s = min(deadline - now, self.timeouts.heartbeat_interval_s)
             for sock, _ in self._poller.poll(max(1, int(wait_s * 1000))):
                 self._drain(self._by_socket[sock])
@@ -211,8 +243,7 @@ class Hub:
                 parts = link.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            link.last_seen = time.monotonic()
-            link.answered = True
+            link.heard(time.monotonic())
             if link.dead:
                 log.info("agent %s answers again; it is available", link.name)
                 link.dead = False
@@ -221,8 +252,7 @@ class Hub:
             except ProtocolError as error:
                 log.warning("malformed frame from %s: %s", link.name, error)
                 continue
-            if frame.request_id in self._heartbeat_ids:
-                self._heartbeat_ids.discard(frame.request_id)
+            if frame.request_id >= HEARTBEAT_IDS:
                 continue
             if frame.request_id in self._abandoned:
                 self._abandoned.discard(frame.request_id)
@@ -238,8 +268,9 @@ class Hub:
                 raise refused
             if not heartbeat:
                 continue
-            silent = now - link.last_seen
-            if silent > self.timeouts.heartbeat_timeout_s:
+            since = link.ping_unanswered_since
+            if since is not None and now - since > self.timeouts.heartbeat_timeout_s:
+                silent = now - since
                 lost = self._connection_lost(link)
                 raise self.unavailable(link, (
                     f"connection lost and agent silent for {silent:.1f} s ({lost})" if lost else
@@ -247,14 +278,12 @@ class Hub:
                     "connection stayed up (the process is paused or hung)"))
             if now - link.last_ping >= self.timeouts.heartbeat_interval_s:
                 link.last_ping = now
-                request_id = self.next_id()
-                self._heartbeat_ids.add(request_id)
-                # not connected: the silence will trip the heartbeat timeout
-                try:
-                    link.socket.send_multipart(encode(Ping().frame(request_id)),
-                                               flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    self._heartbeat_ids.discard(request_id)
+                if link.ping_unanswered_since is None:
+                    link.ping_unanswered_since = now
+                # not connected: no answer comes, and the silence trips the timeout
+                with contextlib.suppress(zmq.Again):
+                    link.socket.send_multipart(
+                        encode(Ping().frame(next(self._heartbeat_ids))), flags=zmq.NOBLOCK)
 
     def forget(self, request_ids: Iterable[int]) -> None:
         """Drop answers to requests nobody will wait for (after an error), now or later."""

@@ -34,6 +34,11 @@ RENEWALS_PER_LEASE = 3
 """Renewals sent per lease period: two can be lost before the lease lapses."""
 
 
+STOP_CHECK_S = 0.1
+"""Longest the keeper waits for a reply without looking at its stop flag, so a closed
+cluster stops renewing (and its agents can revoke its keys) promptly."""
+
+
 @dataclass
 class _Agent:
     name: str
@@ -41,6 +46,7 @@ class _Agent:
     server_key: str | None
     socket: zmq.Socket[bytes] | None = None
     deployments: set[str] = field(default_factory=set)
+    granted_s: float | None = None  # the lease the agent granted (its hello says)
 
 
 class LeaseKeeper:
@@ -49,7 +55,7 @@ class LeaseKeeper:
     def __init__(self, security: Security, session: str, lease_s: float) -> None:
         self._security = security
         self._session = session
-        self._interval_s = lease_s / RENEWALS_PER_LEASE
+        self._lease_s = lease_s
         self._lock = threading.Lock()
         self._agents: dict[str, _Agent] = {}  # by address
         self._gone: set[str] = set()  # deployment ids already reported gone (logged once)
@@ -60,6 +66,19 @@ class LeaseKeeper:
     def add(self, name: str, address: str, server_key: str | None) -> None:
         with self._lock:
             self._agents.setdefault(address, _Agent(name, address, server_key)).name = name
+
+    def grant(self, address: str, lease_s: float) -> None:
+        """The agent at `address` granted `lease_s` (its bounds may shorten what we asked)."""
+        with self._lock:
+            agent = self._agents.get(address)
+            if agent is not None:
+                agent.granted_s = lease_s
+
+    def _interval_s(self) -> float:
+        """A third of the shortest lease any agent granted (or of the one asked for)."""
+        with self._lock:
+            granted = [a.granted_s for a in self._agents.values() if a.granted_s is not None]
+        return min([self._lease_s, *granted]) / RENEWALS_PER_LEASE
 
     def track(self, address: str, deployment_id: str) -> None:
         """Ask `address` about `deployment_id` in every renewal (it belongs to this session)."""
@@ -78,11 +97,15 @@ class LeaseKeeper:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ids = itertools.count(1)
         try:
-            while not self._stop.wait(self._interval_s):
+            while not self._stop.wait(self._interval_s()):
                 with self._lock:
                     agents = [(a, tuple(sorted(a.deployments))) for a in self._agents.values()]
+                sent = {}
                 for agent, deployment_ids in agents:
-                    self._renew(context, agent, deployment_ids, next(ids))
+                    request_id = next(ids)
+                    if self._send(context, agent, deployment_ids, request_id):
+                        sent[request_id] = agent
+                self._collect(sent, time.monotonic() + self._interval_s() / 2)
         finally:
             with self._lock:
                 for agent in self._agents.values():
@@ -91,27 +114,44 @@ class LeaseKeeper:
                         agent.socket = None
             context.term()
 
-    def _renew(self, context: zmq.Context[zmq.Socket[bytes]], agent: _Agent,
-               deployment_ids: tuple[str, ...], request_id: int) -> None:
-        """One renewal; a lost one is harmless (the next comes a third of a lease later)."""
+    def _send(self, context: zmq.Context[zmq.Socket[bytes]], agent: _Agent,
+              deployment_ids: tuple[str, ...], request_id: int) -> bool:
+        """Send one renewal; False if the agent is not connected now (down or unreachable:
+        a lost renewal is harmless, the next comes a third of a lease later)."""
         try:
             if agent.socket is None:
                 agent.socket = open_client(context, self._security, agent.address,
                                            agent.server_key)
             frame = Renew(session=self._session, deployment_ids=deployment_ids).frame(request_id)
             agent.socket.send_multipart(encode(frame), flags=zmq.NOBLOCK)
-            deadline = time.monotonic() + self._interval_s / 2
-            while (left := deadline - time.monotonic()) > 0:
-                if not agent.socket.poll(int(left * 1000) + 1):
-                    return
-                reply = decode(agent.socket.recv_multipart())
-                if reply.request_id == request_id and not reply.is_error:
-                    self._record(RenewReply.from_meta(reply.meta))
-                    return
         except zmq.Again:
-            return  # not connected now: the agent is down or unreachable; try next time
-        except (zmq.ZMQError, ProtocolError) as error:
+            return False
+        except zmq.ZMQError as error:
             log.debug("lease renewal on %s failed: %s", agent.name, error)
+            return False
+        return True
+
+    def _collect(self, sent: dict[int, _Agent], deadline: float) -> None:
+        """Read the replies to the renewals just sent, all agents at once (a paused agent
+        must not delay the others' renewals), until `deadline` or stop."""
+        waiting = dict(sent)
+        while waiting and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            poller = zmq.Poller()
+            for agent in waiting.values():
+                if agent.socket is not None:
+                    poller.register(agent.socket, zmq.POLLIN)
+            for socket, _ in poller.poll(int(min(left, STOP_CHECK_S) * 1000) + 1):
+                try:
+                    reply = decode(socket.recv_multipart())
+                    if reply.request_id in waiting and not reply.is_error:
+                        self._record(RenewReply.from_meta(reply.meta))
+                except (zmq.ZMQError, ProtocolError) as error:
+                    log.debug("malformed lease renewal reply: %s", error)
+                    continue
+                waiting.pop(reply.request_id, None)
 
     def _record(self, reply: RenewReply) -> None:
         with self._lock:
@@ -125,4 +165,4 @@ class LeaseKeeper:
         self._thread.join(timeout=2.0)
 
 
-__all__ = ["RENEWALS_PER_LEASE", "LeaseKeeper"]
+__all__ = ["RENEWALS_PER_LEASE", "STOP_CHECK_S", "LeaseKeeper"]

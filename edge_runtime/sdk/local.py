@@ -128,7 +128,7 @@ class LocalCluster(Cluster):
         proc.wait_ready(timeout_s or self.timeouts.agent_start_s)
         link = self.link(proc.name)
         link.dead = False
-        link.last_seen = time.monotonic()
+        link.heard(time.monotonic())  # the restarted agent owes no earlier heartbeat
 
 
 def _agent_command(proc_args: list[str]) -> list[str]:

@@ -279,7 +279,11 @@ def test_killed_coordinator_is_reclaimed_within_its_lease(tmp_path: Path) -> Non
             time.sleep(0.2)
         assert time.monotonic() - killed_at < lease_s + 3.0
         assert local.status()["agent0"]["memory_used"] == 0
-        assert rss_bytes(pid) - idle_rss < 64 * MB  # its memory went back to the OS
+        # its memory goes back to the OS once the unload (on the agent's loads lane) ends
+        deadline = time.monotonic() + 10.0
+        while rss_bytes(pid) - idle_rss >= 64 * MB:
+            assert time.monotonic() < deadline, f"RSS still {rss_bytes(pid) - idle_rss} above idle"
+            time.sleep(0.2)
         model = local.deploy(big, strategy="single")  # the next user fits
         feeds = {"x": np.ones((1, 4096), np.float32)}
         assert_outputs_equal(model.run(feeds).outputs, reference(big, feeds), atol=1e-3)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import edge_runtime as er
-from edge_runtime.agent.config import PARTIAL_UPLOAD_TTL_S
+from edge_runtime.agent.config import AgentTimeouts
 from edge_runtime.errors import CheckpointError, DeployError, ShardIntegrityError, UploadQuotaError
 from edge_runtime.llm import Checkpoint, RelativeSpeed
 from edge_runtime.llm import checkpoint as checkpoint_module
@@ -197,7 +197,7 @@ def test_idle_partial_uploads_expire_when_an_agent_starts(tmp_path: Path) -> Non
     (files / "config.json").write_bytes(b"{" * 1000)
     fresh = cache / "partial" / f"{'c' * 64}.onnx.part"
     fresh.write_bytes(b"y" * 10)
-    stale = time.time() - PARTIAL_UPLOAD_TTL_S - 5
+    stale = time.time() - AgentTimeouts().partial_upload_ttl_s - 5
     for path in (shard, files / "config.json", files):
         os.utime(path, (stale, stale))
     with er.local_cluster(1, cache_dirs=[cache]):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import edge_runtime as er
+from edge_runtime.agent.cache import ShardCache
 from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.errors import DeployError, ShardIntegrityError
 from edge_runtime.llm.checkpoint import content_digest
@@ -48,7 +49,8 @@ def test_inbox_refuses_corrupted_or_unexpected_files(tmp_path: Path) -> None:
     data = b"x" * 1000
     good = hashlib.sha256(data).hexdigest()
     digest = content_digest([("config.json", good)])  # the set must match it too
-    inbox = CheckpointInbox(tmp_path, digest, [("config.json", len(data))])
+    cache = ShardCache(tmp_path / "cache")
+    inbox = CheckpointInbox(tmp_path, digest, [("config.json", len(data))], cache)
     assert inbox.missing() == ["config.json"]
     assert not inbox.put("config.json", 0, data[:600], "0" * 64)
     with pytest.raises(ShardIntegrityError, match="corrupted"):
@@ -62,4 +64,4 @@ def test_inbox_refuses_corrupted_or_unexpected_files(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="not a file of this checkpoint"):
         inbox.put("model.safetensors", 0, b"", good)
     with pytest.raises(DeployError, match="not accepted"):
-        CheckpointInbox(tmp_path, digest, [("../evil.json", 1)])
+        CheckpointInbox(tmp_path, digest, [("../evil.json", 1)], cache)

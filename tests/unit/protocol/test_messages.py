@@ -92,7 +92,7 @@ STRATEGIES: dict[type[P.Record], Any] = {
         st.just(PROFILE), st.one_of(st.none(), names), st.booleans(),
         st.one_of(st.none(), plain_maps), names, st.one_of(st.none(), st.integers(1, 64)),
         st.one_of(st.none(), counts), small(st.sampled_from([".onnx", ".tflite"])), names,
-        st.one_of(st.none(), keys)),
+        st.one_of(st.none(), keys), st.floats(0.001, 3600)),
     P.Ping: st.just(P.Ping()), P.Pong: st.just(P.Pong()), P.Profile: st.just(P.Profile()),
     P.ProfileReply: st.just(P.ProfileReply(PROFILE)),
     P.Join: st.builds(P.Join, sessions, small(st.builds(P.Peer, names, keys))),
