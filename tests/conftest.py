@@ -7,7 +7,7 @@ session-wide: the in-process engine tests (tests/unit/llm) and the real-agent te
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +15,18 @@ import numpy as np
 import pytest
 
 import support.hf_checkpoints as hf
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """EDGE_RUNTIME_CACHE_DIR in a directory of this run, for this process and every
+    agent it starts: the device profile and the coordinator's file-hash cache default to
+    ~/.cache/edge-runtime, which outlives a run and is shared with other runs and the
+    user. A test must neither depend on what an earlier run left there nor write there."""
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("user-cache")
+        patch.setenv("EDGE_RUNTIME_CACHE_DIR", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")
