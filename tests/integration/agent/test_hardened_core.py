@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 import edge_runtime as er
 from edge_runtime.errors import AgentUnavailableError, MemoryBudgetError
-from edge_runtime.protocol import ProbeLink, Status, StatusReply
+from edge_runtime.protocol import Hello, Join, Peer, ProbeLink, Status, StatusReply
 from edge_runtime.protocol import kinds as k
 from edge_runtime.sdk.config import Timeouts
+from edge_runtime.sdk.hub import Hub
 from support.cluster import assert_outputs_equal, reference
 from support.hostile import (
     ask,
@@ -32,6 +34,10 @@ from support.hostile import (
     zmtp_greeting,
 )
 from support.onnx_models import mlp_chain, random_feeds
+from transports.handshake import HandshakeStatus, HandshakeWatch
+from transports.keys import KeyPair, generate_keypair, init_keys, trust
+from transports.security import Security
+from transports.sockets import open_client
 from transports.wire import decode, encode
 
 TESTS_DIR = Path(__file__).resolve().parents[2]
@@ -390,3 +396,48 @@ def test_probes_to_a_dead_address_neither_block_the_loop_nor_pile_up(
     assert kinds.count("AgentBusyError") >= 5
     assert kinds.count("AgentUnavailableError") <= 23 - 5
     assert set(kinds) <= {"AgentBusyError", "AgentUnavailableError"}
+
+
+def _handshake(address: str, keys: KeyPair, server_key: str) -> HandshakeStatus:
+    """How a fresh CURVE connection with `keys` to the agent ends: CONNECTED or refused."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = open_client(context, Security(keypair=keys), address, server_key, connect=False)
+    watch = HandshakeWatch(sock)
+    sock.connect(address)
+    try:
+        deadline = time.monotonic() + 10
+        while (state := watch.poll()).status not in (HandshakeStatus.CONNECTED,
+                                                     HandshakeStatus.KEY_REFUSED):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.01)
+        return state.status
+    finally:
+        watch.close()
+        sock.close(linger=0)
+        context.term()
+
+
+def test_keys_a_session_introduced_are_revoked_when_its_lease_lapses(tmp_path: Path) -> None:
+    with er.local_cluster(1) as local:
+        info, proc = local.agents[0], local.processes[0]
+        assert info.public_key is not None and proc.keys_dir is not None
+        app = init_keys(tmp_path / "app")
+        trust(proc.keys_dir, app.public, "app")  # a second app this agent trusts
+        peer = generate_keypair()  # an agent that app vouches for, trusted by nobody
+        assert _handshake(info.address, peer, info.public_key) is HandshakeStatus.KEY_REFUSED
+        hub = Hub(Security(keypair=app), Timeouts(lease_s=1.0))
+        try:
+            link = hub.connect(info.address, info.public_key, "agent0")
+            hello = Hello(hub.session, 1.0)
+            assert not hub.request(link, hello.KIND, hello.to_meta()).is_error
+            join = Join(hub.session, (Peer("peer", peer.public.decode()),))
+            assert not hub.request(link, join.KIND, join.to_meta()).is_error
+            assert _handshake(info.address, peer, info.public_key) is HandshakeStatus.CONNECTED
+            hub.leases.close()  # the app stops renewing, as if it had crashed
+            deadline = time.monotonic() + 10
+            while _handshake(info.address, peer, info.public_key) is HandshakeStatus.CONNECTED:
+                assert time.monotonic() < deadline, "the introduced key was never revoked"
+                time.sleep(0.3)
+        finally:
+            hub.close()
+        assert local.status()["agent0"]["available"]  # the cluster's own session lives on
