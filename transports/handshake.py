@@ -274,7 +274,8 @@ class HandshakeWatch:
             if verdict is not None:
                 self._probe.close()
                 self._probe = None
-                self._verdict = verdict
+                # "no handshake at all" may be a pause: probe again at the next drop
+                self._verdict = None if verdict is HandshakeStatus.UNREACHABLE else verdict
                 if self._awaiting_verdict:
                     self._set(verdict, 0)
         return self._state

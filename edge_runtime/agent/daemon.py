@@ -127,6 +127,9 @@ class Agent:
                                 self.timeouts.peer_send_s, self.timeouts.max_message_bytes)
         self._loads = Lane("loads", max_queued=self.timeouts.loads_queue)
         self._probes = Lane("probes", max_queued=self.timeouts.probe_queue)
+        # unloads of lapsed leases: never refused (bounded by the deployments there are)
+        # and never stuck behind other coordinators' deploys
+        self._reclaims = Lane("reclaims")
         self._next_sweep = 0.0
         self._handlers = Handlers(self)
         self._router: zmq.Socket[bytes] | None = None
@@ -372,7 +375,8 @@ class Agent:
                 with self.state.lock:
                     deployment = self.state.deployments.pop(deployment_id, None)
                 if deployment is not None:
-                    self._loads.submit(functools.partial(self._unload, deployment_id, deployment))
+                    self._reclaims.submit(
+                        functools.partial(self._unload, deployment_id, deployment))
 
     def _unload(self, deployment_id: str, deployment: Deployment) -> None:
         try:
@@ -383,8 +387,8 @@ class Agent:
 
     def close(self) -> None:
         """Unload every deployment and release sockets; safe to call twice."""
-        self._loads.close()
-        self._probes.close()
+        for lane in (self._loads, self._probes, self._reclaims):
+            lane.close()
         for deployment_id, deployment in list(self.state.deployments.items()):
             try:
                 deployment.close()

@@ -196,11 +196,13 @@ class Handlers:
         """Admit the public keys of the cluster's other agents (activations, probes) for
         as long as the session's lease holds."""
         keys = [peer.public_key for peer in message.peers if peer.public_key]
+        self.agent.sessions.touch(message.session, message.lease_s)
         self.agent.sessions.introduce(message.session, keys)
         return JoinReply(allowed=len(message.peers))
 
     def renew(self, message: Renew, tensors: Tensors) -> RenewReply:
-        gone = self.agent.sessions.renew(message.session, message.deployment_ids)
+        gone = self.agent.sessions.renew(message.session, message.deployment_ids,
+                                         message.lease_s)
         return RenewReply(gone=tuple(Gone(deployment_id, reason) for deployment_id, reason in gone))
 
     def probe_link(self, message: ProbeLink, tensors: Tensors) -> ProbeLinkReply:
@@ -254,7 +256,7 @@ class Handlers:
     def deploy(self, message: Deploy, tensors: Tensors) -> DeployReply:
         """Admit (reserving memory under the lock), load (slow, unlocked), then publish."""
         agent, state, deployment_id = self.agent, self.agent.state, message.deployment_id
-        generation = agent.sessions.touch(message.session)
+        generation = agent.sessions.touch(message.session, message.lease_s)
         hop = message.spec.next_hop if isinstance(message.spec, StageSpec) else None
         if hop is not None and not hop.public_key and not agent.security.insecure:
             raise DeployError(f"deployment {deployment_id}: the next stage's agent {hop.name} "

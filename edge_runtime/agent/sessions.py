@@ -40,9 +40,8 @@ class LeaseLimits:
     max_s: float = 3600.0
 
     def clamp(self, requested_s: float | None) -> float:
-        if requested_s is None:
-            return self.default_s
-        return min(self.max_s, max(self.min_s, requested_s))
+        wanted = self.default_s if requested_s is None else requested_s
+        return min(self.max_s, max(self.min_s, wanted))
 
 
 class SessionLapsed(Exception):
@@ -121,11 +120,13 @@ class Sessions:
                 return  # every session owns something: they lapse on their own
             del self._sessions[idle.session_id]
 
-    def renew(self, session: str, deployment_ids: Sequence[str]) -> list[tuple[str, str]]:
-        """Renew `session`'s lease; (deployment id, reason) for each of `deployment_ids`
-        that is no longer here, so the coordinator learns what it lost."""
+    def renew(self, session: str, deployment_ids: Sequence[str],
+              lease_s: float | None = None) -> list[tuple[str, str]]:
+        """Renew `session`'s lease (re-creating it with `lease_s` if it lapsed or the agent
+        restarted); (deployment id, reason) for each of `deployment_ids` that is no longer
+        here, so the coordinator learns what it lost."""
         with self._lock:
-            owned = self._touch(session, None).deployments
+            owned = self._touch(session, lease_s).deployments
             gone: list[tuple[str, str]] = []
             for deployment_id in deployment_ids:
                 if deployment_id in owned:

@@ -42,6 +42,8 @@ from edge_runtime.protocol.records import (
 )
 
 MAX_LEASE_S = 86400.0
+_lease = number(0.0, MAX_LEASE_S, above=True)
+"""A lease length in seconds, as a coordinator asks for it (the agent clamps it)."""
 MAX_DEPLOYMENTS = 1024
 """Most deployments one agent reports or one coordinator renews at once."""
 MAX_SHARDS = 1024
@@ -63,7 +65,7 @@ def register_spec(deployment_type: str, spec: type[Record]) -> None:
 class Hello(Record):
     KIND = k.HELLO
     session: str = field(metadata=wire(session_id))
-    lease_s: float = field(metadata=wire(number(0.0, MAX_LEASE_S, above=True)))
+    lease_s: float = field(metadata=wire(_lease))
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class HelloReply(Record):
     address: str = field(metadata=wire(ident))
     public_key: str | None = field(metadata=wire(optional(public_key)))
     # the lease this agent granted the session (the request clamped to its bounds)
-    lease_s: float = field(metadata=wire(number(0.0, MAX_LEASE_S, above=True)))
+    lease_s: float = field(metadata=wire(_lease))
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Join(Record):
     KIND = k.JOIN
     session: str = field(metadata=wire(session_id))
     peers: tuple[Peer, ...] = field(metadata=wire(seq(Peer.parse, MAX_MEMBERS)))
+    lease_s: float = field(metadata=wire(_lease))
 
 
 @dataclass(frozen=True)
@@ -192,13 +195,16 @@ class Deploy(Record):
     type: str = field(metadata=wire(text(64, min_len=1)))
     spec: Record = field(metadata=wire(plain(64)))
     session: str = field(metadata=wire(session_id))
+    # the session's lease, as in hello: a deploy may (re)create the session (after an agent
+    # restart or a lapse), and it must get the lease its coordinator renews for
+    lease_s: float = field(metadata=wire(_lease))
 
     def _checked(self, where: str) -> Deploy:
         spec_type = DEPLOYMENT_SPECS.get(self.type)
         if spec_type is None:
             fail(f"{where}.type", f"{self.type!r} is not one of {sorted(DEPLOYMENT_SPECS)}")
         return Deploy(self.deployment_id, self.type,
-                      spec_type.parse(self.spec, f"{where}.spec"), self.session)
+                      spec_type.parse(self.spec, f"{where}.spec"), self.session, self.lease_s)
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ class Renew(Record):
     KIND = k.RENEW
     session: str = field(metadata=wire(session_id))
     deployment_ids: tuple[str, ...] = field(metadata=wire(seq(ident, MAX_DEPLOYMENTS)))
+    lease_s: float = field(metadata=wire(_lease))
 
 
 @dataclass(frozen=True)

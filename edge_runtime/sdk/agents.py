@@ -104,6 +104,8 @@ class Agents:
         link = self.link(name)
         if timeout_s is None and isinstance(request, Unload):
             timeout_s = self.timeouts.deploy_s  # queued behind other deploys on that agent
+        if isinstance(request, Unload):  # gone either way: renewals stop asking about it
+            self._hub.leases.untrack(request.deployment_id)
         frame = self._hub.request(link, request.KIND, request.to_meta(), dict(tensors or {}),
                                   timeout_s)
         if frame.is_error:
@@ -111,8 +113,6 @@ class Agents:
         reply = parse_reply(reply_type, frame.meta, name, request.KIND)
         if isinstance(request, Deploy):
             self._hub.leases.track(link.address, request.deployment_id)
-        elif isinstance(request, Unload):
-            self._hub.leases.untrack(request.deployment_id)
         return reply
 
     def status(self) -> dict[str, dict[str, Any]]:

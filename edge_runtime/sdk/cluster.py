@@ -146,7 +146,8 @@ def assemble(hub: Hub, links: list[AgentLink], on_close: Callable[[], None] | No
         link.name = name
         hub.leases.add(name, link.address, link.public_key)  # renamed: logs say which
         infos.append(agent_info(reply, link.address, name))
-    join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos))
+    join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos),
+                lease_s=hub.timeouts.lease_s)
     for link in links:
         answer = hub.request(link, join.KIND, join.to_meta())
         if answer.is_error:

@@ -237,9 +237,11 @@ def deploy_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
     loaded: list[tuple[str, str]] = []
     try:
         for spec, stage in reversed(list(zip(specs, plan.stages, strict=True))):
-            request = Deploy(spec.deployment_id, ONNX_STAGE, spec, cluster.hub.session)
-            cluster.call(stage.device, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
+            request = Deploy(spec.deployment_id, ONNX_STAGE, spec, cluster.hub.session,
+                             cluster.timeouts.lease_s)
+            # listed before the call: a deploy that timed out here may still finish there
             loaded.append((stage.device, spec.deployment_id))
+            cluster.call(stage.device, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
     except BaseException:
         for agent, stage_id in loaded:
             try:

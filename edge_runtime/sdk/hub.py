@@ -272,10 +272,18 @@ class Hub:
             if since is not None and now - since > self.timeouts.heartbeat_timeout_s:
                 silent = now - since
                 lost = self._connection_lost(link)
-                raise self.unavailable(link, (
-                    f"connection lost and agent silent for {silent:.1f} s ({lost})" if lost else
-                    f"agent stopped answering heartbeats {silent:.1f} s ago while its "
-                    "connection stayed up (the process is paused or hung)"))
+                state = link.watch.state
+                if lost:
+                    why = f"connection lost and agent silent for {silent:.1f} s ({lost})"
+                elif state.handshake_failed:  # answered before; now its handshake fails
+                    pair = self.security.keypair
+                    why = (f"agent silent for {silent:.1f} s and its handshake fails: "
+                           + state.explain(link.name, link.address,
+                                           None if pair is None else pair.public))
+                else:
+                    why = (f"agent stopped answering heartbeats {silent:.1f} s ago while its "
+                           "connection stayed up (the process is paused or hung)")
+                raise self.unavailable(link, why)
             if now - link.last_ping >= self.timeouts.heartbeat_interval_s:
                 link.last_ping = now
                 if link.ping_unanswered_since is None:

@@ -60,6 +60,7 @@ class LeaseKeeper:
         self._agents: dict[str, _Agent] = {}  # by address
         self._gone: set[str] = set()  # deployment ids already reported gone (logged once)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by close() and grant(): look at the schedule now
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
 
@@ -68,11 +69,13 @@ class LeaseKeeper:
             self._agents.setdefault(address, _Agent(name, address, server_key)).name = name
 
     def grant(self, address: str, lease_s: float) -> None:
-        """The agent at `address` granted `lease_s` (its bounds may shorten what we asked)."""
+        """The agent at `address` granted `lease_s` (its bounds may shorten what we asked);
+        wakes the keeper, whose next round may now be due sooner."""
         with self._lock:
             agent = self._agents.get(address)
             if agent is not None:
                 agent.granted_s = lease_s
+        self._wake.set()
 
     def _interval_s(self) -> float:
         """A third of the shortest lease any agent granted (or of the one asked for)."""
@@ -96,8 +99,17 @@ class LeaseKeeper:
     def _run(self) -> None:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         ids = itertools.count(1)
+        last_round = time.monotonic()
         try:
-            while not self._stop.wait(self._interval_s()):
+            while not self._stop.is_set():
+                # rounds on a fixed schedule from the last one: a silent agent's wait for
+                # replies (at most half an interval) never delays the next round
+                due = last_round + self._interval_s()
+                if time.monotonic() < due:
+                    self._wake.wait(due - time.monotonic())
+                    self._wake.clear()
+                    continue  # re-read the schedule (a grant may have shortened it)
+                last_round = time.monotonic()
                 with self._lock:
                     agents = [(a, tuple(sorted(a.deployments))) for a in self._agents.values()]
                 sent = {}
@@ -105,7 +117,7 @@ class LeaseKeeper:
                     request_id = next(ids)
                     if self._send(context, agent, deployment_ids, request_id):
                         sent[request_id] = agent
-                self._collect(sent, time.monotonic() + self._interval_s() / 2)
+                self._collect(sent, last_round + self._interval_s() / 2)
         finally:
             with self._lock:
                 for agent in self._agents.values():
@@ -122,7 +134,8 @@ class LeaseKeeper:
             if agent.socket is None:
                 agent.socket = open_client(context, self._security, agent.address,
                                            agent.server_key)
-            frame = Renew(session=self._session, deployment_ids=deployment_ids).frame(request_id)
+            frame = Renew(session=self._session, deployment_ids=deployment_ids,
+                          lease_s=self._lease_s).frame(request_id)
             agent.socket.send_multipart(encode(frame), flags=zmq.NOBLOCK)
         except zmq.Again:
             return False
@@ -162,6 +175,7 @@ class LeaseKeeper:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=2.0)
 
 

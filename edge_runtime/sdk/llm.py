@@ -330,9 +330,11 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                 advertise_host=host_of(cluster.info(name).address),
                 collective_timeout_s=collective_timeout_s or COLLECTIVE_TIMEOUT_S,
                 files=tuple(files), blas_threads=blas[rank], quantize=quantize)
-            request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session)
-            reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
+            request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session,
+                             cluster.timeouts.lease_s)
+            # listed before the call: a deploy that timed out here may still finish there
             loaded.append(name)
+            reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
             if reply.missing_files:
                 sender.send(name, deployment_id, list(reply.missing_files))
         ready = _ask_all(cluster, names, LlmReady(deployment_id), LlmReadyReply,

@@ -430,7 +430,7 @@ def test_keys_a_session_introduced_are_revoked_when_its_lease_lapses(tmp_path: P
             link = hub.connect(info.address, info.public_key, "agent0")
             hello = Hello(hub.session, 1.0)
             assert not hub.request(link, hello.KIND, hello.to_meta()).is_error
-            join = Join(hub.session, (Peer("peer", peer.public.decode()),))
+            join = Join(hub.session, (Peer("peer", peer.public.decode()),), 1.0)
             assert not hub.request(link, join.KIND, join.to_meta()).is_error
             assert _handshake(info.address, peer, info.public_key) is HandshakeStatus.CONNECTED
             hub.leases.close()  # the app stops renewing, as if it had crashed

@@ -73,7 +73,7 @@ def test_agent_runs_a_tflite_stage_in_litert(tmp_path: Path) -> None:
             outputs=("y",),
             signature=(WireSpec("x", "float32", (2, 3)),),
         )
-        cluster.call(info.name, Deploy("fc.0", "onnx-stage", spec, cluster.hub.session),
+        cluster.call(info.name, Deploy("fc.0", "onnx-stage", spec, cluster.hub.session, 30.0),
                      DeployReply)
         deployment = er.Deployment(cluster, "fc", plan, [spec])
         for _ in range(3):

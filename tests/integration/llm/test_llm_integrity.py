@@ -81,8 +81,8 @@ def lone_spec(cluster: er.LocalCluster, ckpt: Path, **fields: object) -> ShardSp
 
 def deploy_by_hand(cluster: er.LocalCluster, spec: ShardSpec) -> tuple[str, DeployReply]:
     deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
-    reply = cluster.call("agent0", Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session),
-                         DeployReply, timeout_s=cluster.timeouts.deploy_s)
+    request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session, 30.0)
+    reply = cluster.call("agent0", request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
     return deployment_id, reply
 
 

@@ -28,6 +28,7 @@ from transports.wire import Frame, decode, encode
 names = st.text(string.ascii_letters + string.digits + "._-/:", min_size=1, max_size=40)
 texts = st.text(max_size=60)
 sessions = st.text("0123456789abcdef-", min_size=8, max_size=64)
+leases = st.floats(0.001, 3600)
 sha = st.text("0123456789abcdef", min_size=64, max_size=64)
 keys = st.text(string.ascii_letters + string.digits, min_size=40, max_size=40)
 counts = st.integers(0, 2**40)
@@ -86,16 +87,16 @@ STRATEGIES: dict[type[P.Record], Any] = {
     P.StageSpec: stage_specs(), P.ShardSpec: shard_specs(),
     P.Peer: st.builds(P.Peer, names, st.one_of(st.none(), keys)), P.Gone: gone,
     P.ErrorInfo: st.builds(P.ErrorInfo, names, texts, st.one_of(st.none(), plain_maps)),
-    P.Hello: st.builds(P.Hello, sessions, st.floats(0.001, 3600)),
+    P.Hello: st.builds(P.Hello, sessions, leases),
     P.HelloReply: st.builds(
         P.HelloReply, names, names, st.integers(0, 9), counts.map(lambda n: n % 2**32),
         st.just(PROFILE), st.one_of(st.none(), names), st.booleans(),
         st.one_of(st.none(), plain_maps), names, st.one_of(st.none(), st.integers(1, 64)),
         st.one_of(st.none(), counts), small(st.sampled_from([".onnx", ".tflite"])), names,
-        st.one_of(st.none(), keys), st.floats(0.001, 3600)),
+        st.one_of(st.none(), keys), leases),
     P.Ping: st.just(P.Ping()), P.Pong: st.just(P.Pong()), P.Profile: st.just(P.Profile()),
     P.ProfileReply: st.just(P.ProfileReply(PROFILE)),
-    P.Join: st.builds(P.Join, sessions, small(st.builds(P.Peer, names, keys))),
+    P.Join: st.builds(P.Join, sessions, small(st.builds(P.Peer, names, keys)), leases),
     P.JoinReply: st.builds(P.JoinReply, st.integers(0, 256)),
     P.ProbeLink: st.builds(P.ProbeLink, names, st.one_of(st.none(), keys), names),
     P.ProbeLinkReply: st.builds(lambda r, b: P.ProbeLinkReply(LinkProfile("a", "b", r, b)),
@@ -105,8 +106,8 @@ STRATEGIES: dict[type[P.Record], Any] = {
     P.HasShardsReply: st.builds(P.HasShardsReply, small(sha)),
     P.PutChunk: put_chunks(), P.PutChunkReply: st.builds(P.PutChunkReply, st.booleans()),
     P.Deploy: st.one_of(
-        st.builds(P.Deploy, names, st.just(kinds.ONNX_STAGE), stage_specs(), sessions),
-        st.builds(P.Deploy, names, st.just(kinds.LLM_SHARD), shard_specs(), sessions)),
+        st.builds(P.Deploy, names, st.just(kinds.ONNX_STAGE), stage_specs(), sessions, leases),
+        st.builds(P.Deploy, names, st.just(kinds.LLM_SHARD), shard_specs(), sessions, leases)),
     P.DeployReply: st.builds(P.DeployReply, counts, counts, st.one_of(st.none(), counts),
                              small(names), plain_maps),
     P.Unload: st.builds(P.Unload, names), P.UnloadReply: st.builds(P.UnloadReply, names),
@@ -116,7 +117,7 @@ STRATEGIES: dict[type[P.Record], Any] = {
                              st.one_of(st.none(), counts), counts, counts, counts,
                              st.dictionaries(names, plain_maps, max_size=3)),
     P.Shutdown: st.just(P.Shutdown()), P.ShutdownReply: st.builds(P.ShutdownReply, st.booleans()),
-    P.Renew: st.builds(P.Renew, sessions, small(names)),
+    P.Renew: st.builds(P.Renew, sessions, small(names), leases),
     P.RenewReply: st.builds(P.RenewReply, small(gone)),
     P.Run: st.builds(P.Run, names, seconds),
     P.Activation: st.builds(P.Activation, names, st.binary(max_size=255), st.integers(0, 255),
@@ -229,12 +230,14 @@ def test_an_integer_client_is_refused_not_turned_into_bytes() -> None:
     (P.Activation, {"deployment_id": "d", "client": b"x" * 256, "stage": 0, "timings": [],
                     "sent_at": 0.0}, "activation.client"),
     (P.LlmStep, {"deployment_id": "d", "start": 2**64}, "llm_step.start"),
-    (P.Renew, {"session": "abcdef012", "deployment_ids": ["d"] * 5000}, "renew.deployment_ids"),
+    (P.Renew, {"session": "abcdef012", "deployment_ids": ["d"] * 5000, "lease_s": 1.0},
+     "renew.deployment_ids"),
+    (P.Renew, {"session": "abcdef012", "deployment_ids": [], "lease_s": -1.0}, "renew.lease_s"),
     (P.Unload, {"deployment_id": "d", "extra": 1}, "unload has unknown field"),
     (P.Deploy, {"deployment_id": "d", "type": "onnx-stage", "session": "abcdef012",
-                "spec": {"deployment_id": "d"}}, "deploy.spec.stage is missing"),
+                "spec": {"deployment_id": "d"}, "lease_s": 1.0}, "deploy.spec.stage is missing"),
     (P.Deploy, {"deployment_id": "d", "type": "rootkit", "session": "abcdef012",
-                "spec": {}}, "deploy.type"),
+                "spec": {}, "lease_s": 1.0}, "deploy.type"),
 ])
 def test_errors_name_the_field(record_type: type[P.Record], meta: dict[str, Any],
                                field: str) -> None:
