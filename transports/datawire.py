@@ -29,7 +29,6 @@ length == product of the shape × itemsize, the whole message within
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from transports.pieces import (
     byte_view,
     checked_shape,
     join_pieces,
+    only_protocol_errors,
     part_view,
     split_pieces,
 )
@@ -56,8 +56,6 @@ from transports.wire import (
     numpy_dtype,
     wire_dtype,
 )
-
-log = logging.getLogger(__name__)
 
 MAGIC = b"\xc1C"
 VERSION = 1
@@ -124,16 +122,8 @@ def decode_data(
     """Decode and validate one data message (bytes, memoryviews or zmq.Frames).
 
     The tensor is a read-only view on the received buffer (no copy). ProtocolError,
-    and only ProtocolError, for anything malformed (see `wire.decode` for why an
-    unexpected error is turned into one)."""
-    try:
-        return _decode_data(parts, max_message_bytes)
-    except ProtocolError:
-        raise
-    except Exception as error:
-        log.error("decode_data failed unexpectedly (%s): a validation rule is missing",
-                  type(error).__name__, exc_info=True)
-        raise ProtocolError(f"undecodable data message ({type(error).__name__})") from error
+    and only ProtocolError, for anything malformed (`pieces.only_protocol_errors`)."""
+    return only_protocol_errors(_decode_data, parts, max_message_bytes, "data message")
 
 
 def _decode_data(parts: Sequence[Any], max_message_bytes: int) -> DataMessage:

@@ -10,11 +10,17 @@ the zero-copy byte views, the checked join and the check of a declared shape
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from transports.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SPLIT_BYTES = 256 * 1024
 """Tensors larger than this leave as several ZeroMQ frames of this size (the last one
@@ -122,3 +128,21 @@ def join_pieces(
         joined[offset : offset + piece.nbytes] = np.frombuffer(piece, np.uint8)
         offset += piece.nbytes
     return joined.data, used
+
+
+def only_protocol_errors(decode: Callable[[Sequence[Any], int], T], parts: Sequence[Any],
+                         max_message_bytes: int, what: str) -> T:
+    """`decode(parts, max_message_bytes)`, raising ProtocolError and nothing else.
+
+    Every field is checked before use, so another error type is a bug in a decoder (a
+    missing rule): it becomes a ProtocolError naming it, chained as its ``__cause__``,
+    and is logged with its traceback, so that no message can ever kill a receive loop.
+    Shared by both wire formats (`wire.decode`, `datawire.decode_data`)."""
+    try:
+        return decode(parts, max_message_bytes)
+    except ProtocolError:
+        raise
+    except Exception as error:
+        log.error("decoding a %s failed unexpectedly (%s): a validation rule is missing",
+                  what, type(error).__name__, exc_info=True)
+        raise ProtocolError(f"undecodable {what} ({type(error).__name__})") from error

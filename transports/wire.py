@@ -19,7 +19,6 @@ range before use, in O(fields) work (the one O(bytes) check: bool tensors hold o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +32,9 @@ from transports.pieces import MAX_DIMS as MAX_DIMS
 from transports.pieces import MIN_SPLIT_BYTES as MIN_SPLIT_BYTES  # re-exported, as before
 from transports.pieces import SPLIT_BYTES as SPLIT_BYTES
 from transports.pieces import byte_view as byte_view
-from transports.pieces import checked_shape, split_pieces
+from transports.pieces import checked_shape, only_protocol_errors, split_pieces
 from transports.pieces import join_pieces as join_pieces
 from transports.pieces import part_view as part_view
-
-log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible header change; a receiver refuses other versions."""
@@ -290,17 +287,8 @@ def decode(
 
     Uncompressed tensors are read-only views on the received buffers (no copy).
     Raises ProtocolError naming the violated rule for anything malformed, and only
-    ProtocolError: an error of another type (a bug here, since every field is checked
-    first) becomes one naming it, chained as its ``__cause__``, so that no message can
-    ever kill a receive loop."""
-    try:
-        return _decode(parts, max_message_bytes)
-    except ProtocolError:
-        raise
-    except Exception as error:
-        log.error("decode failed unexpectedly (%s): a validation rule is missing",
-                  type(error).__name__, exc_info=True)
-        raise ProtocolError(f"undecodable message ({type(error).__name__})") from error
+    ProtocolError (`pieces.only_protocol_errors`)."""
+    return only_protocol_errors(_decode, parts, max_message_bytes, "message")
 
 
 def _decode(parts: Sequence[Any], max_message_bytes: int) -> Frame:

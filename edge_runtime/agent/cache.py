@@ -16,7 +16,6 @@ does not fit is refused before a byte is kept, and uploads idle for
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from edge_runtime.agent.config import AgentTimeouts
 from edge_runtime.errors import DeployError, ShardIntegrityError, UploadQuotaError
+from partitioner.plan import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ _EXTENSIONS = frozenset({".onnx", ".tflite"})
 # the disk the uploads could still use, so they cannot fill it.
 PARTIAL_QUOTA_BYTES = 8 * 2**30
 PARTIAL_DISK_FRACTION = 0.5
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_key(sha256: str, ext: str) -> None:

@@ -20,7 +20,6 @@ the socket plumbing, the outbox and the lifecycle (SIGTERM → clean shutdown).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import queue
@@ -36,9 +35,9 @@ from edge_runtime.agent.cache import ShardCache, UploadQuota
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.handlers import Handlers
-from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.lanes import Lane
 from edge_runtime.agent.peers import PeerLinks
+from edge_runtime.agent.reaper import LeaseReaper
 from edge_runtime.agent.sessions import LeaseLimits, Sessions
 from edge_runtime.errors import (
     AgentBusyError,
@@ -99,14 +98,14 @@ class Agent:
     def __init__(self, config: AgentConfig, identity: dict[str, Any]) -> None:
         """`identity`: the hello payload minus run-time fields (profile, caps, name…)."""
         self.config = config
-        self.timeouts = config.timeouts
+        timeouts = config.timeouts
         self._identity = identity
         self._name = str(identity["name"])
         self._threads: int | None = identity.get("threads")
         self._emulated = bool(identity.get("emulated"))
         self._dilate_fn: Any = identity.pop("_dilate", None)
         self._cache = ShardCache(
-            config.cache_dir, UploadQuota(ttl_s=self.timeouts.partial_upload_ttl_s))
+            config.cache_dir, UploadQuota(ttl_s=timeouts.partial_upload_ttl_s))
         self.state = AgentState()
         self._stop = threading.Event()
         self._outbox: queue.Queue[_Outgoing] = queue.Queue()
@@ -119,23 +118,21 @@ class Agent:
         self._authorizer: Authorizer | None = None
         if not self.security.insecure:
             self._authorizer = Authorizer.acquire(self._context, self.security)
-        limits = LeaseLimits(self.timeouts.lease_default_s, self.timeouts.lease_min_s,
-                             self.timeouts.lease_max_s)
+        limits = LeaseLimits(timeouts.lease_default_s, timeouts.lease_min_s,
+                             timeouts.lease_max_s)
         self.sessions = Sessions(limits, self._name, allow=self.allow)
         self._peers = PeerLinks(self._context, self.security,
                                 f"agent-{self._name}-{os.getpid()}".encode(),
-                                self.timeouts.peer_send_s, self.timeouts.max_message_bytes)
-        self._loads = Lane("loads", max_queued=self.timeouts.loads_queue)
-        self._probes = Lane("probes", max_queued=self.timeouts.probe_queue)
-        # unloads of lapsed leases: never refused (bounded by the deployments there are)
-        # and never stuck behind other coordinators' deploys
-        self._reclaims = Lane("reclaims")
-        self._next_sweep = 0.0
+                                timeouts.peer_send_s, timeouts.max_message_bytes)
+        self._loads = Lane("loads", max_queued=timeouts.loads_queue)
+        self._probes = Lane("probes", max_queued=timeouts.probe_queue)
+        self._reaper = LeaseReaper(self.sessions, self._take, self._revoke,
+                                   timeouts.lease_sweep_s)
         self._handlers = Handlers(self)
         self._router: zmq.Socket[bytes] | None = None
         try:
             self._router = open_server(self._context, self.security, config.listen,
-                                       max_frame_bytes=self.timeouts.max_message_bytes)
+                                       max_frame_bytes=timeouts.max_message_bytes)
         except zmq.ZMQError as error:
             self._router = None
             self.close()
@@ -204,8 +201,8 @@ class Agent:
         """A fresh DEALER for a one-off exchange off the loop (link probes); the caller
         closes it. Its sends wait at most `probe_timeout_s` for a connection."""
         sock = open_client(self._context, self.security, address, public_key,
-                           max_frame_bytes=self.timeouts.max_message_bytes)
-        sock.sndtimeo = int(self.timeouts.probe_timeout_s * 1000)
+                           max_frame_bytes=self.config.timeouts.max_message_bytes)
+        sock.sndtimeo = int(self.config.timeouts.probe_timeout_s * 1000)
         sock.linger = 0
         return sock
 
@@ -240,7 +237,7 @@ class Agent:
                         pass
                 except BlockingIOError:
                     pass
-            for step in (self._flush_outbox, self._peers.pump, self._sweep_leases):
+            for step in (self._flush_outbox, self._peers.pump, self._reaper.sweep):
                 try:
                     step()
                 except Exception:  # a bug in one step must not end the agent
@@ -249,7 +246,7 @@ class Agent:
         log.info("agent %s stopping", self._name)
 
     def _poll_ms(self) -> int:
-        wait = self.timeouts.loop_poll_s
+        wait = self.config.timeouts.loop_poll_s
         deadline = self._peers.next_deadline()
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
@@ -260,7 +257,7 @@ class Agent:
         identity = b""
         try:
             identity = bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0])
-            frame = decode(parts[1:], max_message_bytes=self.timeouts.max_message_bytes)
+            frame = decode(parts[1:], max_message_bytes=self.config.timeouts.max_message_bytes)
         except Exception as error:  # ProtocolError, or anything a decoder failed to foresee
             log.warning("malformed message from %s: %s", _clip(identity), _clip(error))
             request_id = peek_request_id(parts[1:])
@@ -271,13 +268,13 @@ class Agent:
         if frame.kind in self.SLOW_KINDS:
             if not self._loads.submit(lambda: self._answer(identity, frame)):
                 self._answer_error(identity, frame, AgentBusyError(
-                    f"{self.timeouts.loads_queue} deploys and uploads are already queued; "
+                    f"{self.config.timeouts.loads_queue} deploys and uploads are already queued; "
                     "retry later", agent=self._name))
         elif frame.kind in self.PROBE_KINDS:
             if not self._probes.submit(lambda: self._answer(identity, frame)):
                 self._answer_error(identity, frame, AgentBusyError(
-                    f"{self.timeouts.probe_queue} link probes are already queued; retry later",
-                    agent=self._name))
+                    f"{self.config.timeouts.probe_queue} link probes are already queued; "
+                    "retry later", agent=self._name))
         else:
             self._answer(identity, frame)
 
@@ -290,9 +287,6 @@ class Agent:
                 log.exception("handler for %s failed", _clip(frame.kind))
             self._answer_error(identity, frame, error)
             return
-        finally:
-            if frame.kind == p.UNLOAD:
-                return_free_memory()
         self.state.requests_served += 1
         if answer is not None:
             self.send_to_client(identity, answer)
@@ -357,37 +351,18 @@ class Agent:
         except Exception as error:  # a bad address or key in the hop: that request fails
             failed(f"cannot connect to {_clip(hop.address)}: {_clip(error)}")
 
-    def _sweep_leases(self) -> None:
-        """Unload the deployments of sessions whose lease lapsed; revoke their keys."""
-        now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + self.timeouts.lease_sweep_s
-        for lapsed in self.sessions.lapsed():
-            log.warning("coordinator session %s silent for %.1f s: its lease lapsed; unloading "
-                        "%s and revoking %d key(s) it introduced", lapsed.session_id,
-                        lapsed.silent_s, ", ".join(lapsed.deployment_ids) or "nothing",
-                        len(lapsed.keys))
-            for key in lapsed.keys:
-                if self._authorizer is not None:
-                    self._authorizer.revoke(key)
-            for deployment_id in lapsed.deployment_ids:
-                with self.state.lock:
-                    deployment = self.state.deployments.pop(deployment_id, None)
-                if deployment is not None:
-                    self._reclaims.submit(
-                        functools.partial(self._unload, deployment_id, deployment))
+    def _take(self, deployment_id: str) -> Deployment | None:
+        """Remove a deployment from this agent (the lease reaper closes it)."""
+        with self.state.lock:
+            return self.state.deployments.pop(deployment_id, None)
 
-    def _unload(self, deployment_id: str, deployment: Deployment) -> None:
-        try:
-            deployment.close()
-        except Exception:
-            log.exception("closing deployment %s failed", deployment_id)
-        return_free_memory()
+    def _revoke(self, public_key: str) -> None:
+        if self._authorizer is not None:
+            self._authorizer.revoke(public_key)
 
     def close(self) -> None:
         """Unload every deployment and release sockets; safe to call twice."""
-        for lane in (self._loads, self._probes, self._reclaims):
+        for lane in (self._loads, self._probes, self._reaper):
             lane.close()
         for deployment_id, deployment in list(self.state.deployments.items()):
             try:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_runtime.agent.cache import ShardCache
 from edge_runtime.agent.config import AgentConfig
+from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.errors import DeployError
 from edge_runtime.protocol import Hop, Message, Record, register_spec
 from transports.wire import Frame
@@ -110,3 +111,15 @@ def estimate_memory(kind: str, spec: Record, ctx: AgentContext) -> int:
 def load(kind: str, deployment_id: str, spec: Record, ctx: AgentContext) -> Deployment:
     deployment: Deployment = _module(kind).load(deployment_id, spec, ctx)
     return deployment
+
+
+def unload(deployment_id: str, deployment: Deployment) -> None:
+    """Close a deployment taken out of the agent and give its memory back to the OS.
+
+    Used by an explicit `unload`, a lapsed lease and shutdown alike. Never raises: a
+    deployment that fails to close is logged, and the others still close."""
+    try:
+        deployment.close()
+    except Exception:
+        log.exception("closing deployment %s failed", deployment_id)
+    return_free_memory()

@@ -27,6 +27,7 @@ from devices.links import measure_link
 from devices.profile import DeviceProfile
 from edge_runtime.agent import deployments
 from edge_runtime.agent.deployments import Deployment
+from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.sessions import SessionLapsed
 from edge_runtime.errors import (
     AgentUnavailableError,
@@ -214,14 +215,14 @@ class Handlers:
         try:
             link = measure_link(self._pinger(sock, message.name), self.agent.name, message.name,
                                 small=PROBE_SMALL_BYTES, large=PROBE_LARGE_BYTES,
-                                repeats=self.agent.timeouts.probe_rounds)
+                                repeats=self.agent.config.timeouts.probe_rounds)
         finally:
             sock.close()
         return ProbeLinkReply(link)
 
     def _pinger(self, sock: zmq.Socket[bytes], name: str) -> Callable[[bytes], None]:
         counter = iter(range(1, 1 << 62))
-        timeout_s = self.agent.timeouts.probe_timeout_s
+        timeout_s = self.agent.config.timeouts.probe_timeout_s
 
         def roundtrip(payload: bytes) -> None:
             data = np.frombuffer(payload, dtype=np.uint8)
@@ -308,5 +309,8 @@ class Handlers:
         if deployment is None:
             raise self._missing(message.deployment_id)
         self.agent.sessions.release(message.deployment_id)
-        deployment.close()
+        try:
+            deployment.close()
+        finally:  # numpy and onnxruntime free into glibc's arenas: hand the pages back
+            return_free_memory()
         return UnloadReply(unloaded=message.deployment_id)

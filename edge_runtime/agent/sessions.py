@@ -168,10 +168,6 @@ class Sessions:
             if owner is not None and owner in self._sessions:
                 self._sessions[owner].deployments.discard(deployment_id)
 
-    def owner(self, deployment_id: str) -> str | None:
-        with self._lock:
-            return self._owner.get(deployment_id)
-
     def gone_reason(self, deployment_id: str) -> str | None:
         with self._lock:
             return self._gone.get(deployment_id)

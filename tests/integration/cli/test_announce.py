@@ -8,12 +8,9 @@ only once it is in the coordinator's trusted-keys directory.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +20,11 @@ import edge_runtime as er
 from edge_runtime.agent.startup import announce_target, mdns_instance_name
 from edge_runtime.discovery import AgentAddress, browse, zeroconf_available
 from edge_runtime.errors import ConfigError
+from support.cli_agent import cli_agent
 from transports.errors import SecurityError
 from transports.keys import generate_keypair, init_keys, trust
 
 LOOPBACK = ["127.0.0.1"]
-CLI = [sys.executable, "-m", "edge_runtime.cli.main"]
-START_TIMEOUT_S = 60.0  # imports + the cached self-profile; generous on a busy 2-core machine
 BROWSE_S = 1.5
 
 
@@ -77,35 +73,11 @@ def announced_agent(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], d
     why = _multicast_on_loopback()
     if why is not None:
         pytest.skip(why)
-    from devices.cache import profile
-
-    profile()  # measured once and cached, so the agent starts quickly
-    agent_keys, coordinator_keys = tmp_path / "agent-keys", tmp_path / "coordinator"
-    init_keys(agent_keys)
-    coordinator = init_keys(coordinator_keys)
-    trust(agent_keys, coordinator.public, "coordinator")
-    ready = tmp_path / "ready.json"
     name = f"announce-test-{os.getpid()}"
-    log_file = (tmp_path / "agent.log").open("wb")
-    process = subprocess.Popen(
-        [*CLI, "agent", "--listen", "tcp://127.0.0.1:0", "--name", name, "--announce",
-         "--keys", str(agent_keys), "--cache-dir", str(tmp_path / "cache"),
-         "--ready-file", str(ready)],
-        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.exists():
-            assert process.poll() is None, (tmp_path / "agent.log").read_text()
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        info["coordinator_keys"] = str(coordinator_keys)
+    with cli_agent(tmp_path, "--name", name, "--announce", client="coordinator") as (
+            process, info):
+        info["coordinator_keys"] = info["client_keys"]
         yield process, info
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log_file.close()
 
 
 @pytest.mark.slow  # a real agent process plus two mDNS browse windows: ~8 s here

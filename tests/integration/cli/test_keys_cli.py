@@ -3,7 +3,6 @@ newcomer meets first, against a real agent process."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -21,6 +20,7 @@ from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.startup import default_agent_name
 from edge_runtime.cli.main import main
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS
+from support.cli_agent import CLI, cli_agent
 from transports.errors import SecurityError
 from transports.keys import (
     init_keys,
@@ -31,8 +31,6 @@ from transports.keys import (
     trusted_keys,
 )
 
-CLI = [sys.executable, "-m", "edge_runtime.cli.main"]
-START_TIMEOUT_S = 90.0
 PIPE_BUFFER = 64 * 1024  # Linux's default pipe capacity
 
 
@@ -84,37 +82,8 @@ def test_trust_accepts_every_address_form_the_cli_accepts(tmp_path: Path) -> Non
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A real CURVE agent on a free loopback port, started with no --name."""
-    from devices.cache import profile
-
-    profile()  # measured once and cached, so the agent starts quickly
-    agent_keys, laptop_keys = tmp_path / "agent-keys", tmp_path / "laptop"
-    init_keys(agent_keys)
-    laptop = init_keys(laptop_keys)
-    trust(agent_keys, laptop.public, "laptop")
-    ready = tmp_path / "ready.json"
-    log_path = tmp_path / "agent.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [*CLI, "agent", "--listen", "tcp://127.0.0.1:0", "--keys", str(agent_keys),
-             "--cache-dir", str(tmp_path / "cache"), "--ready-file", str(ready)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not ready.exists():
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "agent did not start"
-                time.sleep(0.05)
-            info = json.loads(ready.read_text())
-            info["laptop_keys"] = str(laptop_keys)
-            info["agent_keys"] = str(agent_keys)
-            yield info
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with cli_agent(tmp_path) as (_, info):
+        yield info
 
 
 @pytest.mark.timeout(120)
@@ -122,7 +91,7 @@ def test_connect_with_a_bare_host_port_and_a_unique_default_name(agent: dict[str
     expected = f"{system.host_name()}-{key_fingerprint(load_keypair(agent['agent_keys']).public)}"
     assert agent["name"] == expected
     bare = agent["address"].removeprefix("tcp://")  # 127.0.0.1:PORT, as --connect takes it
-    laptop = agent["laptop_keys"]
+    laptop = agent["client_keys"]
     assert main(["keys", "--dir", laptop, "trust", "--name", "pi",
                  "--address", bare, "--", agent["public_key"]]) == 0
     with er.connect([bare], keys=laptop) as cluster:

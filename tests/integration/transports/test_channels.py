@@ -16,20 +16,10 @@ import zmq
 import support.transports_peers as peers
 from transports.channels import Client, Server
 from transports.errors import PeerTimeoutError, PeerUnreachableError, RemoteError, SecurityError
-from transports.keys import generate_keypair, init_keys, trust
+from transports.keys import generate_keypair, trust
 from transports.linkemu import LinkEmulator, LinkSpec
 from transports.security import Security
 from transports.wire import Frame, encode
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    """Two keys directories, server and client, trusting each other."""
-    server_dir, client_dir = tmp_path / "server", tmp_path / "client"
-    server_pair, client_pair = init_keys(server_dir), init_keys(client_dir)
-    trust(server_dir, client_pair.public, "client")
-    trust(client_dir, server_pair.public, "server")
-    return server_dir, client_dir
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from transports.channels import Client
 from transports.collectives import CollectiveGroup, GroupListener
 from transports.datawire import MAGIC, VERSION, encode_data
 from transports.errors import CollectiveError
-from transports.keys import init_keys, trust
 from transports.security import Security
 from transports.wire import ALLOWED_DTYPES, PROTOCOL_VERSION, Frame, decode, encode, peek_request_id
 
@@ -116,17 +115,6 @@ def exchange(socket: zmq.Socket[bytes], messages: list[list[bytes]]) -> list[Fra
         assert socket.poll(int(REPLY_TIMEOUT_S * 1000)), "the server stopped answering"
         replies.append(decode(socket.recv_multipart()))
     return replies
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
-    """Two keys directories, server and client, trusting each other: the rogue holds a
-    trusted key, as any coordinator-introduced peer may."""
-    server_dir, client_dir = tmp_path / "server", tmp_path / "client"
-    server_pair, client_pair = init_keys(server_dir), init_keys(client_dir)
-    trust(server_dir, client_pair.public, "client")
-    trust(client_dir, server_pair.public, "server")
-    return server_dir, client_dir
 
 
 @pytest.fixture
