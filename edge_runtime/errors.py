@@ -39,6 +39,11 @@ class AgentUnavailableError(AgentError):
     """An agent died or did not answer within its timeout."""
 
 
+class ClusterUnavailableError(AgentUnavailableError):
+    """No agent left can serve the request (all down, or the survivors cannot hold the
+    model) and no fallback answered it; the message lists every path tried and why."""
+
+
 class AgentBusyError(AgentError):
     """An agent refused work because its queue for that kind of request is full; retry later."""
 
@@ -72,6 +77,31 @@ class GenerationError(EdgeRuntimeError):
     """A generation request cannot be served (e.g. the prompt is longer than the context)."""
 
 
+class FallbackError(EdgeRuntimeError):
+    """A fallback target (this device, a cloud agent, a KServe v2 or OpenAI-compatible
+    server) could not answer; `target` names it."""
+
+    def __init__(self, message: str, target: str = "") -> None:
+        super().__init__(f"{target}: {message}" if target else message)
+        self.target = target
+
+
+class JournalError(EdgeRuntimeError):
+    """The request journal cannot be opened or written (path, disk, a newer schema)."""
+
+
+class JournalFullError(JournalError):
+    """The journal holds its maximum of unfinished requests; finish or resume them first."""
+
+
+class DuplicateRequestError(EdgeRuntimeError):
+    """A request key was already used; each key is answered once."""
+
+
+class DeadlineError(EdgeRuntimeError):
+    """A request's deadline passed before any path could answer it."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (
     EdgeRuntimeError,
     DeviceError,
@@ -91,13 +121,19 @@ __all__ = [
     "AgentError",
     "AgentUnavailableError",
     "CheckpointError",
+    "ClusterUnavailableError",
     "ConfigError",
+    "DeadlineError",
     "DeployError",
     "DeploymentGoneError",
     "DeviceError",
+    "DuplicateRequestError",
     "EdgeRuntimeError",
+    "FallbackError",
     "GenerationError",
     "InputError",
+    "JournalError",
+    "JournalFullError",
     "MemoryBudgetError",
     "PartitionError",
     "ProfileCacheError",

@@ -63,6 +63,14 @@ BURST = 64
 """Messages handled per wake-up before the outbox is flushed, so replies are not starved."""
 
 
+def _blamed(error: BaseException, me: str) -> str:
+    """The agent an error is about: the unreachable next hop, when that is what failed (so
+    the coordinator re-plans without it, not without this agent), else this agent."""
+    if isinstance(error, AgentUnavailableError) and error.agent:
+        return error.agent
+    return me
+
+
 def _clip(text: object) -> str:
     shown = repr(text) if isinstance(text, bytes) else str(text)
     return shown if len(shown) <= LOG_TEXT_LIMIT else shown[:LOG_TEXT_LIMIT] + "…"
@@ -299,7 +307,7 @@ class Agent:
             target = client
         self.send_to_client(target, error_frame(
             frame.request_id, type(error).__name__, str(error)[:4000], sender=self._name,
-            details={"agent": self._name, "kind": frame.kind}))
+            details={"agent": _blamed(error, self._name), "kind": frame.kind}))
 
     def _reply(self, identity: bytes, frame: Frame) -> None:
         """Send to a client of the ROUTER now, or drop (never block the loop)."""

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import edge_runtime as er
     from edge_runtime.llm import Checkpoint
     from edge_runtime.llm.synthetic import write_synthetic_checkpoint
-    from edge_runtime.sdk.llm import plan_llm
+    from edge_runtime.sdk.llm_plan import plan_llm
 
     counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
     formats = _formats(args.variants)

@@ -43,9 +43,11 @@ class TokenEvent:
     """One generated token as it is produced."""
 
     index: int
-    token_id: int
+    token_id: int  # -1 from a fallback that speaks text only (an HTTP endpoint)
     text: str
     seconds: float  # since the request started
+    served_by: str = "cluster"  # "cluster", or the fallback target that produced it
+    degraded: bool = False  # produced by a lower-quality fallback (a smaller model)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Generation:
     finish_reason: str  # "stop" (a stop token or string) or "length"
     ttft_s: float
     s_per_token: float  # mean decode time per token after the first
+    served_by: str = "cluster"  # who produced the tokens: "cluster", or a fallback's name
+    degraded: bool = False  # some tokens came from a lower-quality fallback
+    notes: tuple[str, ...] = ()  # failovers and fallbacks on the way, in words
 
     @property
     def tokens_per_s(self) -> float:

@@ -9,14 +9,13 @@ which sits on top and imports them. So no SDK module imports one above it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
 from devices.links import LinkProfile
-from devices.profile import DeviceProfile
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
 from edge_runtime.protocol import (
     Deploy,
@@ -29,38 +28,15 @@ from edge_runtime.protocol import (
 )
 from edge_runtime.sdk.config import Timeouts
 from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.health import Health
 from edge_runtime.sdk.hub import AgentLink, Hub
-from transports.errors import ProtocolError
+from edge_runtime.sdk.info import AgentInfo, parse_reply
+from edge_runtime.sdk.membership import agent_info, hello, introduce
+from transports.errors import SecurityError
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Record)
-
-
-@dataclass(frozen=True)
-class AgentInfo:
-    """One agent as its hello described it. `profile.name` is the agent's unique name."""
-
-    name: str
-    address: str
-    public_key: str | None
-    profile: DeviceProfile
-    preset: str | None
-    emulated: bool
-    label: str
-    backends: tuple[str, ...]
-    memory_budget: int | None
-    pid: int
-
-
-def parse_reply(reply_type: type[R], meta: object, agent: str, kind: str) -> R:
-    """`reply_type` decoded from a reply's meta; an agent speaking another protocol
-    version (or a broken one) is an `AgentError` naming it."""
-    try:
-        return reply_type.from_meta(meta)
-    except ProtocolError as error:
-        raise AgentError(f"malformed reply to {kind}: {error.reason}; run the same "
-                         "edge-runtime release on the agents and here", agent=agent) from None
 
 
 class Agents:
@@ -70,7 +46,8 @@ class Agents:
         self._hub = hub
         self._links = {info.name: link for info, link in zip(infos, links, strict=True)}
         self.agents: tuple[AgentInfo, ...] = tuple(infos)
-        self._measured_links: list[LinkProfile] | None = None
+        self._measured: dict[tuple[str, str], LinkProfile] = {}
+        self.health = Health(hub.timeouts, self._links)
 
     @property
     def hub(self) -> Hub:
@@ -132,20 +109,69 @@ class Agents:
         return self.call(name, Status(), StatusReply).deployments.get(deployment_id)
 
     def links(self, refresh: bool = False) -> list[LinkProfile]:
-        """Measured links between every pair of agents (agent-to-agent probes; cached)."""
-        if self._measured_links is not None and not refresh:
-            return self._measured_links
+        """Measured links between every pair of usable agents (agent-to-agent probes;
+        each pair measured once and cached; a lost agent's pairs wait until it is back)."""
+        if refresh:
+            self._measured.clear()
+        usable = [info for info in self.agents if self.health.usable(info.name)]
         found: list[LinkProfile] = []
-        for i, src in enumerate(self.agents):
-            for dst in self.agents[i + 1:]:
-                probe = ProbeLink(address=dst.address, public_key=dst.public_key, name=dst.name)
-                link = self.call(src.name, probe, ProbeLinkReply,
-                                 timeout_s=self.timeouts.probe_s).link
-                log.info("link %s -> %s: rtt %.3f ms, %.1f MB/s", src.name, dst.name,
-                         link.rtt_s * 1e3, link.bandwidth_bytes_per_s / 1e6)
+        for i, src in enumerate(usable):
+            for dst in usable[i + 1:]:
+                link = self._measured.get((src.name, dst.name))
+                if link is None:
+                    probe = ProbeLink(address=dst.address, public_key=dst.public_key,
+                                      name=dst.name)
+                    link = self.call(src.name, probe, ProbeLinkReply,
+                                     timeout_s=self.timeouts.probe_s).link
+                    log.info("link %s -> %s: rtt %.3f ms, %.1f MB/s", src.name, dst.name,
+                             link.rtt_s * 1e3, link.bandwidth_bytes_per_s / 1e6)
+                    self._measured[(src.name, dst.name)] = link
                 found.append(link)
-        self._measured_links = found
         return found
+
+    # --- availability: lost agents, and their return ---
+
+    def usable(self, names: Any = None) -> list[str]:
+        """The agents (of `names`, default all) that are up, in cluster order."""
+        wanted = None if names is None else set(names)
+        return [info.name for info in self.agents
+                if (wanted is None or info.name in wanted) and self.health.usable(info.name)]
+
+    def lost(self, name: str, why: str) -> None:
+        """`name` failed a request: plan without it until it comes back (see health.py)."""
+        record = self.health.lost(name, why)
+        log.warning("agent %s is %s", name, record.describe(time.monotonic()))
+
+    def rejoin_due(self) -> list[str]:
+        """Knock on lost agents whose backoff ran out; returns those that are back.
+
+        Back means: it answers a hello (which reopens this coordinator's session there,
+        also after a restart) and every usable agent accepted the new peer list. Called
+        between requests only, never in the middle of one."""
+        back: list[str] = []
+        for name in self.health.due():
+            link = self._links[name]
+            try:
+                reply = hello(self._hub, link, timeout_s=self.timeouts.heartbeat_timeout_s)
+            except (AgentUnavailableError, AgentError, SecurityError) as error:
+                self.lost(name, f"still unavailable: {error}")
+                continue
+            info = agent_info(reply, link.address, name)
+            self.agents = tuple(info if i.name == name else i for i in self.agents)
+            self.health.back(name)
+            back.append(name)
+        if back:
+            members = [self._links[n] for n in self.usable()]
+            try:
+                introduce(self._hub, members, self.agents,
+                          timeout_s=self.timeouts.heartbeat_timeout_s)
+            except (AgentUnavailableError, AgentError) as error:
+                culprit = getattr(error, "agent", "")
+                if culprit in self._links:
+                    self.lost(culprit, f"lost while re-introducing agents: {error}")
+                back = [n for n in back if self.health.usable(n)]
+            log.info("agents back: %s", ", ".join(back) or "none")
+        return back
 
 
 __all__ = ["AgentInfo", "Agents", "parse_reply"]

@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_runtime.discovery import AgentAddress, parse_endpoint
-from edge_runtime.errors import AgentError, ConfigError
-from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, JoinReply, Peer
-from edge_runtime.sdk.agents import AgentInfo, Agents, parse_reply
+from edge_runtime.errors import ConfigError
+from edge_runtime.sdk.agents import AgentInfo, Agents
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
-from edge_runtime.sdk.deploy import deploy_model, plan_model
+from edge_runtime.sdk.deploy import STRATEGIES, DeploySource, place, plan_model
 from edge_runtime.sdk.deployment import Deployment
-from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.journal import Journal
 from edge_runtime.sdk.llm import LlmDeployment, deploy_llm
+from edge_runtime.sdk.membership import agent_info, hello, introduce
+from edge_runtime.sdk.resume import Resumed, open_journal, resume_journal
 from transports.errors import SecurityError
 from transports.keys import DEFAULT_KEYS_DIR, trust_command, trusted_keys_in
 from transports.security import Security
@@ -39,11 +40,15 @@ class Cluster(Agents):
     """Agents that run models together. Use as a context manager or call `close()`."""
 
     def __init__(self, hub: Hub, links: list[AgentLink], infos: list[AgentInfo],
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, *,
+                 policy: FallbackPolicy | None = None, journal: Journal | None = None) -> None:
         super().__init__(hub, links, infos)
         self._on_close = on_close
         self._deployments: list[Deployment | LlmDeployment] = []
         self._closed = False
+        self.policy = policy or FallbackPolicy()
+        self.journal = journal
+        self._targets = Targets()
 
     # --- public API ---
 
@@ -74,19 +79,38 @@ class Cluster(Agents):
         together (`partitioner.plan_with_slo`): the most accurate plan whose
         expected latency meets the SLO.
         """
-        deployment = deploy_model(self, Path(model), strategy=strategy, exits=exits,
-                                  slo_ms=slo_ms, objective=objective, batch_size=batch_size,
-                                  plan=plan, devices=devices, progress=progress,
-                                  calibration=calibration, exit_policy=exit_policy)
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        source = DeploySource(Path(model), strategy, exits, objective, batch_size,
+                              tuple(devices) if devices else None, slo_ms, calibration,
+                              exit_policy)
+        placement = place(self, source, source.devices, plan=plan, progress=progress)
+        deployment = Deployment(self, placement, source, policy=self.policy,
+                                targets=self._targets, journal=self.journal)
         self._deployments.append(deployment)
         return deployment
 
     def deploy_llm(self, path: str | os.PathLike[str], strategy: str = "tensor",
                    **options: Any) -> LlmDeployment:
         """Split an LLM checkpoint tensor-parallel over the agents; see `sdk/llm.py`."""
-        deployment = deploy_llm(self, Path(path), strategy, **options)
+        deployment = deploy_llm(self, Path(path), strategy, policy=self.policy,
+                                targets=self._targets, journal=self.journal, **options)
         self._deployments.append(deployment)
         return deployment
+
+    def resume(self, timeout_s: float | None = None) -> Resumed:
+        """Complete the requests a previous run of the app left unfinished in the journal.
+
+        Each unfinished entry is matched to a deployment of this cluster by its model
+        (the ONNX file's sha256, the checkpoint's digest): deploy the same models first.
+        An entry answered before the crash is handed back from the journal; a pending one
+        is run again from its journaled inputs (prompt, for an LLM). Every key is
+        delivered once: after this, its entry is done. Entries of models not deployed
+        here stay in the journal and are listed in `skipped`."""
+        if self.journal is None:
+            raise ConfigError("resume() needs a journal: connect(..., journal=PATH) or "
+                              "local_cluster(..., journal=PATH)")
+        return resume_journal(self.journal, self._deployments, timeout_s)
 
     def close(self) -> None:
         """Unload this cluster's deployments, disconnect, and stop agents it started."""
@@ -98,6 +122,9 @@ class Cluster(Agents):
                 deployment.unload()
             except Exception as error:  # closing goes on; an agent may already be gone
                 log.debug("unload on close failed: %s", error)
+        self._targets.close()
+        if self.journal is not None:
+            self.journal.close()
         self._hub.close()
         if self._on_close is not None:
             self._on_close()
@@ -109,31 +136,10 @@ class Cluster(Agents):
         self.close()
 
 
-def hello(hub: Hub, link: AgentLink) -> HelloReply:
-    """The agent's hello, which also opens this coordinator's session (and lease) there."""
-    request = Hello(session=hub.session, lease_s=hub.timeouts.lease_s)
-    frame = hub.request(link, request.KIND, request.to_meta(), timeout_s=hub.timeouts.hello_s)
-    if frame.is_error:
-        raise error_from_frame(frame, link.name)
-    reply = parse_reply(HelloReply, frame.meta, link.name, request.KIND)
-    if reply.protocol != PROTOCOL_VERSION:
-        raise AgentError(f"speaks protocol {reply.protocol}, this SDK {PROTOCOL_VERSION}; run "
-                         "the same edge-runtime release on the agents and here", agent=link.name)
-    hub.leases.grant(link.address, reply.lease_s)  # renew often enough for what it granted
-    return reply
-
-
-def agent_info(reply: HelloReply, address: str, name: str) -> AgentInfo:
-    return AgentInfo(
-        name=name, address=address, public_key=reply.public_key,
-        profile=replace(reply.profile, name=name), preset=reply.preset,
-        emulated=reply.emulated, label=reply.label or name, backends=reply.backends,
-        memory_budget=reply.memory_budget, pid=reply.pid,
-    )
-
-
 def assemble(hub: Hub, links: list[AgentLink], on_close: Callable[[], None] | None = None,
-             names: Sequence[str] | None = None, cls: type[C] | None = None) -> C | Cluster:
+             names: Sequence[str] | None = None, cls: type[C] | None = None, *,
+             policy: FallbackPolicy | None = None, journal: Journal | None = None
+             ) -> C | Cluster:
     """Hello every agent, give them unique names, introduce them to each other."""
     infos: list[AgentInfo] = []
     seen: set[str] = set()
@@ -146,14 +152,8 @@ def assemble(hub: Hub, links: list[AgentLink], on_close: Callable[[], None] | No
         link.name = name
         hub.leases.add(name, link.address, link.public_key)  # renamed: logs say which
         infos.append(agent_info(reply, link.address, name))
-    join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos),
-                lease_s=hub.timeouts.lease_s)
-    for link in links:
-        answer = hub.request(link, join.KIND, join.to_meta())
-        if answer.is_error:
-            raise error_from_frame(answer, link.name)
-        parse_reply(JoinReply, answer.meta, link.name, join.KIND)
-    return (cls or Cluster)(hub, links, infos, on_close)
+    introduce(hub, links, infos)
+    return (cls or Cluster)(hub, links, infos, on_close, policy=policy, journal=journal)
 
 
 def _security(keys: str | os.PathLike[str] | None, insecure: bool) -> Security:
@@ -193,7 +193,9 @@ def discovered_key(agent: AgentAddress, security: Security) -> str:
 
 def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str] | None = None,
             *, insecure: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS,
-            server_keys: Sequence[str | None] | None = None) -> Cluster:
+            server_keys: Sequence[str | None] | None = None,
+            journal: str | os.PathLike[str] | Journal | None = None,
+            fallback: Sequence[ChainItem] | FallbackPolicy | None = None) -> Cluster:
     """A cluster of running agents at `addresses` (e.g. ``tcp://10.0.0.2:7700``).
 
     `keys`: this machine's keys directory (default ``~/.config/edge-runtime/keys``);
@@ -201,7 +203,12 @@ def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str
     --name N --address ADDR -- KEY`) unless `server_keys` gives them in order.
     Agents found by `edge_runtime.discovery.browse()` may be passed as they are:
     their announced key is used only if it is trusted (`discovered_key`).
+    `journal`: a SQLite file where every request is journaled until it is answered
+    (`resume()` completes what a crashed app left); `fallback`: the chain walked when
+    the cluster cannot answer, e.g. ``["cluster", "local", KServeV2(url, model="m")]``,
+    or a `FallbackPolicy` (see docs/RESILIENCE.md).
     """
+    policy = as_policy(fallback)
     if not addresses:
         raise ConfigError("connect() needs at least one agent address, e.g. tcp://10.0.0.2:7700")
     security = _security(keys, insecure)
@@ -220,7 +227,7 @@ def connect(addresses: Sequence[str | AgentAddress], keys: str | os.PathLike[str
                 else:
                     key = security.server_key_for(address).decode()
             links.append(hub.connect(address, key))
-        return assemble(hub, links)
+        return assemble(hub, links, policy=policy, journal=open_journal(journal))
     except BaseException:
         hub.close()
         raise

@@ -46,6 +46,21 @@ class Timeouts:
     # by a background thread while the coordinator lives; once it lapses (the app
     # crashed, was paused or lost the network for this long) the agents unload them.
     lease_s: float = 30.0
+    # A lost agent is tried again (hello, then re-introduced to the others) after this,
+    # doubling with each loss up to `rejoin_backoff_max_s`, times a random factor in
+    # [0.5, 1.5) so a fleet of coordinators does not knock in step.
+    rejoin_backoff_s: float = 1.0
+    rejoin_backoff_max_s: float = 30.0
+    # An agent lost `flap_limit` times within `flap_window_s` is flapping (a bad Wi-Fi
+    # link, a device rebooting in a loop): it is banned for `ban_s`, so requests are
+    # not re-planned onto it again and again.
+    flap_window_s: float = 300.0
+    flap_limit: int = 3
+    ban_s: float = 300.0
+    # With the cluster away (no agent left that can hold the model) and the "queue"
+    # policy, a request waits this long for agents to come back before the rest of
+    # the fallback chain is tried.
+    queue_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> Timeouts:

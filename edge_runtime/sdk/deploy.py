@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ from edge_runtime.protocol import (
 from edge_runtime.protocol.kinds import ONNX_STAGE
 from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import CHUNK_BYTES
-from edge_runtime.sdk.deployment import Deployment
 from edge_runtime.sdk.exits import exit_rules, exit_thresholds
 from edge_runtime.sdk.whole_file import WHOLE_FILE_SUFFIXES, whole_file_plan
 
@@ -83,7 +83,7 @@ def make_plan(cluster: Agents, model: Path, strategy: str, exits: Any, objective
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     graph = ModelGraph.from_onnx(model, batch_size)
-    infos = [cluster.info(n) for n in devices] if devices else list(cluster.agents)
+    infos = [cluster.info(n) for n in (devices or cluster.usable())]
     profiles = [info.profile for info in infos]
     budgets = [info.memory_budget for info in infos]
     names = _exit_names(exits)
@@ -200,15 +200,38 @@ def plan_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
     return plan
 
 
-def deploy_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
-                 slo_ms: float | None, objective: str, batch_size: int, plan: Any,
-                 devices: Sequence[str] | None,
-                 progress: Callable[[str, int, int], None] | None,
-                 calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
-                 exit_policy: str = "max_prob") -> Deployment:
-    """Plan (unless `plan` is given), extract, upload and load; see the module doc."""
+@dataclass(frozen=True)
+class DeploySource:
+    """What was asked to be deployed, kept so a failover can plan it again over the
+    agents still alive (the first plan may have been given; a re-plan is made)."""
+
+    model: Path
+    strategy: str
+    exits: Any
+    objective: str
+    batch_size: int
+    devices: tuple[str, ...] | None  # the agents the app allowed (None: all)
+    slo_ms: float | None = None
+    calibration: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None
+    exit_policy: str = "max_prob"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One deployment of a model on agents: its id, plan and the stage specs sent."""
+
+    deployment_id: str
+    plan: Any
+    specs: tuple[StageSpec, ...]
+    bytes_sent: int  # shard bytes this placement transferred (0: all cached)
+
+
+def place(cluster: Agents, source: DeploySource, devices: Sequence[str] | None,
+          plan: Any = None, progress: Callable[[str, int, int], None] | None = None) -> Placement:
+    """Plan (unless `plan` is given), extract, upload what the agents' caches lack, load."""
     from partitioner.extract import extract_shards
 
+    model = source.model
     if not model.is_file():
         raise ConfigError(f"no model file at {model}")
     started = time.perf_counter()
@@ -217,9 +240,10 @@ def deploy_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
     if whole:
         plan = whole_file_plan(cluster, model, devices)
     elif plan is None:
-        plan, graph = make_plan(cluster, model, strategy, exits, objective, batch_size,
-                                devices, slo_ms, calibration, exit_policy)
-    rules = exit_rules(plan, exits, exit_policy)
+        plan, graph = make_plan(cluster, model, source.strategy, source.exits, source.objective,
+                                source.batch_size, devices, source.slo_ms, source.calibration,
+                                source.exit_policy)
+    rules = exit_rules(plan, source.exits, source.exit_policy)
     deployment_id = uuid.uuid4().hex[:12]
     with tempfile.TemporaryDirectory(prefix="edge-runtime-shards-") as tmp:
         if whole:
@@ -243,15 +267,25 @@ def deploy_model(cluster: Agents, model: Path, *, strategy: str, exits: Any,
             loaded.append((stage.device, spec.deployment_id))
             cluster.call(stage.device, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
     except BaseException:
-        for agent, stage_id in loaded:
-            try:
-                cluster.call(agent, Unload(stage_id), UnloadReply)
-            except Exception as error:  # best effort: the agent may be the one that failed
-                log.debug("rollback unload on %s failed: %s", agent, error)
+        unload_stages(cluster, loaded)
         raise
     log.info("deployed %s as %s over %s in %.2f s (%d bytes sent)", model.name, deployment_id,
              [s.device for s in plan.stages], time.perf_counter() - started, sent)
-    return Deployment(cluster, deployment_id, plan, specs, bytes_sent=sent)
+    return Placement(deployment_id, plan, tuple(specs), sent)
+
+
+def unload_stages(cluster: Agents, stages: Sequence[tuple[str, str]],
+                  timeout_s: float | None = None) -> list[str]:
+    """Unload each (agent, stage id), best effort (an agent may be the one that failed);
+    returns the problems met, in words."""
+    problems: list[str] = []
+    for agent, stage_id in stages:
+        try:
+            cluster.call(agent, Unload(stage_id), UnloadReply, timeout_s=timeout_s)
+        except Exception as error:  # keep unloading the others
+            log.debug("unload of %s on %s failed: %s", stage_id, agent, error)
+            problems.append(str(error))
+    return problems
 
 
 def stage_specs(cluster: Agents, plan: Any, rules: dict[str, ExitRule],

@@ -1,10 +1,21 @@
-"""`Deployment`: a model loaded on the cluster; `run` and the pipelined `run_many`.
+"""`Deployment`: a model loaded on the cluster; `run` and the pipelined `run_many`, which
+survive the loss of agents.
 
-`run` sends the inputs to the first stage's agent and waits for the `result`
-frame that the last stage (or the stage whose exit fired) sends straight back.
-`run_many` keeps up to `max_in_flight` requests in the pipeline at once, so
-stage k works on request i+1 while stage k+1 works on request i, and yields
-results in input order.
+`run` sends the inputs to the first stage's agent and waits for the `result` frame
+that the last stage (or the stage whose exit fired) sends straight back. `run_many`
+keeps up to `max_in_flight` requests in the pipeline at once and yields results in
+input order.
+
+When an agent is lost mid-request (dead, hung past its heartbeat timeout, unreachable
+from the coordinator or from the stage before it) the deployment fails over: it
+re-plans over the agents still up (`place`, which sends only the shards their caches
+lack), and sends every request in flight again from its inputs, in order. Each
+attempt has its own wire id and the hub drops answers to abandoned ones, so every
+request is answered exactly once. When no agent is left that can hold the model the
+cluster is *away*: the fallback chain (`fallback/policy.py`) decides — wait for agents
+to come back, answer on this device or in the cloud, or fail with the reasons.
+Lost agents that answer again are re-planned onto between requests, never in the
+middle of one.
 """
 
 from __future__ import annotations
@@ -13,30 +24,35 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import AgentError, ConfigError
-from edge_runtime.protocol import (
-    Run,
-    RunResult,
-    SetExit,
-    SetExitReply,
-    StageSpec,
-    TensorSpec,
-    Unload,
-    UnloadReply,
+from edge_runtime.errors import (
+    AgentError,
+    AgentUnavailableError,
+    ClusterUnavailableError,
+    ConfigError,
+    DeployError,
+    DeploymentGoneError,
+    FallbackError,
+    PartitionError,
 )
+from edge_runtime.protocol import Run, RunResult, SetExit, SetExitReply, TensorSpec
 from edge_runtime.protocol.kinds import RESULT
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
+from edge_runtime.sdk.deploy import DeploySource, Placement, place, unload_stages
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.exits import exit_rules, exit_thresholds
+from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
+from edge_runtime.sdk.fallback.targets import ModelInfo
 from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.inputs import check_inputs
+from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result
+from edge_runtime.sdk.tickets import Ledger, Ticket
 from transports.wire import Frame
 
 log = logging.getLogger(__name__)
@@ -50,105 +66,356 @@ def _number(value: Any, exit_name: str) -> float:
 
 
 class Deployment:
-    """A model deployed on a cluster (one pipeline of stages)."""
+    """A model deployed on a cluster (one pipeline of stages), with failover."""
 
-    def __init__(self, cluster: Agents, deployment_id: str, plan: Any,
-                 specs: list[StageSpec], bytes_sent: int = 0) -> None:
+    def __init__(self, cluster: Agents, placement: Placement, source: DeploySource, *,
+                 policy: FallbackPolicy | None = None, targets: Targets | None = None,
+                 journal: Journal | None = None) -> None:
         self.cluster = cluster
-        self.id = deployment_id
-        self.plan = plan
-        self.specs = tuple(specs)
-        self.bytes_sent = bytes_sent  # shard bytes this deploy transferred (0: all cached)
+        self.source = source
+        self.policy = policy or FallbackPolicy()
+        self._targets = targets or Targets()
+        plan = placement.plan
+        self.model_sha256 = str(plan.model_sha256)
         self.signature = tuple(TensorSpec(s.name, s.dtype, tuple(s.shape))
                                for s in plan.model_inputs)
-        self.agents = tuple(dict.fromkeys(stage.device for stage in plan.stages))
-        self._links: list[AgentLink] = [cluster.link(name) for name in self.agents]
-        self._first = cluster.link(plan.stages[0].device)
-        self._predicted_stages = tuple(s.predicted_compute_s + s.predicted_transfer_s
-                                       for s in plan.stages)
+        self.model = ModelInfo(source.model, self.model_sha256,
+                               str(plan.model_name or source.model.stem), self.signature,
+                               tuple(s.name for s in plan.model_outputs))
+        self.bytes_sent = placement.bytes_sent  # shard bytes the first deploy transferred
+        self.failovers = 0  # times this deployment was re-planned after losing an agent
+        self._ledger = Ledger(journal, self.model_sha256, "pipeline")
+        self._placement: Placement | None = None
+        self._away = ""  # why the cluster cannot serve (set while _placement is None)
+        self._away_since: float | None = None
         self._unloaded = False
+        self._install(placement)
+
+    # --- the current placement ---
+
+    def _install(self, placement: Placement) -> None:
+        self._placement = placement
+        self._away, self._away_since = "", None
+        self.id = placement.deployment_id
+        self.plan = placement.plan
+        self.specs = placement.specs
+        self.agents = tuple(dict.fromkeys(stage.device for stage in self.plan.stages))
+        self._links: list[AgentLink] = [self.cluster.link(name) for name in self.agents]
+        self._first = self.cluster.link(self.plan.stages[0].device)
+        self._predicted_stages = tuple(s.predicted_compute_s + s.predicted_transfer_s
+                                       for s in self.plan.stages)
 
     @property
     def strategy(self) -> str:
         return str(self.plan.strategy)
 
+    @property
+    def available(self) -> bool:
+        """True while the cluster holds this deployment (False: away, see `why_away`)."""
+        return self._placement is not None
+
+    @property
+    def why_away(self) -> str:
+        return self._away
+
     def describe(self) -> str:
         stages = " → ".join(f"{s.device}[{s.node_start}:{s.node_end}]" for s in self.plan.stages)
-        return (f"{self.plan.model_name} ({self.plan.strategy}): {stages}; predicted "
+        where = stages if self.available else f"away ({self._away})"
+        return (f"{self.plan.model_name} ({self.plan.strategy}): {where}; predicted "
                 f"{self.plan.predicted_latency_s * 1e3:.2f} ms")
 
-    def _send(self, inputs: Mapping[str, Any]) -> tuple[int, float]:
-        if self._unloaded:
-            raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
-        arrays = check_inputs(self.signature, inputs)
-        hub = self.cluster.hub
-        request_id = hub.next_id()
-        start = time.perf_counter()
-        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time())
-        hub.send(self._first, run.frame(request_id, tensors=arrays),
-                 timeout_s=self.cluster.timeouts.hello_s)
-        return request_id, start
+    # --- requests ---
 
-    def _result(self, frame: Frame, start: float) -> Result:
-        if frame.is_error:
-            raise error_from_frame(frame, frame.sender or self.agents[0])
-        agent = frame.sender or self.agents[0]
-        if frame.kind != RESULT:
-            raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
-        latency = time.perf_counter() - start
-        result = parse_reply(RunResult, frame.meta, agent, RESULT)
-        outputs = {name: np.array(value) for name, value in frame.tensors.items()}
-        return Result(
-            outputs=outputs, exit=result.exit, stage=result.stage,
-            latency_s=latency, stages=result.timings,
-            predicted_latency_s=float(self.plan.predicted_latency_s),
-            predicted_stages=self._predicted_stages, request_id=frame.request_id,
-        )
-
-    def run(self, inputs: Mapping[str, Any], timeout_s: float | None = None) -> Result:
-        """One inference. Raises `InputError` before sending anything if inputs do not match,
-        `AgentUnavailableError` naming the agent if one dies or stays silent."""
-        timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
-        request_id, start = self._send(inputs)
-        try:
-            frame = self.cluster.hub.wait({request_id}, timeout, self._links, "result")
-        except BaseException:
-            self.cluster.hub.forget([request_id])
-            raise
-        return self._result(frame, start)
+    def run(self, inputs: Mapping[str, Any], timeout_s: float | None = None, *,
+            key: str | None = None, deadline_s: float | None = None,
+            fallback: Sequence[ChainItem] | FallbackPolicy | None = None) -> Result:
+        """One inference, answered by the cluster (failing over if an agent is lost) or by
+        the fallback chain. Raises `InputError` before sending anything if inputs do not
+        match; `ClusterUnavailableError` listing every path tried when none answered;
+        `DeadlineError` past `deadline_s`. `key`: the request's journal key (default: a
+        new one); `fallback`: this request's chain or policy instead of the cluster's."""
+        return next(self.run_many([inputs], max_in_flight=1, timeout_s=timeout_s,
+                                  keys=None if key is None else [key], deadline_s=deadline_s,
+                                  fallback=fallback))
 
     def run_many(self, inputs: Iterable[Mapping[str, Any]], *,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-                 timeout_s: float | None = None) -> Iterator[Result]:
+                 timeout_s: float | None = None, keys: Iterable[str] | None = None,
+                 deadline_s: float | None = None,
+                 fallback: Sequence[ChainItem] | FallbackPolicy | None = None,
+                 ) -> Iterator[Result]:
         """Stream `inputs` through the pipeline, at most `max_in_flight` at once.
 
-        Yields results in input order. `timeout_s` bounds the wait for each result.
-        On an error the remaining requests are abandoned and the error raised.
-        """
+        Yields results in input order, each exactly once, through failovers. `timeout_s`
+        bounds the wait for each result while its agents are alive (a busy agent is not
+        a lost one). On an error that no failover or fallback fixes, the rest are
+        abandoned (journaled ones stay for `Cluster.resume()`) and the error raised."""
         if max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if self._unloaded:
+            raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
+        policy = as_policy(fallback, self.policy)
+        if deadline_s is not None:
+            policy = policy.override(deadline_s=deadline_s)
         timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
-        hub = self.cluster.hub
-        pending: deque[tuple[int, float]] = deque()
-        source = iter(inputs)
+        key_iter = iter(keys) if keys is not None else None
+
+        def tickets() -> Iterator[Ticket]:
+            for item in inputs:
+                arrays = check_inputs(self.signature, item)
+                key = next(key_iter, None) if key_iter is not None else None
+                yield self._ledger.open(arrays, key, policy.deadline_s)
+
+        return self._stream(tickets(), policy, max_in_flight, timeout)
+
+    journal_kind = "pipeline"
+
+    @property
+    def model_key(self) -> str:
+        return self.model_sha256
+
+    def resume_entries(self, entries: Sequence[JournalEntry], timeout_s: float | None = None
+                       ) -> Iterator[tuple[str, Result]]:
+        """Complete journaled requests (`Cluster.resume`): the `run_many` path, in order."""
+        timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
+        tickets = [self._ledger.reopen(e.key, e.inputs, self.policy.deadline_s)
+                   for e in entries]
+        results = self._stream(iter(tickets), self.policy, DEFAULT_MAX_IN_FLIGHT, timeout)
+        for ticket, result in zip(tickets, results, strict=False):
+            yield ticket.key, result
+
+    def _stream(self, source: Iterator[Ticket], policy: FallbackPolicy, max_in_flight: int,
+                timeout: float) -> Iterator[Result]:
+        self._between_requests(policy)
+        pending: deque[Ticket] = deque()
         exhausted = False
         try:
             while True:
                 while not exhausted and len(pending) < max_in_flight:
-                    try:
-                        item = next(source)
-                    except StopIteration:
+                    ticket = next(source, None)
+                    if ticket is None:
                         exhausted = True
                         break
-                    pending.append(self._send(item))
+                    pending.append(ticket)
+                    if self._placement is not None and policy.uses_cluster:
+                        self._send_or_recover(ticket, pending, policy)
                 if not pending:
                     return
-                request_id, start = pending[0]
-                frame = hub.wait({request_id}, timeout, self._links, "result")
+                head = pending[0]
+                try:
+                    result = self._answer(head, pending, policy, timeout)
+                except (AgentError, DeployError, PartitionError, FallbackError) as error:
+                    if not isinstance(error, AgentUnavailableError):
+                        self._ledger.fail(head, error)  # a final answer: bad input, ...
+                    raise
                 pending.popleft()
-                yield self._result(frame, start)
+                self._ledger.deliver(head, result)
+                yield result
         finally:
-            hub.forget(request_id for request_id, _ in pending)
+            self.cluster.hub.forget(t.request_id for t in pending if t.request_id is not None)
+
+    def _send(self, ticket: Ticket) -> None:
+        """Send `ticket`'s next attempt to the current placement's first stage."""
+        assert self._placement is not None
+        hub = self.cluster.hub
+        self._ledger.attempt(ticket)
+        request_id = hub.next_id()
+        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time())
+        ticket.request_id = request_id
+        hub.send(self._first, run.frame(request_id, tensors=ticket.arrays),
+                 timeout_s=self.cluster.timeouts.hello_s)
+
+    def _send_or_recover(self, ticket: Ticket, pending: deque[Ticket],
+                         policy: FallbackPolicy) -> None:
+        try:
+            self._send(ticket)
+        except AgentUnavailableError as error:
+            ticket.request_id = None
+            if not policy.failover or not self._is_lost(error):
+                raise
+            self._recover(error.agent, str(error), pending)
+
+    def _answer(self, head: Ticket, pending: deque[Ticket], policy: FallbackPolicy,
+                timeout: float) -> Result:
+        """`head`'s result: from the cluster (failing over as needed) or the fallbacks."""
+        hub = self.cluster.hub
+        while True:
+            if self._placement is None or not policy.uses_cluster:
+                if policy.uses_cluster and self._cluster_back(head, pending, policy):
+                    continue
+                return self._fallback(head, policy)
+            if head.request_id is None:
+                self._send_or_recover(head, pending, policy)
+                continue
+            try:
+                frame = hub.wait({head.request_id}, head.left_s(timeout), self._links, "result")
+            except AgentUnavailableError as error:
+                if not policy.failover or not self._is_lost(error):
+                    raise
+                self._recover(error.agent, str(error), pending)
+                continue
+            if frame.is_error:
+                failure = error_from_frame(frame, frame.sender or self.agents[0])
+                if policy.failover and isinstance(failure, AgentUnavailableError):
+                    self._recover(failure.agent, str(failure), pending)  # a stage lost its hop
+                    continue
+                if policy.failover and isinstance(failure, DeploymentGoneError):
+                    self._recover(None, str(failure), pending)  # an agent restarted
+                    continue
+                raise failure
+            return self._result(frame, head)
+
+    def _is_lost(self, error: AgentUnavailableError) -> bool:
+        """Whether the hub declared `error.agent` lost (dead, stopped, unreachable), as
+        opposed to a request that merely timed out while its agents answer heartbeats."""
+        try:
+            link = self.cluster.link(error.agent)
+        except ConfigError:
+            return False
+        return link.dead or (link.alive is not None and not link.alive())
+
+    # --- failover ---
+
+    def _recover(self, lost: str | None, why: str, pending: deque[Ticket]) -> None:
+        """Re-plan without `lost` and send everything in flight again, in order."""
+        hub = self.cluster.hub
+        hub.forget(t.request_id for t in pending if t.request_id is not None)
+        for ticket in pending:
+            ticket.request_id = None
+            ticket.notes.append(f"failover: {why[:200]}")
+        if lost:
+            self.cluster.lost(lost, why)
+        self._retire()
+        placement = self._place_on_survivors(why)
+        if placement is None:
+            return
+        self.failovers += 1
+        self._install(placement)
+        log.warning("%s re-planned over %s after: %s", self.model.name, list(self.agents),
+                    why[:300])
+        for ticket in pending:
+            if self._placement is None:
+                return
+            self._send_or_recover(ticket, pending, self.policy)
+
+    def _retire(self) -> None:
+        """Unload the current placement from the agents still up (frees their memory for
+        the re-plan); the lost agents' stages are reclaimed by their leases."""
+        old = self._placement
+        self._placement = None
+        if old is None:
+            return
+        stages = [(stage.device, spec.deployment_id)
+                  for spec, stage in zip(old.specs, old.plan.stages, strict=True)
+                  if self.cluster.health.usable(stage.device)]
+        unload_stages(self.cluster, stages, timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+
+    def _place_on_survivors(self, why: str) -> Placement | None:
+        """A placement over the allowed agents still up, or None (the cluster is away)."""
+        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
+        for _ in range(len(allowed) + 1):
+            survivors = self.cluster.usable(allowed)
+            if not survivors:
+                self._set_away("no agent is up: " + "; ".join(
+                    f"{n}: {d}" for n, d in self.cluster.health.summary().items()))
+                return None
+            try:
+                return place(self.cluster, self.source, survivors)
+            except AgentUnavailableError as error:
+                if error.agent not in allowed:
+                    raise
+                self.cluster.lost(error.agent, f"lost while re-planning: {error}")
+            except (PartitionError, DeployError) as error:
+                self._set_away(f"the agents still up ({', '.join(survivors)}) cannot hold "
+                               f"the model: {error}")
+                return None
+        self._set_away(f"agents kept failing while re-planning after: {why[:200]}")
+        return None
+
+    def _set_away(self, why: str) -> None:
+        self._placement = None
+        self._away = why
+        if self._away_since is None:
+            self._away_since = time.monotonic()
+        log.warning("%s: cluster away: %s", self.model.name, why)
+
+    def _cluster_back(self, head: Ticket, pending: deque[Ticket],
+                      policy: FallbackPolicy) -> bool:
+        """Whether agents came back and the model was placed on them again. Knocks once
+        (respecting each agent's backoff); with `when_away="queue"`, keeps knocking until
+        `Timeouts.queue_s` after the cluster went away (or `head`'s deadline)."""
+        timeouts = self.cluster.timeouts
+        while True:
+            if self.cluster.rejoin_due():
+                placement = self._place_on_survivors(self._away)
+                if placement is not None:
+                    self._install(placement)
+                    log.info("%s: cluster back, placed over %s", self.model.name,
+                             list(self.agents))
+                    for ticket in pending:
+                        ticket.request_id = None
+                        if self._placement is not None:
+                            self._send_or_recover(ticket, pending, policy)
+                    return self._placement is not None
+            if policy.when_away != "queue" or self._away_since is None:
+                return False
+            left = self._away_since + timeouts.queue_s - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.2, head.left_s(left)))
+
+    def _between_requests(self, policy: FallbackPolicy) -> None:
+        """Nothing in flight: take back agents that answer again, if the plan can use them."""
+        if not policy.uses_cluster or not self.cluster.health.due():
+            return
+        back = self.cluster.rejoin_due()
+        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
+        if not any(name in allowed for name in back):
+            return
+        self._retire()
+        placement = self._place_on_survivors("re-plan onto agents that came back")
+        if placement is not None:
+            self._install(placement)
+            log.info("%s re-planned over %s (agents back: %s)", self.model.name,
+                     list(self.agents), back)
+
+    # --- fallback ---
+
+    def _fallback(self, head: Ticket, policy: FallbackPolicy) -> Result:
+        reasons = [f"cluster: {self._away or 'not in the chain'}"]
+        started = time.perf_counter()
+        for target in self._targets.pipeline(policy):
+            try:
+                answer = target.infer(self.model, head.arrays,
+                                      head.left_s(self.cluster.timeouts.request_s))
+            except FallbackError as error:
+                reasons.append(str(error))
+                continue
+            return Result(outputs=answer.outputs, exit=answer.exit, stage=-1,
+                          latency_s=time.perf_counter() - started,
+                          request_id=head.request_id or 0, served_by=answer.served_by,
+                          degraded=answer.degraded, attempts=head.attempts + 1,
+                          key=head.key, notes=(*head.notes, *answer.notes))
+        journaled = (f"; it stays in the journal as {head.key} for Cluster.resume()"
+                     if self._ledger.journal is not None else "")
+        raise ClusterUnavailableError(f"no path could answer the request: {'; '.join(reasons)}"
+                                      f"{journaled}")
+
+    def _result(self, frame: Frame, ticket: Ticket) -> Result:
+        agent = frame.sender or self.agents[0]
+        if frame.kind != RESULT:
+            raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
+        result = parse_reply(RunResult, frame.meta, agent, RESULT)
+        outputs = {name: np.array(value) for name, value in frame.tensors.items()}
+        return Result(
+            outputs=outputs, exit=result.exit, stage=result.stage,
+            latency_s=time.perf_counter() - ticket.started, stages=result.timings,
+            predicted_latency_s=float(self.plan.predicted_latency_s),
+            predicted_stages=self._predicted_stages, request_id=frame.request_id,
+            attempts=ticket.attempts, key=ticket.key, notes=tuple(ticket.notes),
+        )
+
+    # --- management ---
 
     def set_exit_thresholds(self, thresholds: Mapping[str, Any]) -> None:
         """Change early-exit thresholds while deployed: no new plan, shard or session.
@@ -156,12 +423,16 @@ class Deployment:
         `thresholds`: exit name -> threshold under that exit's policy, None (never
         stop there), or `(policy, threshold)`. Only the agents holding those exits'
         stages are told (one `set_exit` message each); requests already running
-        finish under the old rule. `plan` and `specs` are updated to match.
+        finish under the old rule. `plan` and `specs` are updated to match, and a
+        failover keeps them.
         """
         from partitioner.exit_policies import POLICIES
 
         if self._unloaded:
             raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
+        if self._placement is None:
+            raise ClusterUnavailableError(f"the cluster is away ({self._away}); set exit "
+                                          "thresholds when it is back")
         current = {e.name: e for e in self.plan.exits}
         earlier = sorted(name for name, e in current.items() if not e.final)
         wanted: dict[str, Any] = {}
@@ -196,6 +467,10 @@ class Deployment:
             log.info("%s: exit %s of stage %d on %s now %s", self.id, stage.exit, index,
                      stage.device, "off" if rule is None else f"{rule.policy} {rule.threshold:g}")
         self.plan, self.specs = plan, tuple(specs)
+        self._placement = dataclasses.replace(self._placement, plan=plan, specs=tuple(specs))
+        kept = {e.name: None if e.threshold is None else (e.policy, e.threshold)
+                for e in plan.exits}
+        self.source = dataclasses.replace(self.source, exits=kept)
 
     def status(self) -> dict[str, Any]:
         """Each stage's status as its agent reports it."""
@@ -210,11 +485,11 @@ class Deployment:
         if self._unloaded:
             return
         self._unloaded = True
-        errors: list[str] = []
-        for spec, stage in zip(self.specs, self.plan.stages, strict=True):
-            try:
-                self.cluster.call(stage.device, Unload(spec.deployment_id), UnloadReply)
-            except Exception as error:  # keep unloading the others
-                errors.append(str(error))
-        if errors:
-            log.warning("unload of %s incomplete: %s", self.id, "; ".join(errors))
+        if self._placement is None:
+            return
+        problems = unload_stages(self.cluster, [
+            (stage.device, spec.deployment_id)
+            for spec, stage in zip(self.specs, self.plan.stages, strict=True)])
+        self._placement = None
+        if problems:
+            log.warning("unload of %s incomplete: %s", self.id, "; ".join(problems))

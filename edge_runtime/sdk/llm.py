@@ -1,80 +1,63 @@
-"""`Cluster.deploy_llm`: an LLM split tensor-parallel over agents, driven as an engine `Runner`.
+"""`Cluster.deploy_llm`: an LLM split tensor-parallel over agents, that survives losing one.
 
-Why a Runner: the generation logic (prefill, decode loop, sampling, stop tokens,
-streaming) is `edge_runtime.llm.LlmEngine`'s and is the same for in-process workers
-and agents; this module only moves one forward step at a time to the agents. So
-sampling happens here, at the coordinator, and `generate(stream=True)` yields each
-token as soon as the hub's logits arrive.
+Placing the checkpoint is `llm_place.py`; moving one forward step to the agents, and
+replaying the sequence after a failover, is `llm_runner.py`. This module is the
+deployment the app holds: `generate` (streamed or not), `logits`, `status`, with the
+same guarantees as a pipeline deployment —
 
-Deploy, in order, each step failing with a typed error before the next:
-validate the checkpoint here (`Checkpoint`: config, every tensor's name and shape),
-plan (`partitioner.plan_tensor_parallel` over the agents' reported profiles, memory
-budgets and measured links: the hub is the agent with the lowest summed latency),
-with `quantize="q4"` the shares are 4-bit and must fit resident (`llm_plan.py`),
-then `deploy` an "llm-shard" to every agent (it converts its share once into its
-cache, off its control loop), wait until every agent is loaded (`llm_ready`, which
-returns its collective endpoint), and connect the group (`llm_connect`). Any
-failure unloads what was loaded.
-
-One step: the same small frame (`llm_step`: start, last_only, int64 token ids) to
-every agent over the coordinator's persistent sockets; the hub answers with the
-logits. No per-token connection, no JSON.
+- an agent lost mid-generation: the checkpoint is placed again over the agents still
+  up and the generation resumes from the prompt plus the tokens already produced, so
+  the caller's stream has no duplicate and no gap;
+- the cluster away (no agent left that can hold the checkpoint): the fallback chain
+  continues the generation — "local" runs the same checkpoint on this device, a
+  `LocalCheckpoint` a smaller one, an `OpenAICompatible` endpoint the cloud — from the
+  prompt text plus the text produced so far; the tokens say who produced them;
+- with a journal, the request is written before its first step and marked delivered
+  when its last token (or the whole `Generation`) is handed over.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import (
-    AgentError,
     AgentUnavailableError,
+    CheckpointError,
+    ClusterUnavailableError,
     ConfigError,
-    EdgeRuntimeError,
+    DeployError,
+    DeploymentGoneError,
+    FallbackError,
+    PartitionError,
 )
-from edge_runtime.protocol import (
-    COLLECTIVE_TIMEOUT_S,
-    Deploy,
-    DeployReply,
-    LlmConnect,
-    LlmConnectReply,
-    LlmReady,
-    LlmReadyReply,
-    LlmStep,
-    LlmStepReply,
-    Record,
-    ShardSpec,
-    Unload,
-    UnloadReply,
+from edge_runtime.llm.engine import Generation, LlmEngine, TokenEvent
+from edge_runtime.sdk.agents import Agents
+from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
+from edge_runtime.sdk.fallback.targets import GenerationRequest
+from edge_runtime.sdk.journal import Journal, JournalEntry
+from edge_runtime.sdk.journal_codec import (
+    decode_generation_request,
+    encode_generation_request,
 )
-from edge_runtime.protocol.kinds import LLM_SHARD
-from edge_runtime.sdk.agents import Agents, parse_reply
-from edge_runtime.sdk.errors_map import error_from_frame
-from edge_runtime.sdk.hub import AgentLink
-from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
-from edge_runtime.sdk.llm_plan import (
-    Budget,
-    blas_threads,
-    budgets_for,
-    check_plan,
-    check_q4_budgets,
-    check_quantize,
-    host_of,
-    plan_llm,
-    quantize_plan,
+from edge_runtime.sdk.llm_files import Progress
+from edge_runtime.sdk.llm_place import (
+    LlmPlacement,
+    LlmSource,
+    check_names,
+    place_llm,
+    unload_llm,
 )
+from edge_runtime.sdk.llm_plan import Budget, budgets_for, check_quantize
+from edge_runtime.sdk.llm_runner import AgentRunner
+from edge_runtime.sdk.tickets import Ledger, Ticket
 
 if TYPE_CHECKING:
-    from edge_runtime.llm import Generation, LlmConfig, LlmEngine, TokenEvent
+    from edge_runtime.llm import LlmConfig, LlmTokenizer
     from partitioner.tensor import TensorPlan
-
-R = TypeVar("R", bound=Record)
 
 log = logging.getLogger(__name__)
 
@@ -83,81 +66,47 @@ log = logging.getLogger(__name__)
 # for a 1 B-parameter model.
 DEFAULT_MAX_CONTEXT = 512
 
-class AgentRunner:
-    """`Runner` over the agents of one deployment: one `llm_step` frame per forward."""
-
-    def __init__(self, cluster: Agents, deployment_id: str, names: Sequence[str], hub: int,
-                 max_context: int, timeout_s: float | None = None) -> None:
-        self._cluster = cluster
-        self._id = deployment_id
-        self._names = tuple(names)
-        self._links: list[AgentLink] = [cluster.link(n) for n in names]
-        self._hub = hub
-        self._max_context = max_context
-        self._timeout_s = timeout_s
-        self.broken: EdgeRuntimeError | None = None
-        self.last_step: dict[str, float] = {}
-        self.closed = False
-
-    @property
-    def max_context(self) -> int:
-        return self._max_context
-
-    def forward(self, token_ids: Sequence[int], start: int, *,
-                last_only: bool = True) -> np.ndarray:
-        if self.closed:
-            raise ConfigError(f"LLM deployment {self._id} was unloaded; deploy it again")
-        if self.broken is not None:
-            raise AgentUnavailableError(
-                f"LLM deployment {self._id} lost an agent earlier ({self.broken}); redeploy "
-                "it on the remaining agents", agent=getattr(self.broken, "agent", ""))
-        hub = self._cluster.hub
-        timeouts = self._cluster.timeouts
-        request_id = hub.next_id()
-        ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
-        step = LlmStep(self._id, int(start), bool(last_only))
-        started = time.perf_counter()
-        try:
-            for link in self._links:
-                hub.send(link, step.frame(request_id, tensors={"ids": ids}),
-                         timeout_s=timeouts.hello_s)
-            timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
-            frame = hub.wait({request_id}, timeout, self._links, "logits")
-        except AgentUnavailableError as error:
-            hub.forget([request_id])
-            self.broken = error
-            raise
-        if frame.is_error:
-            hub.forget([request_id])  # the other members' copies of the same error
-            failure = error_from_frame(frame, frame.sender or self._names[self._hub])
-            if isinstance(failure, AgentUnavailableError):
-                self.broken = failure
-            raise failure
-        reply = parse_reply(LlmStepReply, frame.meta, frame.sender, step.KIND)
-        self.last_step = {"wall_s": time.perf_counter() - started,
-                          "compute_s": reply.compute_s, "comm_s": reply.comm_s}
-        logits = frame.tensors.get("logits")
-        if logits is None:
-            raise AgentError("answered a step without logits", agent=frame.sender)
-        return np.array(logits)
-
 
 class LlmDeployment:
     """An LLM deployed tensor-parallel on a cluster: `generate`, `logits`, `status`."""
 
-    def __init__(self, cluster: Agents, deployment_id: str, plan: TensorPlan,
-                 names: Sequence[str], engine: LlmEngine, runner: AgentRunner,
-                 checkpoint: Path, quantize: str | None = None) -> None:
+    journal_kind = "llm"
+
+    def __init__(self, cluster: Agents, source: LlmSource, placement: LlmPlacement,
+                 tokenizer: LlmTokenizer | None, *, timeout_s: float | None = None,
+                 policy: FallbackPolicy | None = None, targets: Targets | None = None,
+                 journal: Journal | None = None) -> None:
         self.cluster = cluster
-        self.id = deployment_id
-        self.plan = plan
-        self.agents = tuple(names)
-        self.engine = engine
-        self.runner = runner
-        self.checkpoint = checkpoint
-        self.quantize = quantize  # weight format: None (fp32) or "q4"
-        self.bytes_sent = 0  # checkpoint bytes this deploy sent (0: agents read it or had it)
+        self.source = source
+        self.checkpoint = source.checkpoint
+        self.quantize = source.quantize  # weight format: None (fp32) or "q4"
+        self.policy = policy or FallbackPolicy()
+        self._targets = targets or Targets()
+        self._ledger = Ledger(journal, source.digest, "llm")
+        self.bytes_sent = placement.bytes_sent  # checkpoint bytes the first deploy sent
+        self.failovers = 0
+        self.runner = AgentRunner(cluster, placement, source.max_context, timeout_s,
+                                  self._fail_over)
+        self.engine = LlmEngine(self.runner, source.config, tokenizer)
         self._unloaded = False
+
+    # --- the current placement ---
+
+    @property
+    def id(self) -> str:
+        return self.runner.placement.deployment_id
+
+    @property
+    def plan(self) -> TensorPlan:
+        return self.runner.placement.plan
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        return self.runner.placement.names
+
+    @property
+    def model_key(self) -> str:
+        return self.source.digest
 
     @property
     def config(self) -> LlmConfig:
@@ -180,26 +129,195 @@ class LlmDeployment:
         return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), "
                 f"{weights} weights, hub {self.hub_agent}: {shares}")
 
+    def _fail_over(self, error: AgentUnavailableError | DeploymentGoneError) -> LlmPlacement:
+        """Place the checkpoint again over the agents still up (the runner replays)."""
+        if not self.policy.failover:
+            raise error
+        old = self.runner.placement
+        lost = self.runner.lost_agents()
+        if not lost and isinstance(error, AgentUnavailableError) and error.agent in old.names:
+            lost = [error.agent]  # an agent said a peer is unreachable
+        if isinstance(error, AgentUnavailableError) and not lost:
+            raise error  # a step timed out while every agent answers heartbeats: busy
+        for name in lost:
+            self.cluster.lost(name, str(error))
+        unload_llm(self.cluster, old.deployment_id, self.cluster.usable(old.names),
+                   timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
+        why = str(error)
+        for _ in range(len(allowed) + 1):
+            survivors = self.cluster.usable(allowed)
+            if not survivors:
+                raise ClusterUnavailableError(f"no agent left for {self.checkpoint.name} "
+                                              f"after: {why[:300]}")
+            try:
+                placement = place_llm(self.cluster, self.source, survivors)
+            except AgentUnavailableError as again:
+                self.cluster.lost(again.agent, f"lost while re-planning: {again}")
+                continue
+            except (PartitionError, DeployError, CheckpointError) as cannot:
+                raise ClusterUnavailableError(
+                    f"the agents still up ({', '.join(survivors)}) cannot hold "
+                    f"{self.checkpoint.name}: {cannot}") from cannot
+            self.failovers += 1
+            log.warning("LLM %s re-placed over %s after: %s", self.checkpoint.name,
+                        survivors, why[:300])
+            return placement
+        raise ClusterUnavailableError(f"agents kept failing while re-planning after {why[:300]}")
+
+    def _between_requests(self, policy: FallbackPolicy) -> None:
+        """Take back agents that answer again (a new placement), never mid-generation."""
+        if not policy.uses_cluster or not self.cluster.health.due():
+            return
+        back = self.cluster.rejoin_due()
+        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
+        if not any(name in allowed for name in back):
+            return
+        old = self.runner.placement
+        try:
+            placement = place_llm(self.cluster, self.source, self.cluster.usable(allowed))
+        except (AgentUnavailableError, PartitionError, DeployError) as error:
+            log.warning("re-placing %s onto agents that came back failed: %s",
+                        self.checkpoint.name, error)
+            return
+        unload_llm(self.cluster, old.deployment_id, self.cluster.usable(old.names),
+                   timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+        self.runner.install(placement)
+        log.info("LLM %s re-placed over %s (agents back: %s)", self.checkpoint.name,
+                 list(placement.names), back)
+
+    # --- requests ---
+
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, *,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: int | None = None, stop: Sequence[int | str] | None = None,
-                 stream: bool = False) -> Generation | Iterator[TokenEvent]:
+                 stream: bool = False, key: str | None = None,
+                 deadline_s: float | None = None,
+                 fallback: Sequence[ChainItem] | FallbackPolicy | None = None,
+                 ) -> Generation | Iterator[TokenEvent]:
         """Generate up to `max_new_tokens` after `prompt` (text or token ids).
 
         `stream=False`: the finished `Generation` (text, ids, time to first token,
-        s/token). `stream=True`: an iterator of `TokenEvent`s, each yielded as soon
-        as it is sampled. `stop`: token ids and/or strings (default: the checkpoint's
-        EOS ids). Raises `GenerationError` (prompt too long for `max_context`, bad
-        ids) before anything is sent, `AgentUnavailableError` naming an agent that
-        died mid-generation.
+        s/token, who served it). `stream=True`: an iterator of `TokenEvent`s, each
+        yielded as soon as it is sampled. `stop`: token ids and/or strings (default: the
+        checkpoint's EOS ids). An agent lost mid-generation is replaced transparently
+        (failover and replay); with the cluster away the fallback chain continues.
+        Raises `GenerationError` (prompt too long for `max_context`, bad ids) before
+        anything is sent, `ClusterUnavailableError` when no path could answer.
         """
-        kwargs: dict[str, Any] = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                                  "seed": seed, "stop": stop}
+        if self._unloaded:
+            raise ConfigError(f"LLM deployment {self.id} was unloaded; deploy it again")
+        policy = as_policy(fallback, self.policy)
+        if deadline_s is not None:
+            policy = policy.override(deadline_s=deadline_s)
+        ids = self.engine.encode(prompt)
+        self.engine._check_length(len(ids), max_new_tokens)  # before any journal entry
+        text = prompt if isinstance(prompt, str) else (
+            self.engine.tokenizer.decode(ids) if self.engine.tokenizer is not None else None)
+        request = GenerationRequest(tuple(ids), text, max_new_tokens, temperature, top_k,
+                                    top_p, seed, None if stop is None else tuple(stop))
+        ticket = self._ledger.open({}, key, policy.deadline_s,
+                                   encode_generation_request(request))
+        self._between_requests(policy)
+        events = self._delivered(ticket, request, policy)
         if stream:
-            return self.engine.stream(prompt, max_new_tokens, **kwargs)
-        return self.engine.generate(prompt, max_new_tokens, **kwargs)
+            return events
+        return self._collect(list(events), request)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
+    def _delivered(self, ticket: Ticket, request: GenerationRequest,
+                   policy: FallbackPolicy) -> Iterator[TokenEvent]:
+        """The events, with the journal entry marked delivered before the last is handed."""
+        events = self._events(ticket, request, policy)
+        handed: list[TokenEvent] = []
+        previous = next(events, None)
+        for event in events:
+            assert previous is not None
+            handed.append(previous)
+            yield previous
+            previous = event
+        if previous is not None:
+            handed.append(previous)
+            self._ledger.deliver_generation(ticket, self._collect(handed, request))
+            yield previous
+
+    def _events(self, ticket: Ticket, request: GenerationRequest,
+                policy: FallbackPolicy) -> Iterator[TokenEvent]:
+        """Tokens from the cluster, then (if it goes away) from the fallback chain."""
+        produced: list[TokenEvent] = []
+        reasons: list[str] = []
+        if policy.uses_cluster:
+            self._ledger.attempt(ticket)
+            try:
+                stream = self.engine.stream(list(request.prompt_ids), request.max_new_tokens,
+                                            temperature=request.temperature,
+                                            top_k=request.top_k, top_p=request.top_p,
+                                            seed=request.seed, stop=request.stop)
+                for event in stream:
+                    produced.append(event)
+                    yield event
+                return
+            except ClusterUnavailableError as error:
+                reasons.append(f"cluster: {error}")
+                ticket.notes.append(f"cluster away after {len(produced)} token(s)")
+        else:
+            reasons.append("cluster: not in the chain")
+        left = request.max_new_tokens - len(produced)
+        if request.prompt_text is None:
+            raise ClusterUnavailableError("no path could continue the generation (a prompt "
+                                          "of ids without a tokenizer has no text for a "
+                                          "fallback): " + "; ".join(reasons))
+        so_far = "".join(e.text for e in produced)
+        rest = GenerationRequest((*request.prompt_ids, *(e.token_id for e in produced)),
+                                 request.prompt_text + so_far, left, request.temperature,
+                                 request.top_k, request.top_p, request.seed, request.stop)
+        start = time.perf_counter()
+        offset = produced[-1].seconds if produced else 0.0
+        for target in self._targets.llm(policy, self.checkpoint):
+            given = 0
+            try:
+                for event in target.stream(rest, ticket.left_s(self.cluster.timeouts.request_s)):
+                    given += 1
+                    yield TokenEvent(len(produced) + given - 1, event.token_id, event.text,
+                                     offset + time.perf_counter() - start, target.name,
+                                     target.degraded)
+                return
+            except FallbackError as error:
+                if given:
+                    raise  # tokens were handed over: another target cannot take over cleanly
+                reasons.append(str(error))
+        journaled = (f"; it stays in the journal as {ticket.key} for Cluster.resume()"
+                     if self._ledger.journal is not None else "")
+        raise ClusterUnavailableError("no path could answer the generation: "
+                                      + "; ".join(reasons) + journaled)
+
+    def _collect(self, events: list[TokenEvent], request: GenerationRequest) -> Generation:
+        ids = tuple(e.token_id for e in events)
+        text = "".join(e.text for e in events)
+        ttft = events[0].seconds if events else 0.0
+        per_token = (events[-1].seconds - ttft) / (len(events) - 1) if len(events) > 1 else 0.0
+        stops = set(self.config.eos_token_ids) if request.stop is None else {
+            s for s in request.stop if isinstance(s, int)}
+        texts = [] if request.stop is None else [s for s in request.stop if isinstance(s, str)]
+        stopped = bool(events) and ((events[-1].token_id in stops and events[-1].token_id >= 0)
+                                    or any(t in text for t in texts))
+        finish = "stop" if stopped or len(events) < request.max_new_tokens else "length"
+        servers = list(dict.fromkeys(e.served_by for e in events)) or ["cluster"]
+        return Generation(request.prompt_ids, ids, text, finish, ttft, per_token,
+                          served_by=servers[-1], degraded=any(e.degraded for e in events),
+                          notes=tuple(f"served by {s}" for s in servers[:-1]))
+
+    def resume_entries(self, entries: Sequence[JournalEntry], timeout_s: float | None = None
+                       ) -> Iterator[tuple[str, Generation]]:
+        """Run journaled generations again (`Cluster.resume`), each to completion."""
+        for entry in entries:
+            request = decode_generation_request(entry.request)
+            ticket = self._ledger.reopen(entry.key, {}, self.policy.deadline_s)
+            events = list(self._events(ticket, request, self.policy))
+            generation = self._collect(events, request)
+            self._ledger.deliver_generation(ticket, generation)
+            yield entry.key, generation
+
+    def logits(self, ids: Sequence[int]) -> Any:
         """Logits [len(ids), vocab] of a fresh sequence at positions 0.. (for verification)."""
         return self.engine.logits(ids)
 
@@ -216,41 +334,7 @@ class LlmDeployment:
             return
         self._unloaded = True
         self.runner.closed = True
-        _unload(self.cluster, self.id, self.agents)
-
-
-def _unload(cluster: Agents, deployment_id: str, names: Sequence[str]) -> None:
-    problems = []
-    for name in names:
-        try:
-            cluster.call(name, Unload(deployment_id), UnloadReply)
-        except Exception as error:  # keep unloading the others; an agent may be gone
-            problems.append(str(error))
-    if problems:
-        log.warning("unload of %s incomplete: %s", deployment_id, "; ".join(problems))
-
-
-def _ask_all(cluster: Agents, names: Sequence[str], request: Record, reply_type: type[R],
-             timeout_s: float) -> list[R]:
-    """Send `request` to each agent at once, then collect every reply (typed errors)."""
-    hub, kind = cluster.hub, request.KIND
-    sent: list[tuple[str, int]] = []
-    for name in names:
-        request_id = hub.next_id()
-        hub.send(cluster.link(name), request.frame(request_id),
-                 timeout_s=cluster.timeouts.hello_s)
-        sent.append((name, request_id))
-    replies: list[R] = []
-    try:
-        for name, request_id in sent:
-            frame = hub.wait({request_id}, timeout_s, [cluster.link(name)], f"reply to {kind}")
-            if frame.is_error:
-                raise error_from_frame(frame, name)
-            replies.append(parse_reply(reply_type, frame.meta, name, kind))
-    except BaseException:
-        hub.forget(request_id for _, request_id in sent)
-        raise
-    return replies
+        unload_llm(self.cluster, self.id, self.agents)
 
 
 def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
@@ -260,16 +344,19 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                collective_timeout_s: float | None = None,
                plan: TensorPlan | None = None, send_checkpoint: bool = False,
                progress: Progress | None = None, threads: int | None = None,
-               quantize: str | None = None) -> LlmDeployment:
+               quantize: str | None = None, policy: FallbackPolicy | None = None,
+               targets: Targets | None = None, journal: Journal | None = None,
+               ) -> LlmDeployment:
     """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
 
     `memory_budget`: bytes or "512MB" for every agent, or one per agent (None = the
     agent's own budget, unlimited if it has none); a share above its budget streams
-    through a sliding window. `devices`: agent names to use (default: all).
+    through a sliding window. `devices`: agent names to use (default: all up).
     `timeout_s`: per forward step (default the cluster's `request_s`).
     `collective_timeout_s`: how long agents wait for each other inside a step.
     `plan`: deploy a ready `TensorPlan` whose share devices are agent names (skips
-    planning; e.g. a plan made for other speeds than the agents report).
+    planning; e.g. a plan made for other speeds than the agents report; a failover
+    plans anew).
     `send_checkpoint`: send the checkpoint's files even to agents that could read
     `path` (an agent that cannot read it is always sent the files its cache lacks);
     `progress(agent, bytes_sent, total)` is called per chunk.
@@ -278,12 +365,13 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     `quantize`: None (fp32) or "q4": every matrix as a 4-bit onnxruntime kernel
     (`MatMulNBits`, int8 activations; ~6x fewer bytes per token), shares resident
     only; the plan's bytes, predicted time and memory are the 4-bit ones.
+    `policy`, `targets`, `journal`: the cluster's fallback chain and request journal.
     Errors before any agent loads anything: `ConfigError` (strategy, devices,
     quantize, a budget that cannot hold a 4-bit share resident),
     `CheckpointError` (unsupported config, missing shards, tensors that do not match
     the config), `InfeasiblePlanError` (a budget below one block plus the KV cache).
     """
-    from edge_runtime.llm import Checkpoint, LlmEngine, LlmTokenizer
+    from edge_runtime.llm import Checkpoint, LlmTokenizer
 
     if strategy != "tensor":
         raise ConfigError(f"LLM strategy {strategy!r} is not supported; use strategy='tensor'")
@@ -292,68 +380,26 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     check_quantize(quantize)
     if plan is not None and not devices:
         devices = [share.device for share in plan.shares]
-    names = list(devices) if devices else [a.name for a in cluster.agents]
-    if not names:
-        raise ConfigError("no agents to deploy on")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"devices lists an agent twice: {names}")
-    for name in names:
-        cluster.link(name)  # ConfigError naming the known agents
+    names = list(devices) if devices else cluster.usable()
+    check_names(cluster, names)
     checkpoint = Path(path).expanduser().resolve()
     ckpt = Checkpoint(checkpoint)
     config, digest = ckpt.config, ckpt.digest
     del ckpt
     tokenizer = LlmTokenizer.from_checkpoint(checkpoint)
     budgets = budgets_for(cluster, names, memory_budget)
-    if plan is None:
-        plan = plan_llm(cluster, config, digest, names, budgets, max_context, quantize=quantize)
+    if not isinstance(memory_budget, (list, tuple)):  # one budget (or None) for every agent
+        by_name = {a.name: b for a, b in zip(
+            cluster.agents, budgets_for(cluster, [a.name for a in cluster.agents],
+                                        memory_budget), strict=True)}
     else:
-        check_plan(plan, config, names)
-        if quantize == "q4":
-            plan = quantize_plan(plan, [cluster.info(n).profile for n in names])
-            check_q4_budgets(plan, budgets)
-    deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
-    keys = tuple(cluster.info(n).public_key for n in names)
-    files = checkpoint_files(checkpoint)
-    blas = blas_threads(cluster, names) if threads is None else [threads] * len(names)
-    sender = FileSender(cluster, checkpoint, progress)
-    plan_json = plan.to_json()
-    loaded: list[str] = []
-    try:
-        for rank, name in enumerate(names):
-            share = plan.shares[rank]
-            spec = ShardSpec(
-                checkpoint="" if send_checkpoint else str(checkpoint), checkpoint_digest=digest,
-                plan_json=plan_json, rank=rank, names=tuple(names), public_keys=keys,
-                max_context=max_context, memory_budget=budgets[rank],
-                memory_bytes=share.peak_memory_bytes,
-                advertise_host=host_of(cluster.info(name).address),
-                collective_timeout_s=collective_timeout_s or COLLECTIVE_TIMEOUT_S,
-                files=tuple(files), blas_threads=blas[rank], quantize=quantize)
-            request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session,
-                             cluster.timeouts.lease_s)
-            # listed before the call: a deploy that timed out here may still finish there
-            loaded.append(name)
-            reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
-            if reply.missing_files:
-                sender.send(name, deployment_id, list(reply.missing_files))
-        ready = _ask_all(cluster, names, LlmReady(deployment_id), LlmReadyReply,
-                         cluster.timeouts.deploy_s)
-        endpoints = tuple(r.address for r in ready)
-        _ask_all(cluster, names, LlmConnect(deployment_id, endpoints), LlmConnectReply,
-                 cluster.timeouts.hello_s)
-    except BaseException:
-        _unload(cluster, deployment_id, loaded)
-        raise
-    log.info("LLM %s deployed as %s over %s (hub %s, %s)", checkpoint.name, deployment_id,
-             names, names[plan.hub], quantize or "fp32")
-    runner = AgentRunner(cluster, deployment_id, names, plan.hub, max_context, timeout_s)
-    engine = LlmEngine(runner, config, tokenizer)
-    deployment = LlmDeployment(cluster, deployment_id, plan, names, engine, runner, checkpoint,
-                               quantize)
-    deployment.bytes_sent = sender.bytes_sent
-    return deployment
+        by_name = dict(zip(names, budgets, strict=True))
+    source = LlmSource(checkpoint, config, digest, by_name, max_context, quantize,
+                       send_checkpoint, threads, collective_timeout_s,
+                       tuple(devices) if devices else None)
+    placement = place_llm(cluster, source, names, plan=plan, progress=progress)
+    return LlmDeployment(cluster, source, placement, tokenizer, timeout_s=timeout_s,
+                         policy=policy, targets=targets, journal=journal)
 
 
-__all__ = ["DEFAULT_MAX_CONTEXT", "AgentRunner", "LlmDeployment", "deploy_llm", "plan_llm"]
-
+__all__ = ["DEFAULT_MAX_CONTEXT", "AgentRunner", "LlmDeployment", "deploy_llm"]

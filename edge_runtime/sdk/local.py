@@ -32,7 +32,10 @@ from pathlib import Path
 from edge_runtime.errors import AgentUnavailableError, ConfigError
 from edge_runtime.sdk.cluster import Cluster, assemble
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
+from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, as_policy
 from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.journal import Journal
+from edge_runtime.sdk.resume import open_journal
 from transports.keys import init_keys, trust
 from transports.security import Security
 
@@ -147,6 +150,9 @@ def local_cluster(
     log_level: str = "INFO",
     names: Sequence[str] | None = None,
     allow_checkpoint_dirs: Sequence[str | os.PathLike[str]] = (),
+    journal: str | os.PathLike[str] | Journal | None = None,
+    fallback: Sequence[ChainItem] | FallbackPolicy | None = None,
+    ports: Sequence[int] | None = None,
 ) -> Iterator[LocalCluster]:
     """Start `n` agents on 127.0.0.1 (one per preset if `presets` is given) and yield
     the cluster; stop them all on exit, also after an error.
@@ -160,7 +166,11 @@ def local_cluster(
     agents, they are sent the checkpoint's files into their caches (content-addressed,
     verified), so a local cluster exercises what real devices do; pass the directory of
     a large checkpoint to skip copying it into every agent's cache.
+    `journal`, `fallback`: as for `connect` (a request journal; the fallback chain).
+    `ports`: fixed loopback ports, one per agent (default: free ports the agents pick),
+    for an app that restarts and must find the same agents again.
     """
+    policy = as_policy(fallback)
     if n is None:
         n = len(presets) if presets else 1
     if n < 1:
@@ -169,7 +179,7 @@ def local_cluster(
     if len(preset_list) != n:
         raise ConfigError(f"got {len(preset_list)} presets for {n} agents; give one per agent")
     for name, values in (("memory_budgets", memory_budgets), ("cache_dirs", cache_dirs),
-                         ("names", names)):
+                         ("names", names), ("ports", ports)):
         if values is not None and len(values) != n:
             raise ConfigError(f"{name} has {len(values)} entries for {n} agents")
     from devices.cache import profile
@@ -192,7 +202,8 @@ def local_cluster(
                 init_keys(agent_keys)
                 trust(agent_keys, pair.public, "coordinator")
             cache = Path(cache_dirs[index]) if cache_dirs else session / f"cache-{index}"
-            args = ["--log-level", log_level, "agent", "--listen", "tcp://127.0.0.1:0",
+            port = ports[index] if ports else 0
+            args = ["--log-level", log_level, "agent", "--listen", f"tcp://127.0.0.1:{port}",
                     "--name", name, "--cache-dir", str(cache),
                     "--ready-file", str(session / f"ready-{index}.json")]
             args += ["--insecure"] if agent_keys is None else ["--keys", str(agent_keys)]
@@ -216,7 +227,8 @@ def local_cluster(
         hub = Hub(security, timeouts)
         links: list[AgentLink] = [hub.connect(proc.address, proc.public_key, proc.name, proc.alive)
                                   for proc in procs]
-        local = assemble(hub, links, names=[proc.name for proc in procs], cls=LocalCluster)
+        local = assemble(hub, links, names=[proc.name for proc in procs], cls=LocalCluster,
+                         policy=policy, journal=open_journal(journal))
         assert isinstance(local, LocalCluster)
         local.processes = procs
         local.session_dir = session

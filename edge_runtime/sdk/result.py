@@ -3,7 +3,10 @@
 A result carries the outputs, the exit that answered (None = the model's last
 stage), the per-stage timing the agents measured, the latency the coordinator
 measured end to end, and the plan's prediction for the same request, so an
-app can compare prediction and measurement without another tool.
+app can compare prediction and measurement without another tool. It also says
+which path answered (`served_by`: the cluster, this device, a cloud target),
+whether that answer is `degraded` (an early exit chosen for memory), and how many
+attempts it took (a failover re-runs a request from its inputs).
 """
 
 from __future__ import annotations
@@ -26,8 +29,17 @@ class Result:
     stages: tuple[StageTiming, ...] = ()
     predicted_latency_s: float | None = None
     predicted_stages: tuple[float, ...] = field(default=())  # compute + transfer per stage
-    request_id: int = 0
-    fallback: bool = False
+    request_id: int = 0  # the wire id of the attempt that answered
+    served_by: str = "cluster"  # "cluster", "local", or a fallback target's name
+    degraded: bool = False  # lower quality than the deployed model (see `notes`)
+    attempts: int = 1  # 1 + the times a failover re-sent it
+    key: str = ""  # the request's key (journal / idempotency), "" when not journaled
+    notes: tuple[str, ...] = ()  # why degraded or how it was recovered, in words
+
+    @property
+    def fallback(self) -> bool:
+        """True when something other than the cluster answered."""
+        return self.served_by != "cluster"
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]

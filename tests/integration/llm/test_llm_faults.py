@@ -2,8 +2,11 @@
 
 - A share is converted once per (checkpoint, share): a redeploy after an agent
   restart reuses the converted slices in the agent's cache (files untouched).
-- An agent SIGKILLed mid-generation fails the pending call within its timeout with
-  `AgentUnavailableError` naming it; the surviving agents serve a new deployment.
+- An agent SIGKILLed after the 10th token of a streamed greedy generation over three
+  agents: the loss is found on the wire, the checkpoint is placed again over the two
+  survivors, the sequence so far is replayed, and the stream goes on — the full output
+  equals the uninterrupted run, with no duplicate and no gap.
+- With failover off, the same kill fails the call, naming the agent.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pytest
 
 import edge_runtime as er
 from edge_runtime.errors import AgentUnavailableError
+from edge_runtime.llm.engine import Generation
 from edge_runtime.sdk.config import Timeouts
 
 # Heartbeats every 0.25 s, 1 s of silence = dead; agents wait 1 s inside a collective.
@@ -56,30 +60,45 @@ def test_share_is_converted_once_and_reused_after_restart(
         again.unload()
 
 
-def test_agent_killed_mid_generation_is_named_and_survivors_serve(
-    trio: er.LocalCluster, checkpoint: Callable[[str], Path]
-) -> None:
-    llm = trio.deploy_llm(checkpoint("llama"), max_context=64,
-                          collective_timeout_s=COLLECTIVE_S)
-    expected = llm.generate(PROMPT, 20).token_ids
+def _kill_mid_stream(trio: er.LocalCluster, llm: er.LlmDeployment, after: int,
+                     new_tokens: int) -> tuple[str, list[int]]:
     victim = next(n for i, n in enumerate(llm.agents) if i != llm.plan.hub)
     index = next(p.index for p in trio.processes if p.name == victim)
     # behave like connect(): no process handle, so the loss must be found on the wire
     # (missed heartbeats or the hub's collective timeout), not by polling the child
     trio.link(victim).alive = None
-    stream = llm.generate(PROMPT, 20, stream=True)
-    next(stream)
+    stream = llm.generate(PROMPT, new_tokens, stream=True)
+    assert not isinstance(stream, Generation)
+    ids = [next(stream).token_id for _ in range(after)]
     trio.processes[index].kill()
-    start = time.monotonic()
-    with pytest.raises(AgentUnavailableError) as caught:
-        for _ in stream:
-            pass
-    elapsed = time.monotonic() - start
-    assert caught.value.agent == victim
-    assert elapsed < FAST.heartbeat_timeout_s + COLLECTIVE_S + 3.0
-    with pytest.raises(AgentUnavailableError, match="redeploy"):
-        llm.logits(PROMPT)  # the broken deployment says so at once
-    survivors = [n for n in llm.agents if n != victim]
-    again = trio.deploy_llm(checkpoint("llama"), max_context=64, devices=survivors)
-    assert again.generate(PROMPT, 20).token_ids == expected
-    again.unload()
+    ids += [event.token_id for event in stream]
+    return victim, ids
+
+
+def test_agent_killed_after_ten_tokens_the_stream_goes_on_unchanged(
+    checkpoint: Callable[[str], Path]
+) -> None:
+    with er.local_cluster(3, timeouts=FAST) as trio:
+        llm = trio.deploy_llm(checkpoint("llama"), max_context=64,
+                              collective_timeout_s=COLLECTIVE_S)
+        expected = llm.generate(PROMPT, 24, stop=[]).token_ids
+        assert len(expected) == 24
+        victim, ids = _kill_mid_stream(trio, llm, 10, 24)
+        assert ids == list(expected)  # no duplicate, no gap, the same greedy tokens
+        assert llm.failovers == 1 and llm.runner.replays == 1
+        assert victim not in llm.agents and len(llm.agents) == 2
+        assert not trio.health.usable(victim)
+        assert llm.generate(PROMPT, 24, stop=[]).token_ids == expected  # and it keeps serving
+
+
+def test_without_failover_a_kill_mid_generation_is_named(
+    checkpoint: Callable[[str], Path]
+) -> None:
+    with er.local_cluster(3, timeouts=FAST, fallback=er.FallbackPolicy(failover=False)) as trio:
+        llm = trio.deploy_llm(checkpoint("llama"), max_context=64,
+                              collective_timeout_s=COLLECTIVE_S)
+        start = time.monotonic()
+        with pytest.raises(AgentUnavailableError) as caught:
+            _kill_mid_stream(trio, llm, 1, 20)
+        assert time.monotonic() - start < FAST.heartbeat_timeout_s + COLLECTIVE_S + 3.0
+        assert caught.value.agent in llm.agents

@@ -1,4 +1,8 @@
-"""Faults with real processes: an agent SIGKILLed mid-stream, emulated devices."""
+"""Faults with real processes: an agent SIGKILLed mid-stream, emulated devices.
+
+With failover off (`FallbackPolicy(failover=False)`) a lost agent fails the requests
+in flight at once, naming it; `test_failover.py` has the same faults with failover on.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from support.cluster import DIGITS_MODEL, assert_outputs_equal, digits_inputs, r
 
 # Heartbeats every 0.25 s, silence for 1 s = dead; a request may take 10 s.
 FAST = Timeouts(request_s=10.0, heartbeat_interval_s=0.25, heartbeat_timeout_s=1.0)
+NO_FAILOVER = er.FallbackPolicy(failover=False)
 
 
 def _stream(n: int) -> Iterator[dict[str, np.ndarray]]:
@@ -25,7 +30,7 @@ def _stream(n: int) -> Iterator[dict[str, np.ndarray]]:
 
 
 def test_sigkill_mid_run_many_fails_fast_and_names_the_agent() -> None:
-    with er.local_cluster(3, timeouts=FAST) as cluster:
+    with er.local_cluster(3, timeouts=FAST, fallback=NO_FAILOVER) as cluster:
         model = cluster.deploy(DIGITS_MODEL, strategy="pipeline")
         assert len(model.agents) >= 2
         victim = model.agents[-1]
@@ -52,7 +57,7 @@ def test_sigkill_mid_run_many_fails_fast_and_names_the_agent() -> None:
 
 def test_silent_remote_agent_is_detected_by_heartbeat() -> None:
     """Without the local-process check, a killed agent is found by missed heartbeats."""
-    with er.local_cluster(2, timeouts=FAST) as cluster:
+    with er.local_cluster(2, timeouts=FAST, fallback=NO_FAILOVER) as cluster:
         model = cluster.deploy(DIGITS_MODEL, strategy="pipeline")
         victim = model.agents[0]
         cluster.link(victim).alive = None  # behave like connect(): no process handle

@@ -1,0 +1,132 @@
+"""`AgentRunner`: the engine's `Runner` over the agents of an LLM deployment, with replay.
+
+Why a Runner: the generation logic (prefill, decode loop, sampling, stop tokens,
+streaming) is `edge_runtime.llm.LlmEngine`'s and is the same for in-process workers
+and agents; this module only moves one forward step at a time to the agents. So
+sampling happens at the coordinator, and `generate(stream=True)` yields each token as
+soon as the hub's logits arrive.
+
+One step: the same small frame (`llm_step`: start, last_only, int64 token ids) to
+every agent over the coordinator's persistent sockets; the hub answers with the
+logits.
+
+Replay: the runner remembers the token ids whose keys and values the agents hold
+(positions 0..n of the current sequence). When an agent is lost mid-generation, the
+deployment is placed again over the agents still up (`recover`, from `llm.py`) and
+the step is re-run as one prefill of the whole sequence so far: the new agents
+rebuild the KV cache and return the same logits, so the engine's token stream goes on
+with no duplicate and no gap (greedy output equals an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from edge_runtime.errors import (
+    AgentError,
+    AgentUnavailableError,
+    ClusterUnavailableError,
+    ConfigError,
+    DeploymentGoneError,
+)
+from edge_runtime.protocol import LlmStep, LlmStepReply
+from edge_runtime.sdk.agents import Agents, parse_reply
+from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.hub import AgentLink
+from edge_runtime.sdk.llm_place import LlmPlacement
+
+# A failure during a replay is recovered again, at most this many times per step.
+MAX_RECOVERIES_PER_STEP = 4
+
+Recover = Callable[[AgentUnavailableError | DeploymentGoneError], LlmPlacement]
+
+
+class AgentRunner:
+    """`Runner` over the agents of one deployment: one `llm_step` frame per forward."""
+
+    def __init__(self, cluster: Agents, placement: LlmPlacement, max_context: int,
+                 timeout_s: float | None = None, recover: Recover | None = None) -> None:
+        self._cluster = cluster
+        self._max_context = max_context
+        self._timeout_s = timeout_s
+        self._recover = recover
+        self._history: list[int] = []  # ids whose KV the agents hold, from position 0
+        self.replays = 0  # steps re-run as a prefill after a failover
+        self.last_step: dict[str, float] = {}
+        self.closed = False
+        self.install(placement)
+
+    def install(self, placement: LlmPlacement) -> None:
+        """Use a (new) placement; its agents hold no KV cache yet."""
+        self.placement = placement
+        self._names = placement.names
+        self._links: list[AgentLink] = [self._cluster.link(n) for n in placement.names]
+        self._history = []
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    def lost_agents(self) -> list[str]:
+        """The agents of this placement the hub has declared lost."""
+        return [link.name for link in self._links
+                if link.dead or (link.alive is not None and not link.alive())]
+
+    def forward(self, token_ids: Sequence[int], start: int, *,
+                last_only: bool = True) -> np.ndarray:
+        if self.closed:
+            raise ConfigError(f"LLM deployment {self.placement.deployment_id} was unloaded; "
+                              "deploy it again")
+        ids = [int(t) for t in token_ids]
+        sequence = self._history[:start] + ids
+        send, at = ids, start
+        for _ in range(MAX_RECOVERIES_PER_STEP + 1):
+            try:
+                logits = self._step(send, at, last_only)
+            except (AgentUnavailableError, DeploymentGoneError) as error:
+                if self._recover is None or isinstance(error, ClusterUnavailableError):
+                    raise
+                self.install(self._recover(error))  # ClusterUnavailableError when away
+                self.replays += 1
+                send, at = sequence, 0  # rebuild the KV cache, then this step
+                continue
+            if at != start and not last_only:
+                logits = logits[-len(ids):]
+            self._history = sequence
+            return logits
+        raise ClusterUnavailableError(f"agents kept failing while replaying a step of "
+                                      f"{len(sequence)} tokens")
+
+    def _step(self, token_ids: list[int], start: int, last_only: bool) -> np.ndarray:
+        hub = self._cluster.hub
+        timeouts = self._cluster.timeouts
+        deployment_id = self.placement.deployment_id
+        request_id = hub.next_id()
+        ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
+        step = LlmStep(deployment_id, int(start), bool(last_only))
+        started = time.perf_counter()
+        try:
+            for link in self._links:
+                hub.send(link, step.frame(request_id, tensors={"ids": ids}),
+                         timeout_s=timeouts.hello_s)
+            timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
+            frame = hub.wait({request_id}, timeout, self._links, "logits")
+        except AgentUnavailableError:
+            hub.forget([request_id])
+            raise
+        if frame.is_error:
+            hub.forget([request_id])  # the other members' copies of the same error
+            raise error_from_frame(frame, frame.sender or self._names[self.placement.hub])
+        reply = parse_reply(LlmStepReply, frame.meta, frame.sender, step.KIND)
+        self.last_step = {"wall_s": time.perf_counter() - started,
+                          "compute_s": reply.compute_s, "comm_s": reply.comm_s}
+        logits = frame.tensors.get("logits")
+        if logits is None:
+            raise AgentError("answered a step without logits", agent=frame.sender)
+        return np.array(logits)
+
+
+__all__ = ["AgentRunner", "Recover"]

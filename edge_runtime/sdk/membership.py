@@ -1,0 +1,58 @@
+"""Saying hello to an agent and introducing the agents of a cluster to each other.
+
+A hello opens this coordinator's session (and lease) on the agent and returns its
+profile and key; a join tells each agent the others' names and keys, so they accept
+each other's activations. Both happen when a cluster is assembled, and again when a
+lost agent comes back (`Agents.rejoin_due`): a restarted agent knows nothing of the
+session, and the others must accept it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from edge_runtime.errors import AgentError
+from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, JoinReply, Peer
+from edge_runtime.sdk.errors_map import error_from_frame
+from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.info import AgentInfo, parse_reply
+
+
+def hello(hub: Hub, link: AgentLink, timeout_s: float | None = None) -> HelloReply:
+    """The agent's hello, which also opens this coordinator's session (and lease) there."""
+    request = Hello(session=hub.session, lease_s=hub.timeouts.lease_s)
+    frame = hub.request(link, request.KIND, request.to_meta(),
+                        timeout_s=hub.timeouts.hello_s if timeout_s is None else timeout_s)
+    if frame.is_error:
+        raise error_from_frame(frame, link.name)
+    reply = parse_reply(HelloReply, frame.meta, link.name, request.KIND)
+    if reply.protocol != PROTOCOL_VERSION:
+        raise AgentError(f"speaks protocol {reply.protocol}, this SDK {PROTOCOL_VERSION}; run "
+                         "the same edge-runtime release on the agents and here", agent=link.name)
+    hub.leases.grant(link.address, reply.lease_s)  # renew often enough for what it granted
+    return reply
+
+
+def agent_info(reply: HelloReply, address: str, name: str) -> AgentInfo:
+    return AgentInfo(
+        name=name, address=address, public_key=reply.public_key,
+        profile=replace(reply.profile, name=name), preset=reply.preset,
+        emulated=reply.emulated, label=reply.label or name, backends=reply.backends,
+        memory_budget=reply.memory_budget, pid=reply.pid,
+    )
+
+
+def introduce(hub: Hub, links: Sequence[AgentLink], infos: Sequence[AgentInfo],
+              timeout_s: float | None = None) -> None:
+    """Tell each of `links` the names and keys of all `infos` (its peers)."""
+    join = Join(session=hub.session, peers=tuple(Peer(i.name, i.public_key) for i in infos),
+                lease_s=hub.timeouts.lease_s)
+    for link in links:
+        answer = hub.request(link, join.KIND, join.to_meta(), timeout_s=timeout_s)
+        if answer.is_error:
+            raise error_from_frame(answer, link.name)
+        parse_reply(JoinReply, answer.meta, link.name, join.KIND)
+
+
+__all__ = ["agent_info", "hello", "introduce"]
