@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # How long `close()` waits for the worker to finish the request it is running.
 WORKER_JOIN_TIMEOUT_S = 5.0
+# Request ids remembered per stage to drop second copies: far more than can be in
+# flight (a coordinator keeps `max_in_flight`, 8 by default), a few hundred KB at most.
+SEEN_REQUESTS = 4096
 
 
 def estimate_memory(stage: StageSpec, ctx: AgentContext) -> int:
@@ -107,6 +111,8 @@ class OnnxStage:
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._served = 0
         self._busy_s = 0.0
+        self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self.duplicates = 0
         self._worker = threading.Thread(
             target=self._loop, name=f"stage-{spec.deployment_id}-{spec.stage}", daemon=True
         )
@@ -138,12 +144,29 @@ class OnnxStage:
             client, timings = message.client, message.timings
         else:
             raise InputError(f"an onnx-stage deployment does not take {message.KIND!r} messages")
+        if self._already_seen(client, request_id):
+            return
         transfer_s = max(0.0, time.time() - message.sent_at)
         if self._queue.qsize() >= self._queue_limit:  # only this loop thread adds work
             raise AgentBusyError(f"stage {self.spec.stage} already has {self._queue_limit} "
                                  "requests waiting; retry later", agent=self._ctx.name)
         self._queue.put(
             _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s))
+
+    def _already_seen(self, client: bytes, request_id: int) -> bool:
+        """True for a request id this stage took before from the same client: it is
+        dropped, so a frame delivered twice (a coordinator re-sending an attempt, a
+        reconnect replaying a queue) is computed and answered once."""
+        key = (client, request_id)
+        if key in self._seen:
+            self.duplicates += 1
+            log.info("stage %d: dropping a second copy of request %d", self.spec.stage,
+                     request_id)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > SEEN_REQUESTS:
+            self._seen.popitem(last=False)
+        return False
 
     def _set_exit(self, sender: bytes, request_id: int, message: SetExit) -> None:
         """Replace this stage's exit rule (a new threshold; None: never stop here).
@@ -237,6 +260,7 @@ class OnnxStage:
             "memory_bytes": self._memory,
             "queued": self._queue.qsize(),
             "served": self._served,
+            "duplicates_dropped": self.duplicates,
             "busy_s": round(self._busy_s, 6),
             "exit": None if self.spec.exit is None else self.spec.exit.name,
             "next": None if self.spec.next_hop is None else self.spec.next_hop.name,

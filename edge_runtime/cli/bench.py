@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "plan": "planning time and predicted vs measured stage latency",
     "pipeline": "agent overhead, pipelined throughput, early-exit speed-up",
     "llm": "tensor-parallel decoding with and without a sliding layer window",
+    "faults": "agent loss: detection, failover, throughput, nothing lost or answered twice",
 }
 
 

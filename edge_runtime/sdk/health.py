@@ -33,7 +33,8 @@ class AgentRecord:
     """What the coordinator remembers of one agent's availability."""
 
     state: AgentState = AgentState.UP
-    losses: list[float] = field(default_factory=list)  # when it was lost, within the window
+    losses: list[float] = field(default_factory=list)  # when it went from up to lost
+    knocks: int = 0  # knocks that failed since it was lost
     retry_at: float = 0.0
     why: str = ""
 
@@ -63,15 +64,23 @@ class Health:
         return self.record(name).state is AgentState.UP
 
     def lost(self, name: str, why: str) -> AgentRecord:
-        """`name` failed: not planned on until it answers again after its backoff."""
+        """`name` failed: not planned on until it answers again after its backoff.
+
+        Going from up to lost counts towards the flap limit; a knock that fails while it
+        is already lost only doubles the backoff (one long outage is not flapping)."""
         t = self._timeouts
         now = self._clock()
         record = self.record(name)
-        if record.state is not AgentState.UP and now < record.retry_at:
-            return record  # already lost: one outage seen by many requests counts once
-        record.losses = [at for at in record.losses if now - at < t.flap_window_s] + [now]
         record.why = why
-        backoff = min(t.rejoin_backoff_max_s, t.rejoin_backoff_s * 2 ** (len(record.losses) - 1))
+        if record.state is AgentState.UP:
+            record.losses = [at for at in record.losses if now - at < t.flap_window_s] + [now]
+            record.knocks = 0
+        elif now < record.retry_at:
+            return record  # one outage seen by several requests at once counts once
+        else:
+            record.knocks += 1
+        doublings = len(record.losses) - 1 + record.knocks
+        backoff = min(t.rejoin_backoff_max_s, t.rejoin_backoff_s * 2.0 ** doublings)
         backoff *= 0.5 + self._rng.random()
         if len(record.losses) >= t.flap_limit:
             record.state = AgentState.BANNED

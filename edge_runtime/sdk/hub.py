@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zmq
@@ -44,6 +45,7 @@ from edge_runtime.sdk.config import CLIENT_IDENTITY_PREFIX, Timeouts
 from edge_runtime.sdk.leases import LeaseKeeper
 from transports.errors import ProtocolError, SecurityError
 from transports.handshake import HandshakeStatus, HandshakeWatch
+from transports.linkemu import LinkEmulator, Outbox
 from transports.security import Security
 from transports.sockets import open_client
 from transports.wire import Frame, decode, encode
@@ -82,9 +84,14 @@ class AgentLink:
 class Hub:
     """DEALER sockets to agents, request/reply matching, heartbeats, leases."""
 
-    def __init__(self, security: Security, timeouts: Timeouts) -> None:
+    def __init__(self, security: Security, timeouts: Timeouts,
+                 emulation: LinkEmulator | None = None) -> None:
         self.security = security
         self.timeouts = timeouts
+        # Emulated links from this coordinator to its agents (by agent name): delay,
+        # jitter, loss, disconnect windows — to test failover on a flaky Wi-Fi here.
+        self.emulation = emulation
+        self._outbox = Outbox()
         self.session = os.urandom(8).hex()
         self.identity = CLIENT_IDENTITY_PREFIX + f"{os.getpid()}-{self.session}".encode()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -181,9 +188,26 @@ class Hub:
             link.socket.poll(int(min(left, 0.05) * 1000) + 1, zmq.POLLOUT)
         try:
             parts = encode(frame, split_bytes=self.security.split_bytes)
-            link.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            self._transmit(link, parts)
         except zmq.Again:
             raise self.unavailable(link, "the connection to the agent is gone") from None
+
+    def _transmit(self, link: AgentLink, parts: list[Any]) -> None:
+        """Hand `parts` to the socket now, or (emulated link) when the link would deliver
+        them — or never, when the emulated link loses them."""
+        if self.emulation is None:
+            link.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            return
+        due = self.emulation.schedule(link.name, sum(len(memoryview(p)) for p in parts))
+        if due is None:
+            return
+
+        def later() -> None:
+            with contextlib.suppress(zmq.Again, zmq.ZMQError):
+                link.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+
+        self._outbox.push(due, later)
+        self._outbox.flush()
 
     def request(self, link: AgentLink, kind: str, meta: dict[str, object] | None = None,
                 tensors: dict[str, np.ndarray] | None = None,
@@ -234,6 +258,9 @@ class Hub:
                         "if the model is slow on this device" if alive else ""),
                     agent=watched[-1].name if watched else "")
             wait_s = min(deadline - now, self.timeouts.heartbeat_interval_s)
+            if self.emulation is not None:
+                self._outbox.flush()
+                wait_s = self._outbox.poll_timeout(now + wait_s)
             for sock, _ in self._poller.poll(max(1, int(wait_s * 1000))):
                 self._drain(self._by_socket[sock])
 
@@ -290,8 +317,7 @@ class Hub:
                     link.ping_unanswered_since = now
                 # not connected: no answer comes, and the silence trips the timeout
                 with contextlib.suppress(zmq.Again):
-                    link.socket.send_multipart(
-                        encode(Ping().frame(next(self._heartbeat_ids))), flags=zmq.NOBLOCK)
+                    self._transmit(link, encode(Ping().frame(next(self._heartbeat_ids))))
 
     def forget(self, request_ids: Iterable[int]) -> None:
         """Drop answers to requests nobody will wait for (after an error), now or later."""

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -76,8 +76,9 @@ CREATE TABLE entries (
     result_arrays BLOB,     -- .npz bytes
     error TEXT
 );
-CREATE INDEX entries_by_state ON entries (state, created);
-CREATE INDEX entries_by_deployment ON entries (deployment, state, created);
+CREATE INDEX entries_by_state ON entries (state, updated);
+CREATE INDEX entries_by_deployment ON entries (deployment, state);
+CREATE INDEX entries_by_ref ON entries (inputs_ref) WHERE inputs_ref IS NOT NULL;
 """
 
 
@@ -221,7 +222,11 @@ class Journal:
                     (self._side_dir / ref).unlink(missing_ok=True)
                 raise
         if pruned:
-            self._sweep(pruned)
+            try:
+                self._sweep(pruned)
+            except JournalError as error:  # the entry is committed; the next open sweeps
+                log.warning("request journal %s: side files not deleted yet: %s", self.path,
+                            error)
 
     def attempt(self, key: str) -> int:
         """Count one more try to serve a PENDING entry; the new count."""
@@ -396,8 +401,13 @@ class Journal:
                  f"expired: not finished within max_age_s={self.limits.max_age_s:g} s",
                  now, *UNFINISHED, now - self.limits.max_age_s))
             self._prune(conn, now)
-        if self._side_dir.is_dir():
-            self._sweep([p.name for p in self._side_dir.iterdir() if _SIDE.fullmatch(p.name)])
+        try:
+            names = [p.name for p in self._side_dir.iterdir() if _SIDE.fullmatch(p.name)]
+        except FileNotFoundError:
+            names = []
+        except OSError as error:
+            raise self._open_error(error) from error
+        self._sweep(names)
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> list[str]:
         """Delete finished entries past max_age_s (inside the caller's transaction); the
@@ -421,17 +431,21 @@ class Journal:
                 named = conn.execute("SELECT 1 FROM entries WHERE inputs_ref = ?",
                                      (base,)).fetchone()
                 if named is None or name != base:
-                    (self._side_dir / name).unlink(missing_ok=True)
+                    try:
+                        (self._side_dir / name).unlink(missing_ok=True)
+                    except OSError as error:  # tried again at the next open
+                        log.warning("request journal %s: cannot delete %s: %s", self.path,
+                                    name, error)
 
     def _write_side(self, key: str, blob: bytes) -> tuple[str, str]:
         """Write `<key>.npz` durably (temporary file, fsync, rename, fsync the directory);
         its name and sha256."""
         name = f"{key}.npz"
+        tmp = self._side_dir / (name + ".tmp")
         try:
             if not self._side_dir.is_dir():
                 self._side_dir.mkdir(exist_ok=True)
                 _fsync_dir(self._side_dir.parent)
-            tmp = self._side_dir / (name + ".tmp")
             with open(tmp, "wb") as file:
                 file.write(blob)
                 file.flush()
@@ -439,6 +453,8 @@ class Journal:
             os.replace(tmp, self._side_dir / name)
             _fsync_dir(self._side_dir)
         except OSError as error:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise JournalError(f"cannot write the inputs of request {key!r} to "
                                f"{self._side_dir}: {error} (disk full? permissions?)") from error
         return name, hashlib.sha256(blob).hexdigest()

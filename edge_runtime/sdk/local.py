@@ -37,6 +37,7 @@ from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.journal import Journal
 from edge_runtime.sdk.resume import open_journal
 from transports.keys import init_keys, trust
+from transports.linkemu import LinkEmulator
 from transports.security import Security
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def local_cluster(
     journal: str | os.PathLike[str] | Journal | None = None,
     fallback: Sequence[ChainItem] | FallbackPolicy | None = None,
     ports: Sequence[int] | None = None,
+    link_emulation: LinkEmulator | None = None,
 ) -> Iterator[LocalCluster]:
     """Start `n` agents on 127.0.0.1 (one per preset if `presets` is given) and yield
     the cluster; stop them all on exit, also after an error.
@@ -169,6 +171,9 @@ def local_cluster(
     `journal`, `fallback`: as for `connect` (a request journal; the fallback chain).
     `ports`: fixed loopback ports, one per agent (default: free ports the agents pick),
     for an app that restarts and must find the same agents again.
+    `link_emulation`: emulated links from this coordinator to the agents, by agent
+    name (`transports.LinkEmulator`: delay, jitter, loss, disconnect windows), to see
+    failover on a flaky Wi-Fi on one machine.
     """
     policy = as_policy(fallback)
     if n is None:
@@ -224,7 +229,7 @@ def local_cluster(
         for proc in procs:
             proc.wait_ready(timeouts.agent_start_s)
         assert security is not None
-        hub = Hub(security, timeouts)
+        hub = Hub(security, timeouts, link_emulation)
         links: list[AgentLink] = [hub.connect(proc.address, proc.public_key, proc.name, proc.alive)
                                   for proc in procs]
         local = assemble(hub, links, names=[proc.name for proc in procs], cls=LocalCluster,

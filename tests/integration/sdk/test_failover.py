@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 import edge_runtime as er
+from edge_runtime.protocol import Run
 from edge_runtime.sdk.health import AgentState
 from support.onnx_models import mlp_chain, run_model
+from transports.linkemu import LinkEmulator, LinkSpec
 
 # Heartbeats every 0.2 s, 1 s of silence = lost; a lost agent is knocked on after
 # 0.2–0.6 s, doubling; three losses within a minute ban it for 30 s.
@@ -124,3 +126,54 @@ def test_an_agent_lost_again_and_again_is_banned(model: Path) -> None:
         assert victim not in deployment.agents
 
 
+
+
+def test_a_request_id_sent_twice_is_computed_and_answered_once(model: Path) -> None:
+    with er.local_cluster(2, timeouts=FAST) as cluster:
+        deployment = cluster.deploy(model, strategy="pipeline")
+        hub = cluster.hub
+        first = cluster.link(deployment.agents[0])
+        request_id = hub.next_id()
+        run = Run(deployment_id=deployment.specs[0].deployment_id, sent_at=time.time())
+        for _ in range(2):
+            hub.send(first, run.frame(request_id, tensors=feeds(7)), timeout_s=3.0)
+        links = [cluster.link(name) for name in deployment.agents]
+        frame = hub.wait({request_id}, 5.0, links, "result")
+        np.testing.assert_allclose(frame.tensors["y"], run_model(model, feeds(7))["y"],
+                                   rtol=1e-5, atol=1e-5)
+        with pytest.raises(er.errors.AgentUnavailableError, match="busy"):
+            hub.wait({request_id}, 1.5, links, "second result")  # none comes
+        stage = deployment.status()[deployment.specs[0].deployment_id]
+        assert stage["duplicates_dropped"] == 1 and stage["served"] == 1
+
+
+def test_a_flaky_emulated_link_fails_over_rejoins_and_bans_with_nothing_lost(
+        model: Path) -> None:
+    """The coordinator's link to one agent is a slow Wi-Fi (3 ms ± 2 ms) that drops out
+    three times for 2 s (`transports.LinkEmulator`): each drop is a loss and a failover
+    onto the other agent, each return a rejoin; the third loss within the window bans
+    it. Every request is answered, by the cluster, correctly."""
+    emulator = LinkEmulator()
+    created = time.monotonic()
+    with er.local_cluster(2, timeouts=FAST, link_emulation=emulator) as cluster:
+        deployment = cluster.deploy(model, strategy="pipeline")
+        victim = deployment.agents[0]  # the first stage: it only answers heartbeats to us
+        cluster.link(victim).alive = None  # only the wire tells
+        at = time.monotonic() - created + 1.0
+        windows = tuple((at + 5.0 * k, at + 5.0 * k + 2.0) for k in range(3))
+        emulator.links = {victim: LinkSpec(delay_s=0.003, jitter_s=0.002,
+                                           disconnect_windows=windows)}
+        end = time.monotonic() + windows[-1][1] - (time.monotonic() - created) + 1.0
+        answered = 0
+        while time.monotonic() < end:
+            result = deployment.run(feeds(answered))
+            np.testing.assert_allclose(result["y"], run_model(model, feeds(answered))["y"],
+                                       rtol=1e-5, atol=1e-5)
+            assert result.served_by == "cluster"
+            answered += 1
+            time.sleep(0.05)
+        assert emulator.dropped > 0
+        assert cluster.health.record(victim).state is AgentState.BANNED
+        assert len(cluster.health.record(victim).losses) == FAST.flap_limit
+        assert deployment.failovers >= FAST.flap_limit
+        assert victim not in deployment.agents
