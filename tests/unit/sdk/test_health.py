@@ -44,7 +44,7 @@ def test_a_lost_agent_is_knocked_on_after_a_jittered_backoff_that_doubles() -> N
 
 
 def test_one_outage_seen_by_many_requests_counts_once() -> None:
-    health, clock = make()
+    health, _clock = make()
     first = health.lost("a", "x").retry_at
     for _ in range(10):
         assert health.lost("a", "x").retry_at == first
