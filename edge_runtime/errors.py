@@ -60,9 +60,10 @@ class ShardIntegrityError(DeployError):
     """A shard's bytes do not match its sha256 digest: it was corrupted or tampered with."""
 
 
-class DeploymentGoneError(DeployError):
-    """A request named a deployment the agent no longer holds, and the agent knows why
-    (its coordinator's lease lapsed, ...): redeploy it."""
+class DeploymentGoneError(DeployError, AgentError):
+    """A request named a deployment the agent (`agent`) does not hold: its coordinator's
+    lease lapsed, or the agent restarted. A deployment with failover places itself
+    again; otherwise redeploy it."""
 
 
 class UploadQuotaError(DeployError):

@@ -139,8 +139,11 @@ class Handlers:
         reason = self.agent.sessions.gone_reason(deployment_id)
         if reason is not None:
             return DeploymentGoneError(f"{reason}; redeploy it")
-        return DeployError(
-            f"no deployment {deployment_id!r} on agent {self.agent.name}; deploy it first")
+        # Gone as far as its coordinator can tell: never deployed here, or lost with a
+        # restart of this agent; the coordinator re-places it (or the app redeploys).
+        return DeploymentGoneError(
+            f"no deployment {deployment_id!r} on agent {self.agent.name} (it restarted, or "
+            "the deployment was never here); deploy it first")
 
     def _used(self) -> int:
         """Bytes held or reserved by deployments (call with state.lock held)."""

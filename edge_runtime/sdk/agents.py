@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
+import zmq
 
 from devices.links import LinkProfile
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
@@ -144,13 +145,30 @@ class Agents:
 
     def rejoin_due(self) -> list[str]:
         """Knock on lost agents whose backoff ran out; returns those that are back.
+        Called between requests only, never in the middle of one."""
+        due = self.health.due()
+        return self.rejoin(due) if due else []
+
+    def rejoin_lost(self) -> list[str]:
+        """Knock on every lost agent that is not banned, backoff or not: before an
+        explicit act of the app (a deploy), which should see every agent that is up."""
+        banned = set(self.health.banned())
+        return self.rejoin([n for n in self.health.down() if n not in banned])
+
+    def rejoin(self, names: list[str]) -> list[str]:
+        """Say hello to `names` again and re-introduce every usable agent; returns those
+        that are back.
 
         Back means: it answers a hello (which reopens this coordinator's session there,
-        also after a restart) and every usable agent accepted the new peer list. Called
-        between requests only, never in the middle of one."""
+        also after a restart that forgot it) and every usable agent accepted the new
+        peer list. One that fails stays lost, with a longer backoff."""
         back: list[str] = []
-        for name in self.health.due():
+        for name in names:
             link = self._links[name]
+            if not link.socket.poll(0, zmq.POLLOUT):  # no connection (yet): do not wait
+                self.lost(name, link.watch.poll().explain(name, link.address, None)
+                          or "no connection")
+                continue
             try:
                 reply = hello(self._hub, link, timeout_s=self.timeouts.heartbeat_timeout_s)
             except (AgentUnavailableError, AgentError, SecurityError) as error:

@@ -84,6 +84,7 @@ class Cluster(Agents):
         source = DeploySource(Path(model), strategy, exits, objective, batch_size,
                               tuple(devices) if devices else None, slo_ms, calibration,
                               exit_policy)
+        self.rejoin_lost()  # a deploy should see every agent that is up
         placement = place(self, source, source.devices, plan=plan, progress=progress)
         deployment = Deployment(self, placement, source, policy=self.policy,
                                 targets=self._targets, journal=self.journal)
@@ -93,6 +94,7 @@ class Cluster(Agents):
     def deploy_llm(self, path: str | os.PathLike[str], strategy: str = "tensor",
                    **options: Any) -> LlmDeployment:
         """Split an LLM checkpoint tensor-parallel over the agents; see `sdk/llm.py`."""
+        self.rejoin_lost()
         deployment = deploy_llm(self, Path(path), strategy, policy=self.policy,
                                 targets=self._targets, journal=self.journal, **options)
         self._deployments.append(deployment)

@@ -39,30 +39,24 @@ from edge_runtime.errors import (
     FallbackError,
     PartitionError,
 )
-from edge_runtime.protocol import Run, RunResult, SetExit, SetExitReply, TensorSpec
+from edge_runtime.protocol import Run, RunResult, TensorSpec
 from edge_runtime.protocol.kinds import RESULT
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
-from edge_runtime.sdk.deploy import DeploySource, Placement, place, unload_stages
+from edge_runtime.sdk.deploy import DeploySource, Placement, unload_stages
 from edge_runtime.sdk.errors_map import error_from_frame
-from edge_runtime.sdk.exits import exit_rules, exit_thresholds
+from edge_runtime.sdk.failover import Failover
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.fallback.targets import ModelInfo
 from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result
+from edge_runtime.sdk.retune import retune_exits
 from edge_runtime.sdk.tickets import Ledger, Ticket
 from transports.wire import Frame
 
 log = logging.getLogger(__name__)
-
-
-def _number(value: Any, exit_name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"exit {exit_name!r}: threshold {value!r} is not a number") from None
 
 
 class Deployment:
@@ -83,19 +77,24 @@ class Deployment:
                                str(plan.model_name or source.model.stem), self.signature,
                                tuple(s.name for s in plan.model_outputs))
         self.bytes_sent = placement.bytes_sent  # shard bytes the first deploy transferred
-        self.failovers = 0  # times this deployment was re-planned after losing an agent
         self._ledger = Ledger(journal, self.model_sha256, "pipeline")
-        self._placement: Placement | None = None
-        self._away = ""  # why the cluster cannot serve (set while _placement is None)
-        self._away_since: float | None = None
+        self._failover = Failover(cluster, source, placement, self.model.name)
         self._unloaded = False
         self._install(placement)
 
     # --- the current placement ---
 
+    @property
+    def _placement(self) -> Placement | None:
+        return self._failover.placement
+
+    @property
+    def failovers(self) -> int:
+        """Times this deployment was placed again after losing an agent."""
+        return self._failover.failovers
+
     def _install(self, placement: Placement) -> None:
-        self._placement = placement
-        self._away, self._away_since = "", None
+        """Point requests at `placement` (after a deploy, a failover or a take-back)."""
         self.id = placement.deployment_id
         self.plan = placement.plan
         self.specs = placement.specs
@@ -116,11 +115,11 @@ class Deployment:
 
     @property
     def why_away(self) -> str:
-        return self._away
+        return self._failover.away
 
     def describe(self) -> str:
         stages = " → ".join(f"{s.device}[{s.node_start}:{s.node_end}]" for s in self.plan.stages)
-        where = stages if self.available else f"away ({self._away})"
+        where = stages if self.available else f"away ({self.why_away})"
         return (f"{self.plan.model_name} ({self.plan.strategy}): {where}; predicted "
                 f"{self.plan.predicted_latency_s * 1e3:.2f} ms")
 
@@ -178,15 +177,15 @@ class Deployment:
                        ) -> Iterator[tuple[str, Result]]:
         """Complete journaled requests (`Cluster.resume`): the `run_many` path, in order."""
         timeout = self.cluster.timeouts.request_s if timeout_s is None else timeout_s
-        tickets = [self._ledger.reopen(e.key, e.inputs, self.policy.deadline_s)
-                   for e in entries]
-        results = self._stream(iter(tickets), self.policy, DEFAULT_MAX_IN_FLIGHT, timeout)
-        for ticket, result in zip(tickets, results, strict=False):
-            yield ticket.key, result
+        tickets = (self._ledger.reopen(e.key, e.inputs, self.policy.deadline_s)
+                   for e in entries)  # inputs read one request at a time, as sent
+        for result in self._stream(tickets, self.policy, DEFAULT_MAX_IN_FLIGHT, timeout):
+            yield result.key, result
 
     def _stream(self, source: Iterator[Ticket], policy: FallbackPolicy, max_in_flight: int,
                 timeout: float) -> Iterator[Result]:
-        self._between_requests(policy)
+        if policy.uses_cluster and self._failover.take_back():
+            self._install_current()
         pending: deque[Ticket] = deque()
         exhausted = False
         try:
@@ -257,10 +256,15 @@ class Deployment:
             if frame.is_error:
                 failure = error_from_frame(frame, frame.sender or self.agents[0])
                 if policy.failover and isinstance(failure, AgentUnavailableError):
-                    self._recover(failure.agent, str(failure), pending)  # a stage lost its hop
+                    # a stage could not reach its next hop: lost, unless it answers us (a
+                    # stale connection after a restart; a new placement connects afresh)
+                    answers = head.attempts <= 2 and self._failover.answers(failure.agent)
+                    self._recover(None if answers else failure.agent, str(failure), pending)
                     continue
                 if policy.failover and isinstance(failure, DeploymentGoneError):
-                    self._recover(None, str(failure), pending)  # an agent restarted
+                    if failure.agent in self.agents:  # it restarted: hello, introduce again
+                        self.cluster.rejoin([failure.agent])
+                    self._recover(None, str(failure), pending)
                     continue
                 raise failure
             return self._result(frame, head)
@@ -277,112 +281,49 @@ class Deployment:
     # --- failover ---
 
     def _recover(self, lost: str | None, why: str, pending: deque[Ticket]) -> None:
-        """Re-plan without `lost` and send everything in flight again, in order."""
-        hub = self.cluster.hub
-        hub.forget(t.request_id for t in pending if t.request_id is not None)
+        """Place again without `lost` and send everything in flight again, in order."""
+        self.cluster.hub.forget(t.request_id for t in pending if t.request_id is not None)
         for ticket in pending:
             ticket.request_id = None
             ticket.notes.append(f"failover: {why[:200]}")
-        if lost:
-            self.cluster.lost(lost, why)
-        self._retire()
-        placement = self._place_on_survivors(why)
-        if placement is None:
-            return
-        self.failovers += 1
-        self._install(placement)
-        log.warning("%s re-planned over %s after: %s", self.model.name, list(self.agents),
-                    why[:300])
+        if self._failover.lose(lost, why):
+            self._resend(pending)
+
+    def _install_current(self) -> None:
+        assert self._placement is not None
+        self._install(self._placement)
+
+    def _resend(self, pending: deque[Ticket]) -> None:
+        """On a new placement: every request in flight again, in input order."""
+        self._install_current()
+        for ticket in pending:
+            ticket.request_id = None
         for ticket in pending:
             if self._placement is None:
                 return
             self._send_or_recover(ticket, pending, self.policy)
-
-    def _retire(self) -> None:
-        """Unload the current placement from the agents still up (frees their memory for
-        the re-plan); the lost agents' stages are reclaimed by their leases."""
-        old = self._placement
-        self._placement = None
-        if old is None:
-            return
-        stages = [(stage.device, spec.deployment_id)
-                  for spec, stage in zip(old.specs, old.plan.stages, strict=True)
-                  if self.cluster.health.usable(stage.device)]
-        unload_stages(self.cluster, stages, timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
-
-    def _place_on_survivors(self, why: str) -> Placement | None:
-        """A placement over the allowed agents still up, or None (the cluster is away)."""
-        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
-        for _ in range(len(allowed) + 1):
-            survivors = self.cluster.usable(allowed)
-            if not survivors:
-                self._set_away("no agent is up: " + "; ".join(
-                    f"{n}: {d}" for n, d in self.cluster.health.summary().items()))
-                return None
-            try:
-                return place(self.cluster, self.source, survivors)
-            except AgentUnavailableError as error:
-                if error.agent not in allowed:
-                    raise
-                self.cluster.lost(error.agent, f"lost while re-planning: {error}")
-            except (PartitionError, DeployError) as error:
-                self._set_away(f"the agents still up ({', '.join(survivors)}) cannot hold "
-                               f"the model: {error}")
-                return None
-        self._set_away(f"agents kept failing while re-planning after: {why[:200]}")
-        return None
-
-    def _set_away(self, why: str) -> None:
-        self._placement = None
-        self._away = why
-        if self._away_since is None:
-            self._away_since = time.monotonic()
-        log.warning("%s: cluster away: %s", self.model.name, why)
 
     def _cluster_back(self, head: Ticket, pending: deque[Ticket],
                       policy: FallbackPolicy) -> bool:
         """Whether agents came back and the model was placed on them again. Knocks once
         (respecting each agent's backoff); with `when_away="queue"`, keeps knocking until
         `Timeouts.queue_s` after the cluster went away (or `head`'s deadline)."""
-        timeouts = self.cluster.timeouts
         while True:
-            if self.cluster.rejoin_due():
-                placement = self._place_on_survivors(self._away)
-                if placement is not None:
-                    self._install(placement)
-                    log.info("%s: cluster back, placed over %s", self.model.name,
-                             list(self.agents))
-                    for ticket in pending:
-                        ticket.request_id = None
-                        if self._placement is not None:
-                            self._send_or_recover(ticket, pending, policy)
-                    return self._placement is not None
-            if policy.when_away != "queue" or self._away_since is None:
+            if self._failover.come_back():
+                self._resend(pending)
+                return self._placement is not None
+            since = self._failover.away_since
+            if policy.when_away != "queue" or since is None:
                 return False
-            left = self._away_since + timeouts.queue_s - time.monotonic()
+            left = since + self.cluster.timeouts.queue_s - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(0.2, head.left_s(left)))
 
-    def _between_requests(self, policy: FallbackPolicy) -> None:
-        """Nothing in flight: take back agents that answer again, if the plan can use them."""
-        if not policy.uses_cluster or not self.cluster.health.due():
-            return
-        back = self.cluster.rejoin_due()
-        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
-        if not any(name in allowed for name in back):
-            return
-        self._retire()
-        placement = self._place_on_survivors("re-plan onto agents that came back")
-        if placement is not None:
-            self._install(placement)
-            log.info("%s re-planned over %s (agents back: %s)", self.model.name,
-                     list(self.agents), back)
-
     # --- fallback ---
 
     def _fallback(self, head: Ticket, policy: FallbackPolicy) -> Result:
-        reasons = [f"cluster: {self._away or 'not in the chain'}"]
+        reasons = [f"cluster: {self.why_away or 'not in the chain'}"]
         started = time.perf_counter()
         for target in self._targets.pipeline(policy):
             try:
@@ -426,51 +367,18 @@ class Deployment:
         finish under the old rule. `plan` and `specs` are updated to match, and a
         failover keeps them.
         """
-        from partitioner.exit_policies import POLICIES
-
         if self._unloaded:
             raise ConfigError(f"deployment {self.id} was unloaded; deploy the model again")
         if self._placement is None:
-            raise ClusterUnavailableError(f"the cluster is away ({self._away}); set exit "
+            raise ClusterUnavailableError(f"the cluster is away ({self.why_away}); set exit "
                                           "thresholds when it is back")
-        current = {e.name: e for e in self.plan.exits}
-        earlier = sorted(name for name, e in current.items() if not e.final)
-        wanted: dict[str, Any] = {}
-        for name, value in thresholds.items():
-            spec = current.get(name)
-            if spec is None or spec.final:
-                why = "is the final exit, which always answers" if spec else "is not an exit"
-                raise ConfigError(f"{name!r} {why} of this deployment; set thresholds on "
-                                  f"{earlier or 'its early exits (it has none)'}")
-            if value is None:
-                wanted[name] = None
-                continue
-            if isinstance(value, tuple) and len(value) != 2:
-                raise ConfigError(f"exit {name!r}: give a threshold or (policy, threshold)")
-            policy, threshold = value if isinstance(value, tuple) else (spec.policy, value)
-            if policy not in POLICIES or not np.isfinite(_number(threshold, name)):
-                raise ConfigError(f"exit {name!r}: need a finite threshold and a policy of "
-                                  f"{POLICIES}, got ({policy!r}, {threshold!r})")
-            wanted[name] = (str(policy), float(threshold))
-        chosen = exit_thresholds(self.plan, wanted)
-        plan = dataclasses.replace(self.plan, exits=tuple(
-            dataclasses.replace(e, policy=chosen[e.name][0], threshold=chosen[e.name][1])
-            for e in self.plan.exits))
-        rules = exit_rules(plan, None)
-        specs = list(self.specs)
-        for index, (spec, stage) in enumerate(zip(self.specs, self.plan.stages, strict=True)):
-            if stage.exit not in wanted:
-                continue
-            rule = rules.get(stage.exit)
-            self.cluster.call(stage.device, SetExit(spec.deployment_id, rule), SetExitReply)
-            specs[index] = dataclasses.replace(spec, exit=rule)
-            log.info("%s: exit %s of stage %d on %s now %s", self.id, stage.exit, index,
-                     stage.device, "off" if rule is None else f"{rule.policy} {rule.threshold:g}")
-        self.plan, self.specs = plan, tuple(specs)
-        self._placement = dataclasses.replace(self._placement, plan=plan, specs=tuple(specs))
+        plan, specs = retune_exits(self.cluster, self.id, self.plan, self.specs, thresholds)
+        self.plan, self.specs = plan, specs
+        self._failover.placement = dataclasses.replace(self._placement, plan=plan,
+                                                       specs=specs)
         kept = {e.name: None if e.threshold is None else (e.policy, e.threshold)
                 for e in plan.exits}
-        self.source = dataclasses.replace(self.source, exits=kept)
+        self.source = self._failover.source = dataclasses.replace(self.source, exits=kept)
 
     def status(self) -> dict[str, Any]:
         """Each stage's status as its agent reports it."""
@@ -490,6 +398,6 @@ class Deployment:
         problems = unload_stages(self.cluster, [
             (stage.device, spec.deployment_id)
             for spec, stage in zip(self.specs, self.plan.stages, strict=True)])
-        self._placement = None
+        self._failover.placement = None
         if problems:
             log.warning("unload of %s incomplete: %s", self.id, "; ".join(problems))

@@ -105,6 +105,9 @@ class Health:
     def down(self) -> list[str]:
         return [name for name, r in self._records.items() if r.state is not AgentState.UP]
 
+    def banned(self) -> list[str]:
+        return [name for name, r in self._records.items() if r.state is AgentState.BANNED]
+
     def summary(self) -> dict[str, str]:
         now = self._clock()
         return {name: r.describe(now) for name, r in self._records.items()}

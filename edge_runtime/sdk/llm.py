@@ -88,6 +88,8 @@ class LlmDeployment:
         self.runner = AgentRunner(cluster, placement, source.max_context, timeout_s,
                                   self._fail_over)
         self.engine = LlmEngine(self.runner, source.config, tokenizer)
+        self._placed_among = frozenset(cluster.usable(
+            source.devices or tuple(a.name for a in cluster.agents)))
         self._unloaded = False
 
     # --- the current placement ---
@@ -139,6 +141,8 @@ class LlmDeployment:
             lost = [error.agent]  # an agent said a peer is unreachable
         if isinstance(error, AgentUnavailableError) and not lost:
             raise error  # a step timed out while every agent answers heartbeats: busy
+        if isinstance(error, DeploymentGoneError) and error.agent in old.names:
+            self.cluster.rejoin([error.agent])  # it restarted: hello, introduce again
         for name in lost:
             self.cluster.lost(name, str(error))
         unload_llm(self.cluster, old.deployment_id, self.cluster.usable(old.names),
@@ -160,22 +164,28 @@ class LlmDeployment:
                     f"the agents still up ({', '.join(survivors)}) cannot hold "
                     f"{self.checkpoint.name}: {cannot}") from cannot
             self.failovers += 1
+            self._placed_among = frozenset(survivors)
             log.warning("LLM %s re-placed over %s after: %s", self.checkpoint.name,
                         survivors, why[:300])
             return placement
         raise ClusterUnavailableError(f"agents kept failing while re-planning after {why[:300]}")
 
     def _between_requests(self, policy: FallbackPolicy) -> None:
-        """Take back agents that answer again (a new placement), never mid-generation."""
-        if not policy.uses_cluster or not self.cluster.health.due():
+        """Place again over agents usable now that were not when it was placed (back after
+        a loss, or restarted): between generations, never in the middle of one."""
+        if not policy.uses_cluster:
             return
-        back = self.cluster.rejoin_due()
+        if self.cluster.health.due():
+            self.cluster.rejoin_due()
         allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
-        if not any(name in allowed for name in back):
+        usable = self.cluster.usable(allowed)
+        back = [name for name in usable if name not in self._placed_among]
+        if not back:
             return
+        self._placed_among = frozenset(usable)
         old = self.runner.placement
         try:
-            placement = place_llm(self.cluster, self.source, self.cluster.usable(allowed))
+            placement = place_llm(self.cluster, self.source, usable)
         except (AgentUnavailableError, PartitionError, DeployError) as error:
             log.warning("re-placing %s onto agents that came back failed: %s",
                         self.checkpoint.name, error)
@@ -226,19 +236,13 @@ class LlmDeployment:
 
     def _delivered(self, ticket: Ticket, request: GenerationRequest,
                    policy: FallbackPolicy) -> Iterator[TokenEvent]:
-        """The events, with the journal entry marked delivered before the last is handed."""
-        events = self._events(ticket, request, policy)
+        """The events, each handed on as soon as it is sampled; the journal entry is
+        marked delivered when the stream ends (the caller read it to its end)."""
         handed: list[TokenEvent] = []
-        previous = next(events, None)
-        for event in events:
-            assert previous is not None
-            handed.append(previous)
-            yield previous
-            previous = event
-        if previous is not None:
-            handed.append(previous)
-            self._ledger.deliver_generation(ticket, self._collect(handed, request))
-            yield previous
+        for event in self._events(ticket, request, policy):
+            handed.append(event)
+            yield event
+        self._ledger.deliver_generation(ticket, self._collect(handed, request))
 
     def _events(self, ticket: Ticket, request: GenerationRequest,
                 policy: FallbackPolicy) -> Iterator[TokenEvent]:
@@ -262,14 +266,13 @@ class LlmDeployment:
         else:
             reasons.append("cluster: not in the chain")
         left = request.max_new_tokens - len(produced)
-        if request.prompt_text is None:
-            raise ClusterUnavailableError("no path could continue the generation (a prompt "
-                                          "of ids without a tokenizer has no text for a "
-                                          "fallback): " + "; ".join(reasons))
         so_far = "".join(e.text for e in produced)
+        # no text (ids and no tokenizer): a target with the same vocabulary continues
+        # from the ids; one that needs text says so
+        text = None if request.prompt_text is None else request.prompt_text + so_far
         rest = GenerationRequest((*request.prompt_ids, *(e.token_id for e in produced)),
-                                 request.prompt_text + so_far, left, request.temperature,
-                                 request.top_k, request.top_p, request.seed, request.stop)
+                                 text, left, request.temperature, request.top_k,
+                                 request.top_p, request.seed, request.stop)
         start = time.perf_counter()
         offset = produced[-1].seconds if produced else 0.0
         for target in self._targets.llm(policy, self.checkpoint):

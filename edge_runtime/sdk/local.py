@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zmq
+
 from edge_runtime.errors import AgentUnavailableError, ConfigError
 from edge_runtime.sdk.cluster import Cluster, assemble
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
@@ -123,7 +125,9 @@ class LocalCluster(Cluster):
     session_dir: Path
 
     def restart(self, index: int, timeout_s: float | None = None) -> None:
-        """Stop agent `index` and start it again (same cache, keys, name) and reconnect."""
+        """Stop agent `index` and start it again (same cache, keys, name and port), then
+        say hello and re-introduce it (as `rejoin` does for an agent that came back).
+        Its deployments are gone: a deployment with failover places itself again."""
         proc = self.processes[index]
         proc.stop()
         proc.args = [a if not a.startswith("tcp://127.0.0.1:") else
@@ -133,6 +137,12 @@ class LocalCluster(Cluster):
         link = self.link(proc.name)
         link.dead = False
         link.heard(time.monotonic())  # the restarted agent owes no earlier heartbeat
+        deadline = time.monotonic() + self.timeouts.hello_s
+        while not link.socket.poll(50, zmq.POLLOUT) and time.monotonic() < deadline:
+            pass  # the socket reconnects after its backoff (up to 2 s after a long outage)
+        if proc.name not in self.rejoin([proc.name]):
+            raise AgentUnavailableError("restarted, but does not answer a hello",
+                                        agent=proc.name)
 
 
 def _agent_command(proc_args: list[str]) -> list[str]:

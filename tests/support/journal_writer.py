@@ -15,8 +15,9 @@ being answered, and i % 4 == 2 stays ANSWERED (an answer never handed over). Eve
 entries carry inputs larger than `LIMITS.max_inline_bytes` (a side file), odd ones
 small inline inputs, every fifth is an LLM entry without inputs. Everything an entry
 holds is a function of i (`expected_*`), so a test can check every row it finds.
-After each `add` commits it prints ``added i``. A small MAX_AGE_S makes every `add`
-prune the entries that finished before, so side files are deleted while it runs.
+After each `add` commits it prints ``added i`` (in one write, so never torn). A small
+MAX_AGE_S makes every `add` prune the entries that finished before, so side files are
+deleted while it runs.
 """
 
 from __future__ import annotations
@@ -69,13 +70,19 @@ def expected_error(i: int) -> str:
     return f"error {i}"
 
 
+def say(line: str) -> None:
+    """One line on stdout in one write(2): a pipe never shows half of it, even when the
+    process is killed while saying it."""
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
+
+
 def main(path: str, prefix: str, max_age_s: float) -> None:
     with Journal(path, limits(max_age_s)) as journal:
         for i in count():
             key = f"{prefix}{i:06d}"
             journal.add(key, DEPLOYMENT, kind_of(i), expected_request(i),
                         expected_inputs(i) or None)
-            print("added", i, flush=True)
+            say(f"added {i}")
             journal.attempt(key)
             if i % 4 == 3:
                 journal.failed(key, expected_error(i))
@@ -96,9 +103,9 @@ def serve() -> None:
                 traceback.print_exc()
             finally:
                 os._exit(1)
-        print("pid", pid, flush=True)
+        say(f"pid {pid}")
         _, status = os.waitpid(pid, 0)
-        print("exited", pid, os.waitstatus_to_exitcode(status), flush=True)
+        say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
 
 
 if __name__ == "__main__":

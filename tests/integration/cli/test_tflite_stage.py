@@ -19,7 +19,7 @@ import support.tflite_models as tm
 from edge_runtime.errors import InputError
 from edge_runtime.protocol import Deploy, DeployReply, StageSpec
 from edge_runtime.protocol import TensorSpec as WireSpec
-from edge_runtime.sdk.deploy import upload
+from edge_runtime.sdk.deploy import DeploySource, Placement, upload
 from partitioner.plan import Plan, Stage, TensorSpec
 
 
@@ -75,7 +75,8 @@ def test_agent_runs_a_tflite_stage_in_litert(tmp_path: Path) -> None:
         )
         cluster.call(info.name, Deploy("fc.0", "onnx-stage", spec, cluster.hub.session, 30.0),
                      DeployReply)
-        deployment = er.Deployment(cluster, "fc", plan, [spec])
+        source = DeploySource(model, "single", None, "latency", 1, (info.name,))
+        deployment = er.Deployment(cluster, Placement("fc", plan, (spec,), 0), source)
         for _ in range(3):
             x = rng.standard_normal((2, 3)).astype(np.float32)
             result = deployment.run({"x": x})
