@@ -34,6 +34,7 @@ from edge_runtime.errors import (
     AgentUnavailableError,
     ClusterUnavailableError,
     ConfigError,
+    DeadlineError,
     DeployError,
     DeploymentGoneError,
     FallbackError,
@@ -203,7 +204,8 @@ class Deployment:
                 head = pending[0]
                 try:
                     result = self._answer(head, pending, policy, timeout)
-                except (AgentError, DeployError, PartitionError, FallbackError) as error:
+                except (AgentError, DeployError, PartitionError, FallbackError,
+                        DeadlineError) as error:
                     if not isinstance(error, AgentUnavailableError):
                         self._ledger.fail(head, error)  # a final answer: bad input, ...
                     raise

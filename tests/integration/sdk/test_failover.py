@@ -177,3 +177,25 @@ def test_a_flaky_emulated_link_fails_over_rejoins_and_bans_with_nothing_lost(
         assert len(cluster.health.record(victim).losses) == FAST.flap_limit
         assert deployment.failovers >= FAST.flap_limit
         assert victim not in deployment.agents
+
+
+def test_a_deadline_ends_the_wait_for_a_paused_cluster_and_the_journal_says_so(
+        model: Path, tmp_path: Path) -> None:
+    policy = er.FallbackPolicy(when_away="queue")  # would wait up to queue_s = 60 s
+    with er.local_cluster(1, timeouts=FAST, fallback=policy,
+                          journal=tmp_path / "requests.db") as cluster:
+        deployment = cluster.deploy(model, strategy="single")
+        proc = cluster.processes[0]
+        assert proc.process is not None
+        proc.process.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(er.errors.DeadlineError, match="deadline"):
+                deployment.run(feeds(0), key="late-1", deadline_s=3.0)
+            assert 2.5 < time.monotonic() - start < 5.0
+        finally:
+            proc.process.send_signal(signal.SIGCONT)
+        assert cluster.journal is not None
+        entry = cluster.journal.get("late-1")
+        assert entry is not None and entry.state == "failed" and "deadline" in str(entry.error)
+        assert cluster.resume().results == {}  # a final answer: not run again
