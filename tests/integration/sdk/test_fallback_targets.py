@@ -13,10 +13,8 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -27,37 +25,12 @@ import pytest
 
 import edge_runtime as er
 from edge_runtime.errors import FallbackError
-from edge_runtime.protocol import TensorSpec
 from edge_runtime.sdk.config import Timeouts
 from edge_runtime.sdk.fallback.kserve import KServeV2
 from edge_runtime.sdk.fallback.remote_agent import RemoteAgent
-from edge_runtime.sdk.fallback.targets import ModelInfo, PipelineFallback
-from partitioner.plan import sha256_file
-from support.onnx_models import REPO, exits_mlp, mlp_chain, random_feeds, run_model
-
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
-KSERVE_SERVER = REPO / "tests" / "support" / "kserve_server.py"
-SERVER_START_S = 60.0
-
-
-def model_info(path: Path) -> ModelInfo:
-    """What the deployment hands its fallbacks: the model's signature, read from the file."""
-    graph = onnx.load(str(path)).graph
-    weights = {init.name for init in graph.initializer}
-    inputs = tuple(
-        TensorSpec(v.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-            v.type.tensor_type.elem_type)).name,
-            tuple(d.dim_value if d.HasField("dim_value") else None
-                  for d in v.type.tensor_type.shape.dim))
-        for v in graph.input if v.name not in weights)
-    return ModelInfo(path, sha256_file(path), path.stem, inputs,
-                     tuple(v.name for v in graph.output))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from edge_runtime.sdk.fallback.targets import PipelineFallback
+from support.fallback_servers import free_port, kserve_server, model_info
+from support.onnx_models import exits_mlp, mlp_chain, random_feeds, run_model
 
 
 def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -96,42 +69,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def kserve_url(models: dict[str, Path],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """KServe's ModelServer serving both models over v2 REST on a free loopback port."""
-    if not KSERVE_PYTHON.exists():
-        pytest.fail(f"{KSERVE_PYTHON} is missing: run `make .venv-kserve/.installed` "
-                    "(KServe lives in its own virtualenv)")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("kserve") / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(KSERVE_PYTHON), str(KSERVE_SERVER), str(port),
-             *(f"{name}={path}" for name, path in models.items())],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the KServe server exited with {process.returncode}:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the KServe server was not ready within {SERVER_START_S:g} s:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """KServe's ModelServer serving the models over v2 REST on a free loopback port."""
+    with kserve_server(models, tmp_path_factory.mktemp("kserve") / "server.log") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 # ---- KServeV2 against KServe --------------------------------------------------------

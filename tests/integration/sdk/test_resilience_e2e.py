@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,14 +31,12 @@ import support.journal_app as journal_app
 from edge_runtime.errors import ClusterUnavailableError
 from edge_runtime.llm.engine import Generation, TokenEvent
 from edge_runtime.sdk.journal import EntryState
-from support.onnx_models import REPO, mlp_chain, run_model
+from support.fallback_servers import kserve_server
+from support.onnx_models import mlp_chain, run_model
 
 FAST = er.Timeouts(heartbeat_interval_s=0.2, heartbeat_timeout_s=1.0, request_s=10.0,
                    hello_s=3.0, rejoin_backoff_s=0.2, rejoin_backoff_max_s=1.0, queue_s=20.0)
 TESTS_DIR = Path(__file__).resolve().parents[2]
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
-KSERVE_SERVER = REPO / "tests" / "support" / "kserve_server.py"
-SERVER_START_S = 60.0
 
 
 def feeds(i: int) -> dict[str, np.ndarray]:
@@ -182,12 +179,6 @@ def test_fallback_answers_locally_and_resume_finishes_what_nothing_answered(
 # ---- 3. privacy: the cloud only when allowed ----------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class CountingRelay:
     """A TCP relay on loopback in front of a server that counts the connections made to
     it: proof of whether a client contacted the server at all."""
@@ -236,44 +227,13 @@ class CountingRelay:
 def kserve(mlp: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CountingRelay]:
     """KServe's real ModelServer (`support/kserve_server.py` in `.venv-kserve`) serving
     the mlp as "mlp", behind a relay that counts who contacts it."""
-    if not KSERVE_PYTHON.exists():
-        pytest.fail(f"{KSERVE_PYTHON} is missing: run `make .venv-kserve/.installed` "
-                    "(KServe lives in its own virtualenv)")
-    port = free_port()
     log_path = tmp_path_factory.mktemp("kserve") / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([str(KSERVE_PYTHON), str(KSERVE_SERVER), str(port),
-                                    f"mlp={mlp}"],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    relay: CountingRelay | None = None
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the KServe server exited with {process.returncode}:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                url = f"http://127.0.0.1:{port}/v2/health/ready"
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the KServe server was not ready within {SERVER_START_S:g} s:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
+    with kserve_server({"mlp": mlp}, log_path) as port:
         relay = CountingRelay(port)
-        yield relay
-    finally:
-        if relay is not None:
-            relay.close()
-        process.terminate()
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield relay
+        finally:
+            relay.close()
 
 
 def test_cloud_fallback_is_never_contacted_unless_allowed(

@@ -11,32 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from edge_runtime.errors import ConfigError, FallbackError
-from edge_runtime.protocol import TensorSpec
 from edge_runtime.sdk.fallback.local_model import LocalModel
-from edge_runtime.sdk.fallback.targets import Answer, ModelInfo, PipelineFallback
+from edge_runtime.sdk.fallback.targets import Answer, PipelineFallback
 from partitioner.graph import ModelGraph
 from partitioner.memory import SegmentMemory
 from partitioner.pipeline import stage_memory
-from partitioner.plan import sha256_file
+from support.fallback_servers import model_info
 from support.onnx_models import DIGITS_MODEL, exits_mlp, mlp_chain, random_feeds, run_model
-
-
-def model_info(path: Path) -> ModelInfo:
-    """What the deployment hands its fallbacks: the model's signature, read from the file."""
-    graph = onnx.load(str(path)).graph
-    weights = {init.name for init in graph.initializer}
-    inputs = tuple(
-        TensorSpec(v.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-            v.type.tensor_type.elem_type)).name,
-            tuple(d.dim_value if d.HasField("dim_value") else None
-                  for d in v.type.tensor_type.shape.dim))
-        for v in graph.input if v.name not in weights)
-    return ModelInfo(path, sha256_file(path), path.stem, inputs,
-                     tuple(v.name for v in graph.output))
 
 
 def needs(path: Path, batch: int) -> dict[str, int]:
