@@ -6,22 +6,26 @@ no gap and no duplicate. This suite measures what that costs and checks the prom
 every run, for both kinds of deployment:
 
 - pipeline: the multi-exit digits CNN (`examples/digits/`) with strategy="pipeline" over
-  three `local_cluster` agents; one `run_many` of N keyed requests (N sized so the stream
-  runs `--phase-s` before the fault, the `--window-s` window, and `--phase-s` after);
+  three `local_cluster` agents; one `run_many` of keyed requests;
 - llm: the tinylm checkpoint (`examples/tinylm/`) tensor-parallel over three agents; a
   stream of keyed greedy generations (`--new-tokens` each, cycling over four prompts),
   each compared token by token with an uninterrupted run of the same prompt made before
   the fault on the same deployment.
 
-Faults (`--faults`), injected from the consuming loop once `--phase-s` of the stream
-has passed, while requests are in flight (mid-generation for the LLM):
+Each stream runs `--phase-s` before the fault, then on through the window containing it
+and `--phase-s` more (it is fed by time, not by a count fixed in advance, so a slow or
+busy machine still gets all three windows); N is the number of requests it sent.
+
+Faults (`--faults`), injected by a timer thread `--phase-s` after the stream starts,
+wherever the stream then is — mostly while the coordinator waits on the agents, so
+mid-request (mid-step for the LLM) with requests in flight:
 
 - kill: SIGKILL to a middle-stage agent (a non-hub member for the LLM), with the
   coordinator's process handles dropped so it must find the loss on the wire, exactly as
   with `er.connect()` to real devices (missed heartbeats, the connection monitor);
 - stop: SIGSTOP (a hung device: its TCP connection stays up, only heartbeats go silent);
 - kill-local: SIGKILL with `local_cluster`'s process handle kept (a child's exit is seen
-  at once): the floor of detection, so re-planning is measured nearly alone.
+  within one heartbeat interval): the floor of detection, so recovery stands alone.
 
 How each figure is taken (all on `time.monotonic()`):
 
@@ -32,8 +36,9 @@ How each figure is taken (all on `time.monotonic()`):
   after the failover: re-plan over the survivors, deploy what their caches lack, re-send
   what was in flight (replay the sequence so far, for the LLM), and its answer;
 - throughput (requests/s or tokens/s as the app receives them): before = stream start to
-  the signal; during = the `--window-s` window from the signal (default heartbeat
-  timeout + 2 s, so it holds detection and recovery); after = the rest of the stream;
+  the signal; during = the window containing the fault, from the signal to `--window-s`
+  later (default heartbeat timeout + 2 s) or to the first result after recovery if that
+  is later, so it holds the whole outage; after = the rest of the stream;
 - max gap after: the longest pause between two results after the failover (it shows the
   coordinator knocking on the lost agent between requests, see docs/RESILIENCE.md);
 - lost / duplicated: by request key — every key sent must come back exactly once
@@ -44,9 +49,9 @@ How each figure is taken (all on `time.monotonic()`):
 
 Timeouts are the library's defaults (`er.Timeouts()`: heartbeat every 1 s, 3 s of
 silence = lost, 30 s per request) unless `--timeouts field=value,...` says otherwise;
-`--quick` uses heartbeats every 0.25 s and 1 s of silence, short phases and the kill
-fault only (for the test suite). Benchmarks measure; they do not assert — the JSON
-says what was lost, and a test checks it is nothing.
+`--quick` uses heartbeats every 0.25 s and 1 s of silence, a 1 s collective timeout,
+short phases and the kill fault only (for the test suite). Benchmarks measure; they do
+not assert — the JSON says what was lost, and a test checks it is nothing.
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -74,6 +81,8 @@ AGENTS = 3
 PROMPTS = ("Permission is hereby granted", "THE SOFTWARE IS PROVIDED",
            "The above copyright notice", "This program is free software")
 LLM_MAX_CONTEXT = 128
+GIVE_UP_S = 60.0  # a stream that has not resumed this long after the window ends anyway
+WARMUP = 20  # pipeline requests before the measured stream (sessions warm, sockets up)
 QUICK_TIMEOUTS = "heartbeat_interval_s=0.25,heartbeat_timeout_s=1.0,request_s=10"
 
 
@@ -92,12 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "heartbeat_interval_s=2 (default: the library's defaults)")
     parser.add_argument("--max-in-flight", type=int, default=8, help="run_many's window")
     parser.add_argument("--new-tokens", type=int, default=48, help="tokens per generation")
+    parser.add_argument("--collective-timeout-s", type=float, default=None,
+                        help="how long LLM agents wait for each other inside a step "
+                        "(default: the library's, 10 s)")
     parser.add_argument("--journal", action="store_true",
                         help="journal every request (SQLite, synchronous commits) and check "
                         "the journal after the run")
     parser.add_argument("--quick", action="store_true",
                         help="a fast check: kill only, 0.5 s phases, heartbeats every 0.25 s "
-                        "with 1 s of silence = lost, 24 tokens per generation")
+                        "with 1 s of silence = lost, 1 s collective timeout, a 1.5 s window, "
+                        "24 tokens per generation")
 
 
 # --- options -------------------------------------------------------------------------
@@ -140,6 +153,8 @@ class Fault:
     kind: str
     victim: str
     signalled_at: float = math.nan
+    resumed_at: float | None = None  # the first result received after the victim was marked
+    _timer: threading.Timer = dataclasses.field(init=False, repr=False)
 
     def inject(self, cluster: Any) -> None:
         proc = next(p for p in cluster.processes if p.name == self.victim)
@@ -149,10 +164,43 @@ class Fault:
         else:
             proc.process.send_signal(signal.SIGKILL)
 
-    def clean_up(self, cluster: Any) -> None:
-        """A stopped agent would ignore teardown's SIGTERM for its whole grace period."""
-        proc = next(p for p in cluster.processes if p.name == self.victim)
-        proc.kill()
+    def received(self, cluster: Any, now: float) -> None:
+        """A result arrived at `now`: the first one after the victim was marked lost is the
+        stream resuming."""
+        if (self.resumed_at is None and not math.isnan(self.signalled_at)
+                and _detected_at(cluster, self) is not None):
+            self.resumed_at = now
+
+    def window_end(self, window_s: float) -> float:
+        """The end of the window containing the fault: `window_s` after the signal, or the
+        stream resuming if that is later (so the window holds the whole outage)."""
+        return max(self.signalled_at + window_s, self.resumed_at or -math.inf)
+
+    def over(self, phase_s: float, window_s: float) -> bool:
+        """Whether the stream ran `phase_s` past the window (or past `GIVE_UP_S` without
+        resuming), so it may end; False before the fault."""
+        end = (self.window_end(window_s) if self.resumed_at is not None
+               else self.signalled_at + window_s + GIVE_UP_S)
+        return time.monotonic() >= end + phase_s  # False while signalled_at is NaN
+
+    def arm(self, cluster: Any, after_s: float) -> float:
+        """Inject the fault `after_s` from now, from a timer thread, so it lands wherever
+        the stream then is — mostly while the coordinator waits on the agents (mid-request,
+        mid-step), as a real fault does; the app's thread is never the one to signal.
+        Returns now (the stream's start)."""
+        self._timer = threading.Timer(after_s, self.inject, args=(cluster,))
+        self._timer.daemon = True
+        started = time.monotonic()
+        self._timer.start()
+        return started
+
+    def disarm(self, cluster: Any) -> None:
+        """Cancel a fault not yet injected; SIGKILL the victim of one that was (a stopped
+        agent would ignore teardown's SIGTERM for its whole grace period)."""
+        self._timer.cancel()
+        self._timer.join()
+        if not math.isnan(self.signalled_at):
+            next(p for p in cluster.processes if p.name == self.victim).kill()
 
 
 def _detected_at(cluster: Any, fault: Fault) -> float | None:
@@ -162,34 +210,39 @@ def _detected_at(cluster: Any, fault: Fault) -> float | None:
     return after[0] if after else None
 
 
-def _rate(times: Sequence[float], weights: Sequence[int], start: float,
-          end: float) -> float | None:
+def _rate(times: Sequence[float], start: float, end: float) -> float | None:
     """Results (or tokens) received in [start, end) per second; None for an empty window."""
     if end - start <= 1e-6:
         return None
-    count = sum(w for t, w in zip(times, weights, strict=True) if start <= t < end)
+    count = sum(1 for t in times if start <= t < end)
     return count / (end - start)
 
 
 def _timing(cluster: Any, fault: Fault, started: float, times: list[float],
-            weights: list[int], window_s: float) -> dict[str, Any]:
+            window_s: float) -> dict[str, Any]:
+    if math.isnan(fault.signalled_at):  # the stream ended before the fault was due
+        return {"victim": fault.victim, "fault_injected": False,
+                "marked_lost": cluster.health.down(), "detect_s": None, "recover_s": None,
+                "outage_s": None, "max_gap_after_s": None,
+                "throughput": {"before": _rate(times, started, times[-1] + 1e-9)
+                               if times else None, "during": None, "after": None}}
     detected = _detected_at(cluster, fault)
-    first = next((t for t in times if detected is not None and t > detected), None)
+    first = fault.resumed_at
     end = times[-1] if times else started
-    window_end = fault.signalled_at + window_s
+    window_end = fault.window_end(window_s)
     after = [t for t in times if first is not None and t >= first]
     return {
-        "victim": fault.victim,
+        "victim": fault.victim, "fault_injected": True,
         "marked_lost": cluster.health.down(),
         "detect_s": None if detected is None else detected - fault.signalled_at,
         "recover_s": None if detected is None or first is None else first - detected,
         "outage_s": None if first is None else first - fault.signalled_at,
         "throughput": {
-            "before": _rate(times, weights, started, fault.signalled_at),
-            "during": _rate(times, weights, fault.signalled_at, min(window_end, end + 1e-9)),
-            "after": _rate(times, weights, window_end, end + 1e-9) if end > window_end else None,
+            "before": _rate(times, started, fault.signalled_at),
+            "during": _rate(times, fault.signalled_at, min(window_end, end + 1e-9)),
+            "after": _rate(times, window_end, end + 1e-9) if end > window_end else None,
         },
-        "max_gap_after_s": max((b - a for a, b in zip(after, after[1:], strict=False)),
+        "max_gap_after_s": max((b - a for a, b in itertools.pairwise(after)),
                                default=None),
     }
 
@@ -235,43 +288,46 @@ def _pipeline(args: argparse.Namespace, timeouts: Any, kind: str, window_s: floa
         model = cluster.deploy(assets / MODEL_FILE, strategy="pipeline")
         before_agents = list(model.agents)
         fault = Fault(kind, before_agents[len(before_agents) // 2])
-        warm = time.monotonic()
-        list(model.run_many(feeds(60), max_in_flight=args.max_in_flight))
-        rate = 60 / (time.monotonic() - warm)
-        total = max(40, math.ceil(rate * (2 * args.phase_s + window_s)))
-        keys = [f"r{i}" for i in range(total)]
+        list(model.run_many(feeds(WARMUP), max_in_flight=args.max_in_flight))
+        sent: list[str] = []
+
+        def requests() -> Iterator[dict[str, np.ndarray]]:
+            """Requests until `--phase-s` after the fault's window (keys in step)."""
+            while not fault.over(args.phase_s, window_s):
+                sent.append(f"r{len(sent)}")
+                yield {"image": images[(len(sent) - 1) % len(images)][None]}
+
         times: list[float] = []
         got: list[str] = []
         wrong = resent = 0
         served: set[str] = set()
-        started = time.monotonic()
+        started = fault.arm(cluster, args.phase_s)
         try:
-            for index, result in enumerate(model.run_many(
-                    feeds(total), max_in_flight=args.max_in_flight, keys=keys)):
+            for result in model.run_many(requests(), max_in_flight=args.max_in_flight,
+                                         keys=(f"r{i}" for i in itertools.count())):
                 now = time.monotonic()
                 times.append(now)
+                fault.received(cluster, now)
                 got.append(result.key)
                 resent += result.attempts > 1
                 served.add(result.served_by)
-                i = index % len(images)
+                i = int(result.key[1:]) % len(images)  # the answer must be its key's
                 if not result.outputs or any(
                         not np.allclose(value[0], want[name][i], rtol=1e-4, atol=1e-4)
                         for name, value in result.outputs.items()):
                     wrong += 1
-                if math.isnan(fault.signalled_at) and now - started >= args.phase_s:
-                    fault.inject(cluster)
-            timing = _timing(cluster, fault, started, times, [1] * len(times), window_s)
+            timing = _timing(cluster, fault, started, times, window_s)
             journal = _journal_counts(cluster)
         finally:
-            if not math.isnan(fault.signalled_at):
-                fault.clean_up(cluster)
+            fault.disarm(cluster)
         delivered = set(got)
         return {
             "workload": "pipeline", "fault": kind, "unit": "requests/s",
             "agents_before": before_agents, "agents_after": list(model.agents),
-            "failovers": model.failovers, "requests": total, "delivered": len(got),
-            "lost": len(set(keys) - delivered), "duplicated": len(got) - len(delivered),
-            "out_of_order": got != keys[:len(got)], "wrong": wrong, "resent": resent,
+            "failovers": model.failovers, "warmup_requests": WARMUP, "requests": len(sent),
+            "delivered": len(got),
+            "lost": len(set(sent) - delivered), "duplicated": len(got) - len(delivered),
+            "out_of_order": got != sent[:len(got)], "wrong": wrong, "resent": resent,
             "served_by": sorted(served), "journal": journal, **timing,
         }
 
@@ -298,32 +354,31 @@ def _llm(args: argparse.Namespace, timeouts: Any, kind: str, window_s: float,
     from edge_runtime.demo.generation import find_checkpoint
 
     with _cluster(args, timeouts, kind, workdir) as cluster:
-        llm = cluster.deploy_llm(find_checkpoint(), max_context=LLM_MAX_CONTEXT)
+        llm = cluster.deploy_llm(find_checkpoint(), max_context=LLM_MAX_CONTEXT,
+                                 collective_timeout_s=args.collective_timeout_s)
         before_agents = list(llm.agents)
         fault = Fault(kind, next(n for i, n in enumerate(before_agents) if i != llm.plan.hub))
-        warm = time.monotonic()
         reference = {p: list(llm.generate(p, args.new_tokens, stop=[]).token_ids)
                      for p in PROMPTS}
-        rate = len(PROMPTS) * args.new_tokens / (time.monotonic() - warm)
-        count = max(4, math.ceil(rate * (2 * args.phase_s + window_s) / args.new_tokens))
         times: list[float] = []
         stats = {"lost": 0, "duplicated": 0, "different": 0}
-        keys, delivered = [f"g{i}" for i in range(count)], []
+        keys: list[str] = []
+        delivered: list[str] = []
         positions_missing = positions_repeated = generations_differing = 0
-        started = time.monotonic()
+        started = fault.arm(cluster, args.phase_s)
         try:
-            for i, key in enumerate(keys):
-                prompt = PROMPTS[i % len(PROMPTS)]
+            while not fault.over(args.phase_s, window_s):
+                key = f"g{len(keys)}"
+                prompt = PROMPTS[len(keys) % len(PROMPTS)]
+                keys.append(key)
                 ids, indices = [], []
                 for event in llm.generate(prompt, args.new_tokens, stop=[], stream=True,
                                           key=key):
                     now = time.monotonic()
                     times.append(now)
+                    fault.received(cluster, now)
                     ids.append(event.token_id)
                     indices.append(event.index)
-                    if (math.isnan(fault.signalled_at) and now - started >= args.phase_s
-                            and event.index < args.new_tokens // 2):
-                        fault.inject(cluster)  # mid-generation: half its tokens still to come
                 delivered.append(key)
                 positions_missing += len(set(range(args.new_tokens)) - set(indices))
                 positions_repeated += len(indices) - len(set(indices))
@@ -331,16 +386,15 @@ def _llm(args: argparse.Namespace, timeouts: Any, kind: str, window_s: float,
                 generations_differing += any(diff.values())
                 for name, value in diff.items():
                     stats[name] += value
-            timing = _timing(cluster, fault, started, times, [1] * len(times), window_s)
+            timing = _timing(cluster, fault, started, times, window_s)
             journal = _journal_counts(cluster)
         finally:
-            if not math.isnan(fault.signalled_at):
-                fault.clean_up(cluster)
+            fault.disarm(cluster)
         return {
             "workload": "llm", "fault": kind, "unit": "tokens/s",
             "agents_before": before_agents, "agents_after": list(llm.agents),
             "failovers": llm.failovers, "replays": llm.runner.replays,
-            "requests": count, "delivered": len(delivered),
+            "warmup_requests": len(PROMPTS), "requests": len(keys), "delivered": len(delivered),
             "lost": len(set(keys) - set(delivered)),
             "duplicated": len(delivered) - len(set(delivered)),
             "out_of_order": delivered != keys[:len(delivered)],
@@ -388,6 +442,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.quick:
         args.faults, args.phase_s, args.new_tokens = "kill", 0.5, 24
+        args.collective_timeout_s = args.collective_timeout_s or 1.0
+        args.window_s = args.window_s or 1.5
         args.timeouts = ",".join(x for x in (QUICK_TIMEOUTS, args.timeouts) if x)
     workloads = _choices(args.workloads, WORKLOADS, "--workloads")
     faults = _choices(args.faults, FAULTS, "--faults")

@@ -94,7 +94,9 @@ class Agents:
         return reply
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Each agent's status (deployments, memory, emulation); unreachable ones say so."""
+        """Each agent's status (deployments, memory, emulation); unreachable ones say so, and
+        `health` says whether the coordinator plans on it ("up", lost or banned, and when
+        it is tried again)."""
         table: dict[str, dict[str, Any]] = {}
         for info in self.agents:
             try:
@@ -103,6 +105,7 @@ class Agents:
             except (AgentUnavailableError, AgentError) as error:
                 table[info.name] = {"name": info.name, "available": False, "error": str(error)}
             table[info.name]["label"] = info.label
+            table[info.name]["health"] = self.health.summary().get(info.name, "up")
         return table
 
     def deployment_status(self, name: str, deployment_id: str) -> Any:

@@ -89,6 +89,7 @@ def test_sigstop_past_the_timeout_fails_over_then_the_agent_rejoins(model: Path)
         assert elapsed < FAST.heartbeat_timeout_s + 5.0
         assert deployment.agents == tuple(a for a in deployment.agents if a != victim)
         assert not cluster.health.usable(victim)
+        assert cluster.status()[victim]["health"].startswith("lost")
         # after its backoff, the next request knocks, finds it back and re-plans onto it
         deadline = time.monotonic() + 15.0
         while victim not in deployment.agents and time.monotonic() < deadline:
