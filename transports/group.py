@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,8 @@ message, no poller; the option is only changed when a deadline is under a slice 
 
 _DATA = "c"
 _ABORT = "abort"
+# How often a wait inside a collective looks for a cancel from another thread.
+CANCEL_CHECK_S = 0.1
 _PING = "ping"
 _PONG = "pong"
 
@@ -105,6 +108,7 @@ class GroupMember:
         self._inbox: dict[tuple[int, int, int], np.ndarray | None] = {}
         self._rcvtimeo: int | None = None  # the router's ZMQ_RCVTIMEO as last set here
         self._aborts: dict[int, tuple[int, str]] = {}
+        self._cancelled = threading.Event()
         self._pongs: dict[int, int] = {}
         self._waiting_on = -1
         self._seq = 0
@@ -283,7 +287,17 @@ class GroupMember:
             return
         self._inbox[(frame.request_id, step, src)] = frame.tensors.get("x")
 
+    def cancel(self) -> None:
+        """Make a collective in flight (on the thread that owns the group) fail within
+        `CANCEL_CHECK_S`: the one call that is safe from another thread. Used when the
+        deployment is unloaded while a step waits on a member that is gone, so the share
+        is released at once instead of after the collective timeout."""
+        self._cancelled.set()
+
     def _check_abort(self, seq: int) -> None:
+        if self._cancelled.is_set():
+            self._broken = "cancelled: the deployment is being unloaded"
+            raise CollectiveError(f"collective #{seq} {self._broken}", member="")
         abort = self._aborts.get(seq)
         if abort is not None:
             culprit, why = abort
@@ -298,7 +312,9 @@ class GroupMember:
         self._waiting_on = src
         while key not in self._inbox:
             self._check_abort(seq)
-            if not self._receive(deadline):
+            # in slices, so a cancel from another thread is seen
+            if (not self._receive(min(deadline, time.monotonic() + CANCEL_CHECK_S))
+                    and time.monotonic() >= deadline):
                 self._find_culprit(seq, key, src)
         self._waiting_on = -1
         tensor = self._inbox.pop(key)

@@ -77,6 +77,11 @@ class ShardGroup:
             return self.spec.names[int(match.group(1))]
         return ""
 
+    def cancel(self) -> None:
+        """Fail a collective in flight within ~0.1 s (safe from another thread)."""
+        if self.group is not None:
+            self.group.cancel()
+
     def close(self) -> None:
         """Close the group (and its listener), or the bare listener if never connected."""
         if self.group is not None:

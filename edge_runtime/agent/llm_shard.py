@@ -374,9 +374,11 @@ class LlmShard:
 
     def close(self) -> None:
         """Stop the worker; it releases the group, window and BLAS limit as it exits, so a
-        job still running (a conversion, a step stuck in a collective) is never cut off."""
+        job still running (a conversion) is never cut off; a step stuck in a collective
+        (a member was lost) is cancelled."""
         if self._inbox is not None:  # files still in transit are this deployment's alone
             self._inbox.close()
+        self._group.cancel()  # a step stuck waiting on a lost member ends now
         self._queue.put(None)
         self._thread.join(WORKER_JOIN_TIMEOUT_S)
         if self._thread.is_alive():

@@ -20,6 +20,7 @@ from devices.links import LinkProfile
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
 from edge_runtime.protocol import (
     Deploy,
+    HelloReply,
     ProbeLink,
     ProbeLinkReply,
     Record,
@@ -32,7 +33,13 @@ from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.health import Health
 from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.info import AgentInfo, parse_reply
-from edge_runtime.sdk.membership import agent_info, hello, introduce
+from edge_runtime.sdk.membership import (
+    agent_info,
+    hello,
+    hello_reply,
+    hello_request,
+    introduce,
+)
 from transports.errors import SecurityError
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class Agents:
         self.agents: tuple[AgentInfo, ...] = tuple(infos)
         self._measured: dict[tuple[str, str], LinkProfile] = {}
         self.health = Health(hub.timeouts, self._links)
+        self._knocks: dict[str, tuple[int, float]] = {}  # hellos sent to lost agents
 
     @property
     def hub(self) -> Hub:
@@ -147,10 +155,46 @@ class Agents:
         log.warning("agent %s is %s", name, record.describe(time.monotonic()))
 
     def rejoin_due(self) -> list[str]:
-        """Knock on lost agents whose backoff ran out; returns those that are back.
-        Called between requests only, never in the middle of one."""
-        due = self.health.due()
-        return self.rejoin(due) if due else []
+        """Knock on lost agents whose backoff ran out, without waiting: a hello is sent
+        now and its answer picked up by a later call (between requests), so a hung
+        agent costs the app nothing. Returns the agents that are back."""
+        now = time.monotonic()
+        for name in self.health.due():
+            if name in self._knocks:
+                continue
+            link = self._links[name]
+            if not link.socket.poll(0, zmq.POLLOUT):  # no connection (yet)
+                self.lost(name, link.watch.poll().explain(name, link.address, None)
+                          or "no connection")
+                continue
+            request = hello_request(self._hub)
+            request_id = self._hub.next_id()
+            try:
+                self._hub.send(link, request.frame(request_id), timeout_s=0.0)
+            except (AgentUnavailableError, SecurityError) as error:
+                self.lost(name, f"still unavailable: {error}")
+                continue
+            self._knocks[name] = (request_id, now)
+        back: list[str] = []
+        for name, (request_id, sent) in list(self._knocks.items()):
+            link = self._links[name]
+            frame = self._hub.take(request_id, link)
+            if frame is None and now - sent < self.timeouts.heartbeat_timeout_s:
+                continue  # not answered yet: look again at the next call
+            del self._knocks[name]
+            if frame is None:
+                self._hub.forget([request_id])
+                self.lost(name, f"did not answer a hello within "
+                                f"{self.timeouts.heartbeat_timeout_s:g} s")
+                continue
+            try:
+                reply = hello_reply(self._hub, link, frame)
+            except AgentError as error:
+                self.lost(name, f"still unavailable: {error}")
+                continue
+            self._welcome(name, reply)
+            back.append(name)
+        return self._introduce(back)
 
     def rejoin_lost(self) -> list[str]:
         """Knock on every lost agent that is not banned, backoff or not: before an
@@ -167,6 +211,7 @@ class Agents:
         peer list. One that fails stays lost, with a longer backoff."""
         back: list[str] = []
         for name in names:
+            self._knocks.pop(name, None)
             link = self._links[name]
             if not link.socket.poll(0, zmq.POLLOUT):  # no connection (yet): do not wait
                 self.lost(name, link.watch.poll().explain(name, link.address, None)
@@ -177,21 +222,31 @@ class Agents:
             except (AgentUnavailableError, AgentError, SecurityError) as error:
                 self.lost(name, f"still unavailable: {error}")
                 continue
-            info = agent_info(reply, link.address, name)
-            self.agents = tuple(info if i.name == name else i for i in self.agents)
-            self.health.back(name)
+            self._welcome(name, reply)
             back.append(name)
-        if back:
-            members = [self._links[n] for n in self.usable()]
-            try:
-                introduce(self._hub, members, self.agents,
-                          timeout_s=self.timeouts.heartbeat_timeout_s)
-            except (AgentUnavailableError, AgentError) as error:
-                culprit = getattr(error, "agent", "")
-                if culprit in self._links:
-                    self.lost(culprit, f"lost while re-introducing agents: {error}")
-                back = [n for n in back if self.health.usable(n)]
-            log.info("agents back: %s", ", ".join(back) or "none")
+        return self._introduce(back)
+
+    def _welcome(self, name: str, reply: HelloReply) -> None:
+        """`name` answered a hello: its (maybe new) profile, and plan on it again."""
+        info = agent_info(reply, self._links[name].address, name)
+        self.agents = tuple(info if i.name == name else i for i in self.agents)
+        self.health.back(name)
+
+    def _introduce(self, back: list[str]) -> list[str]:
+        """Give every usable agent the peer list again (`back` may have restarted and
+        forgotten it); returns those of `back` still usable after."""
+        if not back:
+            return back
+        members = [self._links[n] for n in self.usable()]
+        try:
+            introduce(self._hub, members, self.agents,
+                      timeout_s=self.timeouts.heartbeat_timeout_s)
+        except (AgentUnavailableError, AgentError) as error:
+            culprit = getattr(error, "agent", "")
+            if culprit in self._links:
+                self.lost(culprit, f"lost while re-introducing agents: {error}")
+            back = [n for n in back if self.health.usable(n)]
+        log.info("agents back: %s", ", ".join(back) or "none")
         return back
 
 

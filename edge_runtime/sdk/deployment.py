@@ -234,7 +234,7 @@ class Deployment:
             ticket.request_id = None
             if not policy.failover or not self._is_lost(error):
                 raise
-            self._recover(error.agent, str(error), pending)
+            self._recover(error.agent, str(error), pending, policy)
 
     def _answer(self, head: Ticket, pending: deque[Ticket], policy: FallbackPolicy,
                 timeout: float) -> Result:
@@ -253,7 +253,7 @@ class Deployment:
             except AgentUnavailableError as error:
                 if not policy.failover or not self._is_lost(error):
                     raise
-                self._recover(error.agent, str(error), pending)
+                self._recover(error.agent, str(error), pending, policy)
                 continue
             if frame.is_error:
                 failure = error_from_frame(frame, frame.sender or self.agents[0])
@@ -261,12 +261,13 @@ class Deployment:
                     # a stage could not reach its next hop: lost, unless it answers us (a
                     # stale connection after a restart; a new placement connects afresh)
                     answers = head.attempts <= 2 and self._failover.answers(failure.agent)
-                    self._recover(None if answers else failure.agent, str(failure), pending)
+                    self._recover(None if answers else failure.agent, str(failure), pending,
+                                  policy)
                     continue
                 if policy.failover and isinstance(failure, DeploymentGoneError):
                     if failure.agent in self.agents:  # it restarted: hello, introduce again
                         self.cluster.rejoin([failure.agent])
-                    self._recover(None, str(failure), pending)
+                    self._recover(None, str(failure), pending, policy)
                     continue
                 raise failure
             return self._result(frame, head)
@@ -282,20 +283,21 @@ class Deployment:
 
     # --- failover ---
 
-    def _recover(self, lost: str | None, why: str, pending: deque[Ticket]) -> None:
+    def _recover(self, lost: str | None, why: str, pending: deque[Ticket],
+                 policy: FallbackPolicy) -> None:
         """Place again without `lost` and send everything in flight again, in order."""
         self.cluster.hub.forget(t.request_id for t in pending if t.request_id is not None)
         for ticket in pending:
             ticket.request_id = None
             ticket.notes.append(f"failover: {why[:200]}")
         if self._failover.lose(lost, why):
-            self._resend(pending)
+            self._resend(pending, policy)
 
     def _install_current(self) -> None:
         assert self._placement is not None
         self._install(self._placement)
 
-    def _resend(self, pending: deque[Ticket]) -> None:
+    def _resend(self, pending: deque[Ticket], policy: FallbackPolicy) -> None:
         """On a new placement: every request in flight again, in input order."""
         self._install_current()
         for ticket in pending:
@@ -303,7 +305,7 @@ class Deployment:
         for ticket in pending:
             if self._placement is None:
                 return
-            self._send_or_recover(ticket, pending, self.policy)
+            self._send_or_recover(ticket, pending, policy)
 
     def _cluster_back(self, head: Ticket, pending: deque[Ticket],
                       policy: FallbackPolicy) -> bool:
@@ -312,7 +314,7 @@ class Deployment:
         `Timeouts.queue_s` after the cluster went away (or `head`'s deadline)."""
         while True:
             if self._failover.come_back():
-                self._resend(pending)
+                self._resend(pending, policy)
                 return self._placement is not None
             since = self._failover.away_since
             if policy.when_away != "queue" or since is None:

@@ -34,6 +34,7 @@ class Failover:
         self.away_since: float | None = None
         self.failovers = 0  # times it was placed again after losing an agent
         self._placed_among = frozenset(cluster.usable(self.allowed))  # usable when placed
+        self._orphans: list[tuple[str, str]] = []  # (agent, stage id) left on lost agents
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -61,6 +62,7 @@ class Failover:
         """While away: knock on agents whose backoff ran out; True once placed again (also
         when agents were brought back by another deployment or a restart)."""
         self.cluster.rejoin_due()
+        self.sweep_orphans()
         if not self._newcomers():
             return False
         placement = self._place_on_survivors(self.away)
@@ -77,6 +79,7 @@ class Failover:
         serving where it was."""
         if self.cluster.health.due():
             self.cluster.rejoin_due()
+        self.sweep_orphans()
         back = self._newcomers()
         if not back:
             return False
@@ -102,15 +105,26 @@ class Failover:
         return [n for n in self.cluster.usable(self.allowed) if n not in self._placed_among]
 
     def retire(self) -> None:
-        """Unload the current placement from the agents still up; a lost agent's stages
-        are reclaimed by its lease."""
+        """Unload the current placement from the agents still up. Stages on lost agents
+        are unloaded when those agents come back (`sweep_orphans`): the lease keeper keeps
+        renewing this coordinator's session there, so the lease would not reclaim them."""
         old, self.placement = self.placement, None
         if old is None:
             return
         stages = [(stage.device, spec.deployment_id)
-                  for spec, stage in zip(old.specs, old.plan.stages, strict=True)
-                  if self.cluster.health.usable(stage.device)]
-        unload_stages(self.cluster, stages, timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+                  for spec, stage in zip(old.specs, old.plan.stages, strict=True)]
+        up = [s for s in stages if self.cluster.health.usable(s[0])]
+        self._orphans += [s for s in stages if s not in up]
+        unload_stages(self.cluster, up, timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+
+    def sweep_orphans(self) -> None:
+        """Unload stages left on agents that were lost and are usable again."""
+        back = [s for s in self._orphans if self.cluster.health.usable(s[0])]
+        if not back:
+            return
+        self._orphans = [s for s in self._orphans if s not in back]
+        unload_stages(self.cluster, back, timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
+        log.info("%s: unloaded %d stage(s) left on agents that came back", self.name, len(back))
 
     def devices(self) -> list[str]:
         return [] if self.placement is None else [s.device for s in self.placement.plan.stages]

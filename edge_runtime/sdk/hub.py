@@ -8,8 +8,9 @@ of other in-flight requests) are kept until asked for.
 
 Telling dead from stopped from busy from refused, while waiting:
 
-- *dead*: a process the SDK started has exited, or the connection dropped and
-  nothing accepts a new one (the socket monitor, `transports.handshake`);
+- *dead*: a process the SDK started has exited, or the connection dropped and its
+  host refuses a new one (the socket monitor, `transports.handshake`): found within
+  milliseconds, without waiting for heartbeats;
 - *stopped* (SIGSTOP, a hung host): the connection stays up but heartbeats go
   unanswered for `heartbeat_timeout_s`;
 - *busy*: it answers heartbeats (an agent's control loop never computes), so it
@@ -293,6 +294,11 @@ class Hub:
             refused = self._refused(link)
             if refused is not None:
                 raise refused
+            if link.answered and link.watch.state.status is HandshakeStatus.UNREACHABLE:
+                # it answered before, and now its host refuses connections: the process is
+                # gone (a Wi-Fi drop times out instead; that is left to the heartbeats)
+                lost = self._connection_lost(link)
+                raise self.unavailable(link, f"its host refuses connections ({lost})")
             if not heartbeat:
                 continue
             since = link.ping_unanswered_since
@@ -318,6 +324,11 @@ class Hub:
                 # not connected: no answer comes, and the silence trips the timeout
                 with contextlib.suppress(zmq.Again):
                     self._transmit(link, encode(Ping().frame(next(self._heartbeat_ids))))
+
+    def take(self, request_id: int, link: AgentLink) -> Frame | None:
+        """The answer to `request_id` if it has arrived from `link`, without waiting."""
+        self._drain(link)
+        return self._stash.pop(request_id, None)
 
     def forget(self, request_ids: Iterable[int]) -> None:
         """Drop answers to requests nobody will wait for (after an error), now or later."""

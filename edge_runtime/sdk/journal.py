@@ -9,21 +9,21 @@ and every request key is answered once.
 One SQLite file in WAL mode with `synchronous=FULL`: a commit that returned survives
 a crash or a power loss, and a write cut short leaves nothing. Inputs are stored
 inline; inputs larger than `JournalLimits.max_inline_bytes` go to a side file
-`<journal>.inputs/<key>.npz`, written and fsynced before the row that names it
-commits, so a row never names a missing file. Side files are deleted only while the
-journal's write lock is held and no committed row names them (so neither a crash
-nor another process on the same file can leave a row without its file).
+`<journal>.inputs/<key>.npz`. The files are `journal_files.py`'s (it says how a row
+and its side file stay in step through a crash); this module is the state machine.
 
 An entry's life: PENDING (accepted) → ANSWERED (result stored) → DELIVERED (handed
 to the caller), or → FAILED (a final error handed to the caller) from either of the
-first two. Every transition is checked. Finished entries are kept `max_age_s` after
-they finished, so a reused key is still refused, then pruned.
+first two. Every transition is checked. A finished entry's inputs are dropped in the
+transaction that finishes it (only PENDING entries are ever run again), its side file
+deleted right after, so the journal's size is bounded by its unfinished entries plus
+small records of finished ones. Those records (key, state, result) are kept
+`max_age_s` after they finished, so a reused key is still refused, then pruned.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import os
 import re
@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,46 +40,16 @@ from types import TracebackType
 import numpy as np
 
 from edge_runtime.errors import ConfigError, DuplicateRequestError, JournalError, JournalFullError
-from edge_runtime.sdk.journal_codec import (
-    LazyArrays,
-    decode_arrays,
-    encode_arrays,
-    load_arrays_file,
-)
+from edge_runtime.sdk.journal_codec import LazyArrays, decode_arrays, encode_arrays
+from edge_runtime.sdk.journal_files import SideFiles, open_database, open_error, transaction
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 10.0
-"""How long a write waits for another process that holds the same journal's write lock."""
 KINDS = ("pipeline", "llm")
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 """A key names a side file, so it is a plain file name."""
-_SIDE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}\.npz(\.tmp)?")
-
-_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE entries (
-    key TEXT PRIMARY KEY NOT NULL,
-    deployment TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    request BLOB NOT NULL,
-    inputs BLOB,            -- .npz bytes when inline
-    inputs_ref TEXT,        -- side file name (in <journal>.inputs/) when not
-    inputs_sha256 TEXT,     -- of the side file
-    served_by TEXT,
-    result BLOB,
-    result_arrays BLOB,     -- .npz bytes
-    error TEXT
-);
-CREATE INDEX entries_by_state ON entries (state, updated);
-CREATE INDEX entries_by_deployment ON entries (deployment, state);
-CREATE INDEX entries_by_ref ON entries (inputs_ref) WHERE inputs_ref IS NOT NULL;
-"""
+_NO_INPUTS = "inputs = NULL, inputs_ref = NULL, inputs_sha256 = NULL"
+"""What finishing an entry sets: its inputs are never needed again."""
 
 
 class EntryState(enum.StrEnum):
@@ -116,7 +86,12 @@ class JournalLimits:
 
 @dataclass(frozen=True, eq=False)
 class JournalEntry:
-    """One journaled request as last committed (arrays are not comparable, hence eq=False)."""
+    """One journaled request as last committed (arrays are not comparable, hence eq=False).
+
+    A finished entry (DELIVERED or FAILED) has empty `inputs` and no `inputs_ref`: they
+    are dropped when it finishes, since only PENDING entries are run again. Its
+    `request`, `result` and `result_arrays` are kept until it is pruned.
+    """
 
     key: str
     deployment: str  # the model's identity: sha256 of the ONNX file or the LLM checkpoint
@@ -126,7 +101,7 @@ class JournalEntry:
     created: float  # unix time
     updated: float
     request: bytes  # opaque msgpack the caller made
-    inputs: Mapping[str, np.ndarray]  # loaded on first access; empty for llm
+    inputs: Mapping[str, np.ndarray]  # loaded on first access; empty for llm and finished
     inputs_ref: str | None  # path of the side file when inputs were too large to inline
     served_by: str | None
     result: bytes | None  # opaque msgpack
@@ -152,22 +127,11 @@ class Journal:
         self.path = Path(path).expanduser()
         self.limits = limits
         self._clock = clock
-        self._side_dir = self.path.with_name(self.path.name + ".inputs")
+        self._files = SideFiles(self.path.with_name(self.path.name + ".inputs"))
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        conn = open_database(self.path)
+        self._conn: sqlite3.Connection | None = conn
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.is_dir():
-                raise JournalError(f"the request journal {self.path} is a directory: "
-                                   "give the path of a file (e.g. requests.db) instead")
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
-        except (OSError, sqlite3.Error) as error:
-            raise self._open_error(error) from error
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        try:
-            self._setup(conn)
             self._maintain()
         except BaseException:
             self._conn = None
@@ -209,7 +173,7 @@ class Journal:
             ref = digest = None
             if side:
                 assert blob is not None
-                ref, digest = self._write_side(key, blob)
+                ref, digest = self._files.write(key, blob)
             try:
                 conn.execute(
                     "INSERT INTO entries (key, deployment, kind, state, attempts, created, "
@@ -219,14 +183,9 @@ class Journal:
                      None if side else blob, ref, digest))
             except BaseException:
                 if ref is not None:
-                    (self._side_dir / ref).unlink(missing_ok=True)
+                    self._files.discard(ref)
                 raise
-        if pruned:
-            try:
-                self._sweep(pruned)
-            except JournalError as error:  # the entry is committed; the next open sweeps
-                log.warning("request journal %s: side files not deleted yet: %s", self.path,
-                            error)
+        self._sweep_committed(pruned)
 
     def attempt(self, key: str) -> int:
         """Count one more try to serve a PENDING entry; the new count."""
@@ -252,11 +211,12 @@ class Journal:
                 (EntryState.ANSWERED.value, served_by, bytes(result), arrays, self._clock(), key))
 
     def delivered(self, key: str) -> None:
-        """An ANSWERED entry's result was handed to the caller: done."""
+        """An ANSWERED entry's result was handed to the caller: done (its inputs dropped)."""
         self._finish(key, "delivered", EntryState.DELIVERED, (EntryState.ANSWERED,), None)
 
     def failed(self, key: str, error: str) -> None:
-        """A final error was handed to the caller of an unfinished entry: done."""
+        """A final error was handed to the caller of an unfinished entry: done (its inputs
+        dropped)."""
         self._finish(key, "failed", EntryState.FAILED,
                      (EntryState.PENDING, EntryState.ANSWERED), error)
 
@@ -305,10 +265,16 @@ class Journal:
 
     def _finish(self, key: str, action: str, to: EntryState, allowed: tuple[EntryState, ...],
                 error: str | None) -> None:
+        """Move an entry to DELIVERED or FAILED and drop its inputs in one transaction;
+        delete its side file once that committed."""
         with self._write() as conn:
             self._state(conn, key, action, allowed)
-            conn.execute("UPDATE entries SET state = ?, error = COALESCE(?, error), updated = ? "
-                         "WHERE key = ?", (to.value, error, self._clock(), key))
+            ref = conn.execute("SELECT inputs_ref FROM entries WHERE key = ?",
+                               (key,)).fetchone()[0]
+            conn.execute(f"UPDATE entries SET state = ?, error = COALESCE(?, error), "
+                         f"updated = ?, {_NO_INPUTS} WHERE key = ?",
+                         (to.value, error, self._clock(), key))
+        self._sweep_committed([] if ref is None else [ref])
 
     def _state(self, conn: sqlite3.Connection, key: str, action: str,
                allowed: tuple[EntryState, ...],
@@ -337,61 +303,16 @@ class Journal:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction under the lock: committed if the block returns,
-        rolled back if it raises; SQLite failures become JournalError."""
-        with self._lock:
-            conn = self._open()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
-                raise self._io_error(error) from error
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as error:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(error, sqlite3.Error):
-                    raise self._io_error(error) from error
-                raise
-
-    def _setup(self, conn: sqlite3.Connection) -> None:
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("request journal %s: SQLite refused WAL mode (%s); commits are "
-                            "still durable, but slower", self.path, mode)
-            conn.execute("PRAGMA synchronous=FULL")
-        except sqlite3.Error as error:
-            raise self._open_error(error) from error
-        with self._write() as conn:
-            tables = {name for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%'")}
-            if "schema_version" not in tables:
-                if tables:
-                    raise JournalError(
-                        f"{self.path} is an SQLite database but not an edge-runtime request "
-                        f"journal (it has tables {sorted(tables)[:5]}): choose another path")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                return
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0] if row else None
-            if not isinstance(version, int) or version < 1:
-                raise JournalError(f"the request journal {self.path} has no valid schema version "
-                                   "(damaged?): move it away and start a new journal")
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"the request journal {self.path} was written by a newer edge-runtime "
-                    f"(schema {version}; this one reads up to {SCHEMA_VERSION}): upgrade "
-                    "edge-runtime, or use another journal path")
+        """One write transaction (`journal_files.transaction`) under the threads' lock."""
+        with self._lock, transaction(self._open(), self.path) as conn:
+            yield conn
 
     def _maintain(self) -> None:
-        """On open: expire old unfinished entries, prune old finished ones, and delete side
-        files no row names (left by a crash between writing the file and committing)."""
+        """On open: expire old unfinished entries, prune old finished ones, drop the inputs
+        of finished ones (the expired, and any a journal written before inputs were
+        dropped still holds), and delete side files no row names (left by a crash
+        between writing a file and committing its row, or between finishing an entry
+        and deleting its file)."""
         now = self._clock()
         with self._write() as conn:
             conn.execute(
@@ -401,12 +322,12 @@ class Journal:
                  f"expired: not finished within max_age_s={self.limits.max_age_s:g} s",
                  now, *UNFINISHED, now - self.limits.max_age_s))
             self._prune(conn, now)
+            conn.execute(f"UPDATE entries SET {_NO_INPUTS} WHERE state IN (?, ?) AND "
+                         "(inputs IS NOT NULL OR inputs_ref IS NOT NULL)", FINISHED)
         try:
-            names = [p.name for p in self._side_dir.iterdir() if _SIDE.fullmatch(p.name)]
-        except FileNotFoundError:
-            names = []
+            names = self._files.names()
         except OSError as error:
-            raise self._open_error(error) from error
+            raise open_error(self.path, error) from error
         self._sweep(names)
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> list[str]:
@@ -425,39 +346,19 @@ class Journal:
     def _sweep(self, names: list[str]) -> None:
         """Delete those side files that no committed row names, holding the write lock so
         no other writer is between writing a side file and committing its row."""
+        if not names:
+            return
         with self._write() as conn:
-            for name in names:
-                base = name.removesuffix(".tmp")
-                named = conn.execute("SELECT 1 FROM entries WHERE inputs_ref = ?",
-                                     (base,)).fetchone()
-                if named is None or name != base:
-                    try:
-                        (self._side_dir / name).unlink(missing_ok=True)
-                    except OSError as error:  # tried again at the next open
-                        log.warning("request journal %s: cannot delete %s: %s", self.path,
-                                    name, error)
+            self._files.sweep(names, lambda name: conn.execute(
+                "SELECT 1 FROM entries WHERE inputs_ref = ?", (name,)).fetchone() is not None)
 
-    def _write_side(self, key: str, blob: bytes) -> tuple[str, str]:
-        """Write `<key>.npz` durably (temporary file, fsync, rename, fsync the directory);
-        its name and sha256."""
-        name = f"{key}.npz"
-        tmp = self._side_dir / (name + ".tmp")
+    def _sweep_committed(self, names: list[str]) -> None:
+        """`_sweep` after a commit that stopped naming `names`: a failure here is logged,
+        not raised (the commit stands; the next open sweeps)."""
         try:
-            if not self._side_dir.is_dir():
-                self._side_dir.mkdir(exist_ok=True)
-                _fsync_dir(self._side_dir.parent)
-            with open(tmp, "wb") as file:
-                file.write(blob)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self._side_dir / name)
-            _fsync_dir(self._side_dir)
-        except OSError as error:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise JournalError(f"cannot write the inputs of request {key!r} to "
-                               f"{self._side_dir}: {error} (disk full? permissions?)") from error
-        return name, hashlib.sha256(blob).hexdigest()
+            self._sweep(names)
+        except JournalError as error:
+            log.warning("request journal %s: side files not deleted yet: %s", self.path, error)
 
     def _entry(self, row: sqlite3.Row) -> JournalEntry:
         key: str = row["key"]
@@ -467,10 +368,9 @@ class Journal:
             blob: bytes = row["inputs"]
             inputs = LazyArrays(lambda: decode_arrays(blob, f"inputs of request {key!r}"))
         elif row["inputs_ref"] is not None:
-            ref_path = path = self._side_dir / row["inputs_ref"]
-            digest: str | None = row["inputs_sha256"]
-            inputs = LazyArrays(
-                lambda: load_arrays_file(path, digest, f"inputs of request {key!r}"))
+            ref_path = self._files.path(row["inputs_ref"])
+            inputs = self._files.lazy(row["inputs_ref"], row["inputs_sha256"],
+                                      f"inputs of request {key!r}")
         results: Mapping[str, np.ndarray] = {}
         if row["result_arrays"] is not None:
             arrays: bytes = row["result_arrays"]
@@ -482,30 +382,6 @@ class Journal:
             inputs_ref=None if ref_path is None else str(ref_path),
             served_by=row["served_by"], result=row["result"], result_arrays=results,
             error=row["error"])
-
-    def _open_error(self, error: BaseException) -> JournalError:
-        return JournalError(
-            f"cannot open the request journal {self.path}: {error}. It must be a writable "
-            "SQLite file made by edge-runtime (or not exist yet): fix its permissions, or "
-            "move it away and pass another journal path")
-
-    def _io_error(self, error: sqlite3.Error) -> JournalError:
-        busy = "locked" in str(error) or "busy" in str(error)
-        hint = (f"another process held it for over {BUSY_TIMEOUT_S:g} s" if busy
-                else "is the disk full or the file damaged?")
-        return JournalError(f"the request journal {self.path} could not be written: "
-                            f"{error} ({hint})")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in `directory` durable (POSIX; a no-op elsewhere)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["EntryState", "Journal", "JournalEntry", "JournalLimits"]

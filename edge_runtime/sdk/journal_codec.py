@@ -14,14 +14,12 @@ and a field missing from an older entry takes its default); arrays travel as
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import types
 import typing
 import zipfile
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgpack
@@ -72,19 +70,6 @@ def decode_arrays(data: bytes, where: str = "arrays") -> dict[str, np.ndarray]:
         raise
     except Exception as error:  # damaged bytes fail in zipfile, zlib, struct or numpy's parser
         raise JournalError(f"{where}: the stored arrays are corrupt ({error})") from error
-
-
-def load_arrays_file(path: Path, sha256: str | None, where: str) -> dict[str, np.ndarray]:
-    """The arrays of a file `encode_arrays` wrote, checked against its sha256 when given."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise JournalError(f"{where} are missing ({error}): the file was deleted outside "
-                           "edge-runtime") from error
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise JournalError(f"{where} in {path} do not match their sha256: the file was "
-                           "modified or damaged")
-    return decode_arrays(data, where)
 
 
 class LazyArrays(Mapping[str, np.ndarray]):
@@ -285,5 +270,4 @@ __all__ = [
     "encode_generation",
     "encode_generation_request",
     "encode_result",
-    "load_arrays_file",
 ]

@@ -17,16 +17,26 @@ from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, Joi
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.info import AgentInfo, parse_reply
+from transports.wire import Frame
 
 
 def hello(hub: Hub, link: AgentLink, timeout_s: float | None = None) -> HelloReply:
     """The agent's hello, which also opens this coordinator's session (and lease) there."""
-    request = Hello(session=hub.session, lease_s=hub.timeouts.lease_s)
+    request = hello_request(hub)
     frame = hub.request(link, request.KIND, request.to_meta(),
                         timeout_s=hub.timeouts.hello_s if timeout_s is None else timeout_s)
+    return hello_reply(hub, link, frame)
+
+
+def hello_request(hub: Hub) -> Hello:
+    return Hello(session=hub.session, lease_s=hub.timeouts.lease_s)
+
+
+def hello_reply(hub: Hub, link: AgentLink, frame: Frame) -> HelloReply:
+    """The typed reply to a hello (or the error it is), checked; renews on its grant."""
     if frame.is_error:
         raise error_from_frame(frame, link.name)
-    reply = parse_reply(HelloReply, frame.meta, link.name, request.KIND)
+    reply = parse_reply(HelloReply, frame.meta, link.name, Hello.KIND)
     if reply.protocol != PROTOCOL_VERSION:
         raise AgentError(f"speaks protocol {reply.protocol}, this SDK {PROTOCOL_VERSION}; run "
                          "the same edge-runtime release on the agents and here", agent=link.name)
@@ -55,4 +65,4 @@ def introduce(hub: Hub, links: Sequence[AgentLink], infos: Sequence[AgentInfo],
         parse_reply(JoinReply, answer.meta, link.name, join.KIND)
 
 
-__all__ = ["agent_info", "hello", "introduce"]
+__all__ = ["agent_info", "hello", "hello_reply", "hello_request", "introduce"]

@@ -15,9 +15,9 @@ being answered, and i % 4 == 2 stays ANSWERED (an answer never handed over). Eve
 entries carry inputs larger than `LIMITS.max_inline_bytes` (a side file), odd ones
 small inline inputs, every fifth is an LLM entry without inputs. Everything an entry
 holds is a function of i (`expected_*`), so a test can check every row it finds.
-After each `add` commits it prints ``added i`` (in one write, so never torn). A small
-MAX_AGE_S makes every `add` prune the entries that finished before, so side files are
-deleted while it runs.
+After each `add` commits it prints ``added i`` (in one write, so never torn).
+Finishing an entry (delivered or failed) drops its inputs and deletes its side file; a
+small MAX_AGE_S also makes every `add` prune the entries that finished before.
 """
 
 from __future__ import annotations

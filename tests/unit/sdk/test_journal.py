@@ -13,6 +13,7 @@ import threading
 import typing
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -261,25 +262,26 @@ def test_invalid_limits_are_a_config_error() -> None:
 def test_finished_entries_are_pruned_after_max_age(opener: Callable[..., Journal],
                                                    clock: Clock) -> None:
     journal = opener(max_age_s=DAY, max_inline_bytes=64)
-    for key in ("done", "failed", "pending", "answered"):
+    keys = ("done", "failed", "pending", "answered")
+    for key in keys:
         journal.add(key, DEPLOYMENT, "pipeline", b"r", _inputs())  # side files
+    side = {k: Path(_entry(journal, k).inputs_ref or "") for k in keys}
+    assert all(p.is_file() for p in side.values())
     journal.answered("done", "cluster", b"", {})
     journal.delivered("done")
     journal.failed("failed", "x")
     journal.answered("answered", "cluster", b"", {})
-    side = {k: Path(_entry(journal, k).inputs_ref or "") for k in ("done", "failed", "pending")}
-    assert all(p.is_file() for p in side.values())
+    assert not side["done"].exists() and not side["failed"].exists()  # gone when finished
 
     clock.now += DAY  # exactly max_age_s: not yet older
     journal.add("x1", DEPLOYMENT, "llm", b"r")
-    assert _entry(journal, "done") is not None and side["done"].is_file()
-    clock.now += 1  # now older: the next add prunes them and deletes their side files
+    assert _entry(journal, "done").result == b""
+    clock.now += 1  # now older: the next add prunes them
     journal.add("x2", DEPLOYMENT, "llm", b"r")
     assert journal.get("done") is None and journal.get("failed") is None
-    assert not side["done"].exists() and not side["failed"].exists()
     # unfinished entries are not pruned; they expire when the journal is next opened
     assert [e.key for e in journal.unfinished()] == ["pending", "answered", "x1", "x2"]
-    assert side["pending"].is_file()
+    assert side["pending"].is_file() and side["answered"].is_file()
     journal.close()
 
     journal = opener(max_age_s=DAY, max_inline_bytes=64)
@@ -287,15 +289,88 @@ def test_finished_entries_are_pruned_after_max_age(opener: Callable[..., Journal
         entry = _entry(journal, key)
         assert entry.state is EntryState.FAILED and entry.error is not None
         assert entry.error.startswith("expired") and entry.updated == clock.now
-    _assert_same(_entry(journal, "pending").inputs, _inputs())  # kept until pruned
+        assert (dict(entry.inputs), entry.inputs_ref) == ({}, None)  # finished: dropped
+        assert not side[key].exists()
+    assert [p.name for p in side["pending"].parent.iterdir()] == []
     assert [e.key for e in journal.unfinished()] == ["x1", "x2"]  # younger than max_age_s
     journal.close()
 
     clock.now += DAY + 1
     journal = opener(max_age_s=DAY)  # opening prunes too
     assert journal.counts() == {"pending": 0, "answered": 0, "delivered": 0, "failed": 2}
-    assert not side["pending"].exists()
-    assert [p.name for p in side["pending"].parent.iterdir()] == []
+    assert journal.get("pending") is None
+
+
+def _stored_inputs(journal: Journal) -> dict[str, tuple[bool, str | None, str | None]]:
+    """key -> (inline inputs stored?, inputs_ref, inputs_sha256), read straight from the file."""
+    with closing(sqlite3.connect(journal.path)) as conn:
+        return {key: (inline, ref, digest) for key, inline, ref, digest in conn.execute(
+            "SELECT key, inputs IS NOT NULL, inputs_ref, inputs_sha256 FROM entries")}
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_finished_entry_drops_its_inputs_and_keeps_its_result(
+        opener: Callable[..., Journal], inline: bool) -> None:
+    journal = opener(max_inline_bytes=1 << 20 if inline else 0)
+    keys = ("delivered", "failed-pending", "failed-answered", "pending", "answered")
+    for key in keys:
+        journal.add(key, DEPLOYMENT, "pipeline", b"r", _inputs())
+    files = {k: Path(ref) for k in keys if (ref := _entry(journal, k).inputs_ref)}
+    assert len(files) == (0 if inline else 5) and all(f.is_file() for f in files.values())
+    journal.answered("delivered", "cluster", b"y", {"y": np.ones(2)})
+    journal.delivered("delivered")
+    journal.failed("failed-pending", "boom")
+    journal.answered("failed-answered", "cloud", b"z", {"z": np.zeros(1)})
+    journal.failed("failed-answered", "gone")
+    journal.answered("answered", "cluster", b"w", {})
+
+    finished = ("delivered", "failed-pending", "failed-answered")
+    stored = _stored_inputs(journal)
+    for key in finished:
+        entry = _entry(journal, key)
+        assert entry.finished and (dict(entry.inputs), entry.inputs_ref) == ({}, None), key
+        assert stored[key] == (False, None, None), key
+        assert key not in files or not files[key].exists(), key
+    delivered, failed = _entry(journal, "delivered"), _entry(journal, "failed-answered")
+    assert (delivered.result, delivered.served_by) == (b"y", "cluster")
+    _assert_same(delivered.result_arrays, {"y": np.ones(2)})
+    assert (failed.result, failed.served_by, failed.error) == (b"z", "cloud", "gone")
+    _assert_same(failed.result_arrays, {"z": np.zeros(1)})
+    for key in ("pending", "answered"):  # unfinished: kept
+        _assert_same(_entry(journal, key).inputs, _inputs())
+    if not inline:
+        assert sorted(p.name for p in files["pending"].parent.iterdir()) == [
+            "answered.npz", "pending.npz"]
+    journal.close()
+    with opener(max_inline_bytes=0) as again:  # and so it stays
+        assert (dict(_entry(again, "delivered").inputs), _stored_inputs(again)) == ({}, stored)
+
+
+def test_opening_drops_inputs_a_finished_entry_still_holds(
+        opener: Callable[..., Journal]) -> None:
+    """What a crash between finishing an entry and deleting its side file leaves, and
+    what a journal written before finished entries dropped their inputs holds."""
+    journal = opener(max_inline_bytes=0)
+    for key in ("crashed", "old", "kept"):
+        journal.add(key, DEPLOYMENT, "pipeline", b"r", _inputs())
+    saved = {k: Path(_entry(journal, k).inputs_ref or "") for k in ("crashed", "old")}
+    data = {k: p.read_bytes() for k, p in saved.items()}
+    stored = _stored_inputs(journal)
+    journal.failed("crashed", "x")
+    journal.answered("old", "cluster", b"y", {})
+    journal.delivered("old")
+    journal.close()
+    for key, path in saved.items():  # put back what the crash / the older version left
+        path.write_bytes(data[key])
+    with closing(sqlite3.connect(journal.path)) as conn, conn:
+        conn.execute("UPDATE entries SET inputs_ref = ?, inputs_sha256 = ? WHERE key = 'old'",
+                     stored["old"][1:])
+    journal = opener(max_inline_bytes=0)
+    assert not saved["crashed"].exists() and not saved["old"].exists()
+    assert _stored_inputs(journal)["old"] == (False, None, None)
+    assert dict(_entry(journal, "old").inputs) == {}
+    assert [p.name for p in saved["old"].parent.iterdir()] == ["kept.npz"]
+    _assert_same(_entry(journal, "kept").inputs, _inputs())
 
 
 def test_timestamps_edited_through_sqlite_age_entries_too(tmp_path: Path) -> None:
