@@ -21,18 +21,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.errors import (
-    AgentUnavailableError,
-    CheckpointError,
     ClusterUnavailableError,
     ConfigError,
-    DeployError,
-    DeploymentGoneError,
+    DeadlineError,
     FallbackError,
-    PartitionError,
 )
 from edge_runtime.llm.engine import Generation, LlmEngine, TokenEvent
 from edge_runtime.sdk.agents import Agents
@@ -43,6 +40,7 @@ from edge_runtime.sdk.journal_codec import (
     decode_generation_request,
     encode_generation_request,
 )
+from edge_runtime.sdk.llm_failover import LlmFailover
 from edge_runtime.sdk.llm_files import Progress
 from edge_runtime.sdk.llm_place import (
     LlmPlacement,
@@ -84,12 +82,10 @@ class LlmDeployment:
         self._targets = targets or Targets()
         self._ledger = Ledger(journal, source.digest, "llm")
         self.bytes_sent = placement.bytes_sent  # checkpoint bytes the first deploy sent
-        self.failovers = 0
-        self.runner = AgentRunner(cluster, placement, source.max_context, timeout_s,
-                                  self._fail_over)
+        self.runner = AgentRunner(cluster, placement, source.max_context, timeout_s)
+        self._failover = LlmFailover(cluster, source, self.runner, self.policy.failover)
+        self.runner.recover = self._failover.recover
         self.engine = LlmEngine(self.runner, source.config, tokenizer)
-        self._placed_among = frozenset(cluster.usable(
-            source.devices or tuple(a.name for a in cluster.agents)))
         self._unloaded = False
 
     # --- the current placement ---
@@ -105,6 +101,11 @@ class LlmDeployment:
     @property
     def agents(self) -> tuple[str, ...]:
         return self.runner.placement.names
+
+    @property
+    def failovers(self) -> int:
+        """Times this deployment was placed again after losing an agent."""
+        return self._failover.failovers
 
     @property
     def model_key(self) -> str:
@@ -130,71 +131,6 @@ class LlmDeployment:
         weights = "4-bit" if self.quantize == "q4" else "fp32"
         return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), "
                 f"{weights} weights, hub {self.hub_agent}: {shares}")
-
-    def _fail_over(self, error: AgentUnavailableError | DeploymentGoneError) -> LlmPlacement:
-        """Place the checkpoint again over the agents still up (the runner replays)."""
-        if not self.policy.failover:
-            raise error
-        old = self.runner.placement
-        lost = self.runner.lost_agents()
-        if not lost and isinstance(error, AgentUnavailableError) and error.agent in old.names:
-            lost = [error.agent]  # an agent said a peer is unreachable
-        if isinstance(error, AgentUnavailableError) and not lost:
-            raise error  # a step timed out while every agent answers heartbeats: busy
-        if isinstance(error, DeploymentGoneError) and error.agent in old.names:
-            self.cluster.rejoin([error.agent])  # it restarted: hello, introduce again
-        for name in lost:
-            self.cluster.lost(name, str(error))
-        unload_llm(self.cluster, old.deployment_id, self.cluster.usable(old.names),
-                   timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
-        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
-        why = str(error)
-        for _ in range(len(allowed) + 1):
-            survivors = self.cluster.usable(allowed)
-            if not survivors:
-                raise ClusterUnavailableError(f"no agent left for {self.checkpoint.name} "
-                                              f"after: {why[:300]}")
-            try:
-                placement = place_llm(self.cluster, self.source, survivors)
-            except AgentUnavailableError as again:
-                self.cluster.lost(again.agent, f"lost while re-planning: {again}")
-                continue
-            except (PartitionError, DeployError, CheckpointError) as cannot:
-                raise ClusterUnavailableError(
-                    f"the agents still up ({', '.join(survivors)}) cannot hold "
-                    f"{self.checkpoint.name}: {cannot}") from cannot
-            self.failovers += 1
-            self._placed_among = frozenset(survivors)
-            log.warning("LLM %s re-placed over %s after: %s", self.checkpoint.name,
-                        survivors, why[:300])
-            return placement
-        raise ClusterUnavailableError(f"agents kept failing while re-planning after {why[:300]}")
-
-    def _between_requests(self, policy: FallbackPolicy) -> None:
-        """Place again over agents usable now that were not when it was placed (back after
-        a loss, or restarted): between generations, never in the middle of one."""
-        if not policy.uses_cluster:
-            return
-        if self.cluster.health.due():
-            self.cluster.rejoin_due()
-        allowed = self.source.devices or tuple(a.name for a in self.cluster.agents)
-        usable = self.cluster.usable(allowed)
-        back = [name for name in usable if name not in self._placed_among]
-        if not back:
-            return
-        self._placed_among = frozenset(usable)
-        old = self.runner.placement
-        try:
-            placement = place_llm(self.cluster, self.source, usable)
-        except (AgentUnavailableError, PartitionError, DeployError) as error:
-            log.warning("re-placing %s onto agents that came back failed: %s",
-                        self.checkpoint.name, error)
-            return
-        unload_llm(self.cluster, old.deployment_id, self.cluster.usable(old.names),
-                   timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
-        self.runner.install(placement)
-        log.info("LLM %s re-placed over %s (agents back: %s)", self.checkpoint.name,
-                 list(placement.names), back)
 
     # --- requests ---
 
@@ -228,7 +164,8 @@ class LlmDeployment:
                                     top_p, seed, None if stop is None else tuple(stop))
         ticket = self._ledger.open({}, key, policy.deadline_s,
                                    encode_generation_request(request))
-        self._between_requests(policy)
+        if policy.uses_cluster:
+            self._failover.take_back()
         events = self._delivered(ticket, request, policy)
         if stream:
             return events
@@ -239,9 +176,13 @@ class LlmDeployment:
         """The events, each handed on as soon as it is sampled; the journal entry is
         marked delivered when the stream ends (the caller read it to its end)."""
         handed: list[TokenEvent] = []
-        for event in self._events(ticket, request, policy):
-            handed.append(event)
-            yield event
+        try:
+            for event in self._events(ticket, request, policy):
+                handed.append(event)
+                yield event
+        except DeadlineError as error:
+            self._ledger.fail(ticket, error)  # final: not resumed
+            raise
         self._ledger.deliver_generation(ticket, self._collect(handed, request))
 
     def _events(self, ticket: Ticket, request: GenerationRequest,
@@ -249,21 +190,25 @@ class LlmDeployment:
         """Tokens from the cluster, then (if it goes away) from the fallback chain."""
         produced: list[TokenEvent] = []
         reasons: list[str] = []
-        if policy.uses_cluster:
-            self._ledger.attempt(ticket)
-            try:
-                stream = self.engine.stream(list(request.prompt_ids), request.max_new_tokens,
-                                            temperature=request.temperature,
-                                            top_k=request.top_k, top_p=request.top_p,
-                                            seed=request.seed, stop=request.stop)
-                for event in stream:
-                    produced.append(event)
-                    yield event
-                return
-            except ClusterUnavailableError as error:
-                reasons.append(f"cluster: {error}")
-                ticket.notes.append(f"cluster away after {len(produced)} token(s)")
-        else:
+        started = time.perf_counter()
+        self.runner.deadline = ticket.deadline
+        try:
+            while policy.uses_cluster:
+                try:
+                    for event in self._on_cluster(ticket, request, produced):
+                        produced.append(replace(event, index=len(produced),
+                                                seconds=time.perf_counter() - started))
+                        yield produced[-1]
+                    return
+                except ClusterUnavailableError as error:
+                    reasons.append(f"cluster: {error}")
+                    ticket.notes.append(f"cluster away after {len(produced)} token(s)")
+                if policy.when_away != "queue" or not self._failover.wait_for_agents(
+                        ticket, self.cluster.timeouts.queue_s):
+                    break
+        finally:
+            self.runner.deadline = None
+        if not policy.uses_cluster:
             reasons.append("cluster: not in the chain")
         left = request.max_new_tokens - len(produced)
         so_far = "".join(e.text for e in produced)
@@ -273,15 +218,13 @@ class LlmDeployment:
         rest = GenerationRequest((*request.prompt_ids, *(e.token_id for e in produced)),
                                  text, left, request.temperature, request.top_k,
                                  request.top_p, request.seed, request.stop)
-        start = time.perf_counter()
-        offset = produced[-1].seconds if produced else 0.0
         for target in self._targets.llm(policy, self.checkpoint):
             given = 0
             try:
                 for event in target.stream(rest, ticket.left_s(self.cluster.timeouts.request_s)):
                     given += 1
                     yield TokenEvent(len(produced) + given - 1, event.token_id, event.text,
-                                     offset + time.perf_counter() - start, target.name,
+                                     time.perf_counter() - started, target.name,
                                      target.degraded)
                 return
             except FallbackError as error:
@@ -292,6 +235,18 @@ class LlmDeployment:
                      if self._ledger.journal is not None else "")
         raise ClusterUnavailableError("no path could answer the generation: "
                                       + "; ".join(reasons) + journaled)
+
+    def _on_cluster(self, ticket: Ticket, request: GenerationRequest,
+                    produced: list[TokenEvent]) -> Iterator[TokenEvent]:
+        """The rest of the generation on the cluster: from the prompt plus what was
+        produced before the cluster went away (greedy output is the same either way)."""
+        left = request.max_new_tokens - len(produced)
+        if left <= 0:
+            return iter(())
+        self._ledger.attempt(ticket)
+        return self.engine.stream([*request.prompt_ids, *(e.token_id for e in produced)],
+                                  left, temperature=request.temperature, top_k=request.top_k,
+                                  top_p=request.top_p, seed=request.seed, stop=request.stop)
 
     def _collect(self, events: list[TokenEvent], request: GenerationRequest) -> Generation:
         ids = tuple(e.token_id for e in events)

@@ -30,6 +30,7 @@ from edge_runtime.errors import (
     AgentUnavailableError,
     ClusterUnavailableError,
     ConfigError,
+    DeadlineError,
     DeploymentGoneError,
 )
 from edge_runtime.protocol import LlmStep, LlmStepReply
@@ -52,7 +53,8 @@ class AgentRunner:
         self._cluster = cluster
         self._max_context = max_context
         self._timeout_s = timeout_s
-        self._recover = recover
+        self.recover = recover  # set by the deployment: places it again after a loss
+        self.deadline: float | None = None  # time.monotonic() the current request ends by
         self._history: list[int] = []  # ids whose KV the agents hold, from position 0
         self.replays = 0  # steps re-run as a prefill after a failover
         self.last_step: dict[str, float] = {}
@@ -87,9 +89,9 @@ class AgentRunner:
             try:
                 logits = self._step(send, at, last_only)
             except (AgentUnavailableError, DeploymentGoneError) as error:
-                if self._recover is None or isinstance(error, ClusterUnavailableError):
+                if self.recover is None or isinstance(error, ClusterUnavailableError):
                     raise
-                self.install(self._recover(error))  # ClusterUnavailableError when away
+                self.install(self.recover(error))  # ClusterUnavailableError when away
                 self.replays += 1
                 send, at = sequence, 0  # rebuild the KV cache, then this step
                 continue
@@ -108,14 +110,21 @@ class AgentRunner:
         ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
         step = LlmStep(deployment_id, int(start), bool(last_only))
         started = time.perf_counter()
+        timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineError("the generation passed its deadline")
+            timeout = min(timeout, left)
         try:
             for link in self._links:
                 hub.send(link, step.frame(request_id, tensors={"ids": ids}),
                          timeout_s=timeouts.hello_s)
-            timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
             frame = hub.wait({request_id}, timeout, self._links, "logits")
         except AgentUnavailableError:
             hub.forget([request_id])
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise DeadlineError("the generation passed its deadline") from None
             raise
         if frame.is_error:
             hub.forget([request_id])  # the other members' copies of the same error

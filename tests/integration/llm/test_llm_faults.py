@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import edge_runtime as er
-from edge_runtime.errors import AgentUnavailableError
+from edge_runtime.errors import AgentUnavailableError, DeadlineError
 from edge_runtime.llm.engine import Generation
 from edge_runtime.sdk.config import Timeouts
 
@@ -102,3 +104,58 @@ def test_without_failover_a_kill_mid_generation_is_named(
             _kill_mid_stream(trio, llm, 1, 20)
         assert time.monotonic() - start < FAST.heartbeat_timeout_s + COLLECTIVE_S + 3.0
         assert caught.value.agent in llm.agents
+
+
+def test_queued_generation_waits_for_paused_agents_and_goes_on_unchanged(
+    checkpoint: Callable[[str], Path]
+) -> None:
+    """Both agents paused mid-stream, under the "queue" policy: the generation waits
+    (no fallback in the chain), and when they are resumed it continues on the cluster
+    from the prompt plus the tokens so far — the same greedy tokens, no gap."""
+    timeouts = Timeouts(request_s=10.0, heartbeat_interval_s=0.25, heartbeat_timeout_s=1.0,
+                        rejoin_backoff_s=0.2, rejoin_backoff_max_s=1.0, queue_s=30.0)
+    policy = er.FallbackPolicy(when_away="queue")
+    with er.local_cluster(2, timeouts=timeouts, fallback=policy) as pair:
+        llm = pair.deploy_llm(checkpoint("llama"), max_context=64,
+                              collective_timeout_s=COLLECTIVE_S)
+        expected = llm.generate(PROMPT, 16, stop=[]).token_ids
+        stream = llm.generate(PROMPT, 16, stop=[], stream=True)
+        assert not isinstance(stream, Generation)
+        events = [next(stream) for _ in range(3)]
+        for proc in pair.processes:
+            assert proc.process is not None
+            proc.process.send_signal(signal.SIGSTOP)
+        resume = threading.Timer(4.0, lambda: [p.process.send_signal(signal.SIGCONT)
+                                               for p in pair.processes if p.process])
+        resume.start()
+        try:
+            start = time.monotonic()
+            events += list(stream)
+            waited = time.monotonic() - start
+        finally:
+            resume.cancel()
+            for proc in pair.processes:
+                if proc.process is not None:
+                    proc.process.send_signal(signal.SIGCONT)
+        assert [e.token_id for e in events] == list(expected)
+        assert [e.index for e in events] == list(range(16))
+        assert {e.served_by for e in events} == {"cluster"}
+        assert waited > 3.0
+
+
+def test_a_generation_past_its_deadline_fails_with_deadline_error(
+    checkpoint: Callable[[str], Path]
+) -> None:
+    policy = er.FallbackPolicy(when_away="queue")
+    with er.local_cluster(1, timeouts=FAST, fallback=policy) as one:
+        llm = one.deploy_llm(checkpoint("llama"), max_context=64)
+        proc = one.processes[0]
+        assert proc.process is not None
+        proc.process.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(DeadlineError):
+                llm.generate(PROMPT, 8, deadline_s=2.0)
+            assert 1.5 < time.monotonic() - start < 4.0
+        finally:
+            proc.process.send_signal(signal.SIGCONT)
