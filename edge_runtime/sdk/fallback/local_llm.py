@@ -26,7 +26,10 @@ from devices.cache import ENV_CACHE_DIR
 from edge_runtime.errors import USER_ERRORS, FallbackError
 from edge_runtime.llm.engine import LlmEngine, TokenEvent
 from edge_runtime.llm.local import LocalRunner, load_local_engine
+from edge_runtime.llm.window import WindowStats
+from edge_runtime.sdk.fallback.local_model import default_budget
 from edge_runtime.sdk.fallback.targets import GenerationRequest
+from edge_runtime.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,10 @@ class LocalCheckpoint:
     """A Hugging Face checkpoint (Llama/Mistral/Qwen2) served on this device.
 
     `max_context` bounds prompt plus new tokens (its KV cache is preallocated);
-    `quantize="q4"` loads 4-bit weights; `degraded` says whether its answers are of
+    `memory_budget` ("2GB", bytes; default: half of the memory available when it loads)
+    caps the weights held resident: a checkpoint larger than that streams through the
+    layer window from disk instead of exhausting this device's memory;
+    `quantize="q4"` loads 4-bit weights (resident only); `degraded` says whether its answers are of
     lower quality than the deployed model's (True for a smaller model; the chain's
     "local" entry runs the deployed checkpoint itself with `degraded=False`)."""
 
@@ -59,12 +65,14 @@ class LocalCheckpoint:
         max_context: int = 512,
         quantize: str | None = None,
         degraded: bool = True,
+        memory_budget: int | str | None = None,
     ) -> None:
         self.path = Path(os.path.abspath(Path(path).expanduser()))
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else (
             default_cache_dir())
         self.max_context = max_context
         self.quantize = quantize
+        self.memory_budget = None if memory_budget is None else parse_size(memory_budget)
         self._degraded = degraded
         self._name = f"local:{self.path.name}"
         self._lock = threading.Lock()
@@ -98,9 +106,13 @@ class LocalCheckpoint:
                 )
             t0 = time.perf_counter()
             try:
+                budget = self.memory_budget
+                if budget is None and self.quantize is None:  # 4-bit shares stay resident
+                    budget = default_budget()
                 engine, runner = load_local_engine(
                     self.path,
                     cache_dir=self.cache_dir,
+                    memory_budgets=[budget],
                     max_context=self.max_context,
                     quantize=self.quantize,
                 )
@@ -109,6 +121,10 @@ class LocalCheckpoint:
             log.info("%s: loaded in %.2f s", self._name, time.perf_counter() - t0)
             self._engine, self._runner = engine, runner
             return engine
+
+    def window_stats(self) -> list[WindowStats]:
+        """The layer window's counters (empty before the first load)."""
+        return [] if self._runner is None else self._runner.stats()
 
     def stream(self, request: GenerationRequest, timeout_s: float) -> Iterator[TokenEvent]:
         """Generate on this device; a bad request or a failed load raises `FallbackError`

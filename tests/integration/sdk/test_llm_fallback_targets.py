@@ -27,6 +27,7 @@ from edge_runtime.llm.engine import TokenEvent
 from edge_runtime.sdk.fallback.local_llm import CACHE_SUBDIR, LocalCheckpoint
 from edge_runtime.sdk.fallback.openai_http import OpenAICompatible, sse_data
 from edge_runtime.sdk.fallback.targets import GenerationRequest, LlmFallback
+from partitioner.tensor import ACTIVATION_RESERVE_BYTES
 from support.openai_server import serving_missing, transformers_serve, with_chat_template
 
 TINYLM = Path(__file__).resolve().parents[3] / "examples" / "tinylm" / "checkpoint"
@@ -84,6 +85,30 @@ def test_local_greedy_ids_equal_transformers_and_the_engine(
     assert ids_of(events) == greedy("llama", prompt, 12) == list(direct.token_ids)
     assert [e.index for e in events] == list(range(len(events)))
     assert all(a.seconds <= b.seconds for a, b in itertools.pairwise(events))
+
+
+def test_local_checkpoint_over_its_memory_budget_streams_and_answers_the_same(
+    checkpoint: Callable[[str], Path],
+    greedy: Callable[[str, tuple[int, ...], int], list[int]],
+    tmp_path: Path,
+) -> None:
+    llama = checkpoint("llama")
+    prompt = (1, 5, 17, 42, 99, 7)
+    weights = sum(f.stat().st_size for f in llama.glob("*.safetensors"))
+    # the activation reserve and a small KV cache, plus room for about half the weights
+    budget = ACTIVATION_RESERVE_BYTES + (1 << 17) + weights // 2
+    local = LocalCheckpoint(llama, cache_dir=tmp_path / "fallback", memory_budget=budget,
+                            max_context=64)
+    try:
+        events = list(local.stream(GenerationRequest(prompt, None, 8), timeout_s=60))
+        stats = local.window_stats()
+    finally:
+        local.close()
+    assert ids_of(events) == greedy("llama", prompt, 8)
+    assert stats and not stats[0].resident and stats[0].loads > 0  # it streamed
+    too_small = LocalCheckpoint(llama, cache_dir=tmp_path / "fallback", memory_budget=1024)
+    with pytest.raises(FallbackError, match="cannot load"):
+        list(too_small.stream(GenerationRequest(prompt, None, 2), timeout_s=60))
 
 
 def test_local_text_prompt_is_encoded_by_its_own_tokenizer(tinylm: LocalCheckpoint) -> None:
