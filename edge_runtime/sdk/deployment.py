@@ -251,6 +251,8 @@ class Deployment:
             try:
                 frame = hub.wait({head.request_id}, head.left_s(timeout), self._links, "result")
             except AgentUnavailableError as error:
+                if head.deadline is not None and time.monotonic() >= head.deadline:
+                    head.left_s(0.0)  # raises DeadlineError: the wait ended at the deadline
                 if not policy.failover or not self._is_lost(error):
                     raise
                 self._recover(error.agent, str(error), pending, policy)

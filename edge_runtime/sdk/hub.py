@@ -294,9 +294,12 @@ class Hub:
             refused = self._refused(link)
             if refused is not None:
                 raise refused
-            if link.answered and link.watch.state.status is HandshakeStatus.UNREACHABLE:
+            if (link.answered and link.watch.state.status is HandshakeStatus.UNREACHABLE
+                    and not link.socket.poll(0, zmq.POLLOUT)):
                 # it answered before, and now its host refuses connections: the process is
-                # gone (a Wi-Fi drop times out instead; that is left to the heartbeats)
+                # gone (a Wi-Fi drop times out instead; that is left to the heartbeats). A
+                # writable socket has a live connection: a reconnect newer than the
+                # monitor's last event.
                 lost = self._connection_lost(link)
                 raise self.unavailable(link, f"its host refuses connections ({lost})")
             if not heartbeat:

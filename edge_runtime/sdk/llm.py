@@ -270,10 +270,8 @@ class LlmDeployment:
         for entry in entries:
             request = decode_generation_request(entry.request)
             ticket = self._ledger.reopen(entry.key, {}, self.policy.deadline_s)
-            events = list(self._events(ticket, request, self.policy))
-            generation = self._collect(events, request)
-            self._ledger.deliver_generation(ticket, generation)
-            yield entry.key, generation
+            events = list(self._delivered(ticket, request, self.policy))  # journal kept
+            yield entry.key, self._collect(events, request)
 
     def logits(self, ids: Sequence[int]) -> Any:
         """Logits [len(ids), vocab] of a fresh sequence at positions 0.. (for verification)."""
