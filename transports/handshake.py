@@ -263,6 +263,12 @@ class HandshakeWatch:
         """The state as of the last `poll` (no new events read)."""
         return self._state
 
+    @property
+    def events(self) -> zmq.Socket[bytes] | None:
+        """The monitor socket, to poll alongside the watched one: it is readable when
+        something happened to the connection (None once closed). Read it with `poll`."""
+        return self._monitor
+
     def poll(self) -> HandshakeState:
         """Read the events queued so far and return the current state."""
         if self._monitor is None:

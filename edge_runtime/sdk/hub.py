@@ -99,6 +99,7 @@ class Hub:
         self._ids = itertools.count(1)
         self._links: dict[str, AgentLink] = {}  # by address
         self._by_socket: dict[zmq.Socket[bytes], AgentLink] = {}
+        self._by_monitor: dict[zmq.Socket[bytes], AgentLink] = {}  # connection events
         self._poller = zmq.Poller()
         self._stash: dict[int, Frame] = {}
         self._heartbeat_ids = itertools.count(HEARTBEAT_IDS)
@@ -126,11 +127,17 @@ class Hub:
         self._links[address] = link
         self._by_socket[sock] = link
         self._poller.register(sock, zmq.POLLIN)
+        if watch.events is not None:  # a connection event wakes a wait at once
+            self._by_monitor[watch.events] = link
+            self._poller.register(watch.events, zmq.POLLIN)
         self.leases.add(link.name, address, server_key)
         return link
 
     def disconnect(self, link: AgentLink) -> None:
         self._poller.unregister(link.socket)
+        if link.watch.events is not None:
+            self._poller.unregister(link.watch.events)
+            self._by_monitor.pop(link.watch.events, None)
         self._by_socket.pop(link.socket, None)
         self._links.pop(link.address, None)
         link.watch.close()
@@ -263,7 +270,12 @@ class Hub:
                 self._outbox.flush()
                 wait_s = self._outbox.poll_timeout(now + wait_s)
             for sock, _ in self._poller.poll(max(1, int(wait_s * 1000))):
-                self._drain(self._by_socket[sock])
+                ready = self._by_socket.get(sock)
+                if ready is not None:
+                    self._drain(ready)
+                else:  # a connection event: read it now, as an unread one would wake
+                    # every poll (level-triggered); `_check` acts on it at the loop's top
+                    self._by_monitor[sock].watch.poll()
 
     def _drain(self, link: AgentLink) -> None:
         while True:
