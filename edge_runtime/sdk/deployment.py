@@ -90,6 +90,12 @@ class Deployment:
         return self._failover.placement
 
     @property
+    def placement_bytes_sent(self) -> int:
+        """Shard bytes the current placement transferred (0: every agent had its shard
+        cached, as when it moves back onto agents that held it before)."""
+        return 0 if self._placement is None else self._placement.bytes_sent
+
+    @property
     def failovers(self) -> int:
         """Times this deployment was placed again after losing an agent."""
         return self._failover.failovers

@@ -96,6 +96,7 @@ def test_sigstop_past_the_timeout_fails_over_then_the_agent_rejoins(model: Path)
             time.sleep(0.3)
             deployment.run(feeds(2))
         assert victim in deployment.agents and cluster.health.usable(victim)
+        assert deployment.placement_bytes_sent == 0  # the same cuts: every shard was cached
         out = deployment.run(feeds(3))
         np.testing.assert_allclose(out["y"], run_model(model, feeds(3))["y"], rtol=1e-5,
                                    atol=1e-5)
