@@ -99,6 +99,10 @@ class DuplicateRequestError(EdgeRuntimeError):
     """A request key was already used; each key is answered once."""
 
 
+class QueueFullError(EdgeRuntimeError):
+    """A scheduler already holds its maximum of waiting requests; retry later."""
+
+
 class DeadlineError(EdgeRuntimeError):
     """A request's deadline passed before any path could answer it."""
 
@@ -137,6 +141,7 @@ __all__ = [
     "JournalFullError",
     "MemoryBudgetError",
     "PartitionError",
+    "QueueFullError",
     "ProfileCacheError",
     "ShardIntegrityError",
     "TransportError",

@@ -1,0 +1,284 @@
+"""`GenerationScheduler`: one thread that owns an LLM deployment, fed by a queue.
+
+Why: the coordinator's sockets belong to one thread, and an HTTP server (or an app)
+has many callers. Callers `submit` a generation from any thread and read its tokens
+from a `GenerationHandle` (a thread-safe queue); the scheduler thread runs the
+generations and is the only one that touches the cluster.
+
+Today it runs one generation at a time, in arrival order: an agent's KV cache holds
+one sequence, so the next request starts when the running one ends (its tokens
+stream meanwhile). Batching several sequences into each forward step, with a KV
+slot per sequence on every agent, replaces `_run_one` without changing this
+interface.
+
+A cancelled handle (a client that went away) stops its generation before the next
+token; a full queue refuses new work with `QueueFullError` (HTTP 429); `close()`
+stops accepting, then finishes or cancels what is queued and running.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge_runtime.errors import ConfigError, GenerationError, QueueFullError
+from edge_runtime.llm.engine import Generation, TokenEvent
+
+if TYPE_CHECKING:
+    from edge_runtime.sdk.llm import LlmDeployment
+
+log = logging.getLogger(__name__)
+
+# Requests waiting (not running) before `submit` answers QueueFullError.
+DEFAULT_MAX_QUEUE = 64
+# How long `close()` lets running and queued generations finish by default.
+DEFAULT_DRAIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class GenerationRequestSpec:
+    """One generation as submitted (already encoded to ids)."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[int | str, ...] | None = None
+
+
+_END = object()  # the handle's queue: no more events
+
+
+class GenerationHandle:
+    """One submitted generation: its tokens as they come, its end, and `cancel()`."""
+
+    def __init__(self, handle_id: str, spec: GenerationRequestSpec) -> None:
+        self.id = handle_id
+        self.spec = spec
+        self.finish_reason: str | None = None  # "stop", "length" or "cancelled" once done
+        self.error: BaseException | None = None
+        self.submitted = time.monotonic()
+        self._events: queue.Queue[object] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self._produced: list[TokenEvent] = []
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.spec.prompt_ids)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop the generation before its next token (or drop it if still queued)."""
+        self._cancelled.set()
+
+    def events(self, timeout_s: float | None = None) -> Iterator[TokenEvent]:
+        """Each token as it is produced; the generation's error, if any, at the end.
+        `timeout_s` bounds the wait for each token (queue.Empty past it)."""
+        while True:
+            item = self._events.get(timeout=timeout_s)
+            if item is _END:
+                self._events.put(_END)  # a second reader ends too
+                if self.error is not None:
+                    raise self.error
+                return
+            assert isinstance(item, TokenEvent)
+            yield item
+
+    def next_event(self, timeout_s: float | None = None) -> TokenEvent | None:
+        """The next token, or None at the end (raises the generation's error there)."""
+        item = self._events.get(timeout=timeout_s)
+        if item is _END:
+            self._events.put(_END)
+            if self.error is not None:
+                raise self.error
+            return None
+        assert isinstance(item, TokenEvent)
+        return item
+
+    def result(self, timeout_s: float | None = None) -> Generation:
+        """Wait for the end; the whole generation (its error raised)."""
+        events = list(self.events(timeout_s))
+        ids = tuple(e.token_id for e in events)
+        ttft = events[0].seconds if events else 0.0
+        per = (events[-1].seconds - ttft) / (len(events) - 1) if len(events) > 1 else 0.0
+        servers = list(dict.fromkeys(e.served_by for e in events)) or ["cluster"]
+        return Generation(self.spec.prompt_ids, ids, "".join(e.text for e in events),
+                          self.finish_reason or "length", ttft, per, served_by=servers[-1],
+                          degraded=any(e.degraded for e in events))
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # --- the scheduler's side ---
+
+    def _emit(self, event: TokenEvent) -> None:
+        self._produced.append(event)
+        self._events.put(event)
+
+    def _finish(self, reason: str | None, error: BaseException | None = None) -> None:
+        self.finish_reason = reason
+        self.error = error
+        self._done.set()
+        self._events.put(_END)
+
+
+class GenerationScheduler:
+    """Runs the generations submitted from any thread on one thread that owns `llm`."""
+
+    def __init__(self, llm: LlmDeployment, *, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        if max_queue < 1:
+            raise ConfigError(f"max_queue must be at least 1, got {max_queue}")
+        self.llm = llm
+        self.max_queue = max_queue
+        self._queue: queue.Queue[GenerationHandle | None] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._accepting = True
+        self._lock = threading.Lock()
+        self._running: GenerationHandle | None = None
+        self._thread = threading.Thread(target=self._loop, name="generation-scheduler",
+                                        daemon=True)
+        self._started = False
+
+    def start(self) -> GenerationScheduler:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return self
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> int:
+        return 0 if self._running is None else 1
+
+    def submit(self, prompt: str | Sequence[int], max_new_tokens: int, *,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int | None = None, stop: Sequence[int | str] | None = None,
+               ) -> GenerationHandle:
+        """Queue a generation; its handle streams the tokens. Raises at once, from the
+        caller's thread: `GenerationError` (empty prompt, ids outside the vocabulary, a
+        prompt plus `max_new_tokens` longer than the context), `QueueFullError`,
+        `ConfigError` once closed."""
+        engine = self.llm.engine
+        ids = engine.encode(prompt)
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        engine._check_length(len(ids), max_new_tokens)
+        spec = GenerationRequestSpec(tuple(ids), max_new_tokens, temperature, top_k, top_p,
+                                     seed, None if stop is None else tuple(stop))
+        with self._lock:
+            if not self._accepting:
+                raise ConfigError("the scheduler is shutting down and takes no new requests")
+            if self._queue.qsize() >= self.max_queue:
+                raise QueueFullError(f"{self.max_queue} requests are already waiting; "
+                                     "retry later")
+            handle = GenerationHandle(f"gen-{next(self._ids)}", spec)
+            self._queue.put(handle)
+        return handle
+
+    def generate_many(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int,
+                      **options: object) -> list[Generation]:
+        """Submit every prompt, then wait for all (each equals its own `generate`)."""
+        handles = [self.submit(p, max_new_tokens, **options) for p in prompts]  # type: ignore[arg-type]
+        return [h.result() for h in handles]
+
+    def close(self, *, cancel: bool = False, timeout_s: float = DEFAULT_DRAIN_S) -> None:
+        """Stop accepting; let queued and running generations finish (or cancel them),
+        then stop the thread. The deployment itself is the caller's to unload."""
+        with self._lock:
+            self._accepting = False
+        if cancel:
+            self._cancel_all()
+        self._queue.put(None)
+        if self._started:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("generations still running after %.0f s: cancelling them",
+                            timeout_s)
+                self._cancel_all()
+                self._thread.join(timeout_s)
+        while True:  # never run (not started, or behind the stop): their readers must end
+            try:
+                left = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if left is not None and not left.done():
+                left._finish("cancelled")
+
+    def _cancel_all(self) -> None:
+        running = self._running
+        if running is not None:
+            running.cancel()
+        for handle in list(self._queue.queue):
+            if handle is not None:
+                handle.cancel()
+
+    # --- the scheduler's thread ---
+
+    def _loop(self) -> None:
+        while True:
+            handle = self._queue.get()
+            if handle is None:
+                return
+            if handle.cancelled:
+                handle._finish("cancelled")
+                continue
+            self._running = handle
+            try:
+                self._run_one(handle)
+            finally:
+                self._running = None
+
+    def _run_one(self, handle: GenerationHandle) -> None:
+        spec = handle.spec
+        stream = self.llm.generate(list(spec.prompt_ids), spec.max_new_tokens,
+                                   temperature=spec.temperature, top_k=spec.top_k,
+                                   top_p=spec.top_p, seed=spec.seed,
+                                   stop=None if spec.stop is None else list(spec.stop),
+                                   stream=True)
+        assert not isinstance(stream, Generation)
+        produced = 0
+        try:
+            for event in stream:
+                handle._emit(event)
+                produced += 1
+                if handle.cancelled:
+                    stream.close()  # type: ignore[attr-defined]
+                    handle._finish("cancelled")
+                    return
+        except Exception as error:  # the handle's reader gets it; the scheduler goes on
+            log.warning("generation %s failed: %s", handle.id, error)
+            handle._finish(None, error)
+            return
+        stopped = produced < spec.max_new_tokens or self._stopped(handle._produced, spec)
+        handle._finish("stop" if stopped else "length")
+
+    def _stopped(self, events: list[TokenEvent], spec: GenerationRequestSpec) -> bool:
+        """Whether the generation ended by a stop rule (not by length)."""
+        if not events:
+            return False
+        stops = (set(self.llm.config.eos_token_ids) if spec.stop is None
+                 else {s for s in spec.stop if isinstance(s, int)})
+        if events[-1].token_id in stops:
+            return True
+        texts = [s for s in (spec.stop or ()) if isinstance(s, str)]
+        text = "".join(e.text for e in events)
+        return any(t in text for t in texts)
+
+
+__all__ = ["DEFAULT_MAX_QUEUE", "GenerationHandle", "GenerationRequestSpec",
+           "GenerationScheduler"]
