@@ -39,6 +39,16 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
+class BatchItem:
+    """One sequence's part of a batched step: its KV slot, the ids to feed, and the
+    position of the first of them."""
+
+    slot: int
+    token_ids: tuple[int, ...]
+    start: int
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token as it is produced."""
 
@@ -202,4 +212,4 @@ class LlmEngine:
                 pos += 1
 
 
-__all__ = ["Generation", "LlmEngine", "Runner", "TokenEvent"]
+__all__ = ["BatchItem", "Generation", "LlmEngine", "Runner", "TokenEvent"]

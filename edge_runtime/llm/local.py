@@ -21,11 +21,11 @@ import numpy as np
 from edge_runtime.errors import AgentUnavailableError, MemoryBudgetError
 from edge_runtime.llm.checkpoint import Checkpoint
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.engine import LlmEngine
+from edge_runtime.llm.engine import BatchItem, LlmEngine
 from edge_runtime.llm.slices import SliceSet, convert_share
 from edge_runtime.llm.tokenizer import LlmTokenizer
 from edge_runtime.llm.window import WindowStats
-from edge_runtime.llm.worker import TensorWorker
+from edge_runtime.llm.worker import Span, TensorWorker
 from partitioner.tensor import (
     ACTIVATION_RESERVE_BYTES,
     TensorPlan,
@@ -133,10 +133,12 @@ class LocalRunner:
         memory_budgets: Sequence[int | None] | None = None,
         max_context: int = 256,
         quantize: str | None = None,
+        slots: int = 1,
     ) -> None:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.config = ckpt.config
         self.max_context = max_context
+        self.slots = slots
         if plan is None:
             devs = list(devices) if devices else [RelativeSpeed("local", 1.0)]
             plan = plan_tensor_parallel(
@@ -163,6 +165,7 @@ class LocalRunner:
                 max_context=max_context,
                 window_budget_bytes=w,
                 quantize=quantize,
+                slots=slots,
             )
             for share, s, w in zip(plan.shares, slices, windows, strict=True)
         ]
@@ -175,10 +178,21 @@ class LocalRunner:
         self, token_ids: Sequence[int], start: int, *, last_only: bool = True
     ) -> np.ndarray:
         """Logits of the tokens placed at positions start.. (the last row only by default)."""
-        positions = np.arange(start, start + len(token_ids))
+        return self.forward_batch([BatchItem(0, tuple(token_ids), start)], last_only=last_only)
+
+    def forward_batch(
+        self, items: Sequence[BatchItem], *, last_only: bool = True
+    ) -> np.ndarray:
+        """One step for several sequences, each in its own KV slot: logits of each one's
+        last token (or of every token), in item order."""
+        spans = [
+            Span(item.slot, item.token_ids,
+                 np.arange(item.start, item.start + len(item.token_ids)))
+            for item in items
+        ]
         if self._pool is None:
-            out = self.workers[0].forward(
-                token_ids, positions, lambda x: x, lambda x: x, last_only=last_only
+            out = self.workers[0].forward_batch(
+                spans, lambda x: x, lambda x: x, last_only=last_only
             )
             assert out is not None
             return out
@@ -186,9 +200,8 @@ class LocalRunner:
 
         def run(rank: int) -> np.ndarray | None:
             try:
-                return self.workers[rank].forward(
-                    token_ids,
-                    positions,
+                return self.workers[rank].forward_batch(
+                    spans,
                     lambda x: coll.allreduce(rank, x),
                     lambda x: coll.gather(rank, x),
                     last_only=last_only,

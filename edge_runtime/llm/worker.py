@@ -9,7 +9,14 @@ Per layer, each worker computes its partial attention output (its KV-head groups
 its partial MLP output (its intermediate columns); the allreduce after each sums the
 partials, and every worker adds the sum to its own replicated residual. Norms, RoPE and
 the residual stream are replicated; the o_proj bias (when present) is added once, after
-the sum. The KV cache holds only this worker's heads, preallocated for `max_context`.
+the sum. The KV cache holds only this worker's heads, preallocated for `max_context`,
+with one slot per sequence that may be decoded at once (`slots`).
+
+Batching: `forward_batch` runs several independent sequences in one pass. Their tokens
+are stacked, so every matrix product (and every allreduce) is done once for all of
+them — decode reads the weights once for B tokens instead of B times; only attention
+runs per sequence, over that sequence's own KV slot and positions. A sequence's output
+does not depend on what it is batched with.
 
 `quantize="q4"` turns every matrix of a resident share into a 4-bit onnxruntime kernel
 (`quant.Q4MatMul`); norms, biases and the KV cache stay fp32.
@@ -21,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +50,15 @@ GatherLogits = Callable[[np.ndarray], np.ndarray | None]
 Weight = np.ndarray | Q4MatMul
 
 
+@dataclass(frozen=True)
+class Span:
+    """One sequence's tokens in a batched step: its KV slot, ids and their positions."""
+
+    slot: int
+    token_ids: Sequence[int] | np.ndarray
+    positions: Sequence[int] | np.ndarray
+
+
 class TensorWorker:
     """Owns one device's slices, window and KV cache; computes one forward step."""
 
@@ -54,10 +71,14 @@ class TensorWorker:
         max_context: int,
         window_budget_bytes: int | None = None,
         quantize: str | None = None,
+        slots: int = 1,
     ) -> None:
+        if slots < 1:
+            raise ConfigError(f"slots must be at least 1, got {slots}")
         self.config = config
         self.share = share
         self.max_context = max_context
+        self.slots = slots
         self.embedding = slices.embedding_table()
         self.blocks = slices.blocks
         self._views: dict[int, dict[str, np.ndarray]] = {}
@@ -80,8 +101,8 @@ class TensorWorker:
         else:
             raise ConfigError(f"quantize={quantize!r} is not supported; use None or 'q4'")
         nkv, hd = share.n_kv_heads, config.head_dim
-        self.k_cache = np.zeros((config.layers, nkv, max_context, hd), dtype=F32)
-        self.v_cache = np.zeros((config.layers, nkv, max_context, hd), dtype=F32)
+        self.k_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
+        self.v_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
         self.rope = Rope(hd, config.rope, max_context)
         self._nq = nkv * config.group_size
 
@@ -131,11 +152,61 @@ class TensorWorker:
         gather_logits: GatherLogits,
         *,
         last_only: bool = True,
+        slot: int = 0,
     ) -> np.ndarray | None:
         """Run all layers for T tokens at `positions`; logits [T or 1, vocab] on the hub."""
+        return self.forward_batch([Span(slot, token_ids, positions)], allreduce,
+                                  gather_logits, last_only=last_only)
+
+    def forward_batch(
+        self,
+        spans: Sequence[Span],
+        allreduce: AllReduce,
+        gather_logits: GatherLogits,
+        *,
+        last_only: bool = True,
+    ) -> np.ndarray | None:
+        """Run all layers for every span's tokens at once; logits on the hub: one row per
+        span (its last token) with `last_only`, else one per token, in span order."""
+        if not spans:
+            raise GenerationError("a batch needs at least one sequence")
+        checked = [self._check(span) for span in spans]
+        slots = [span.slot for span in spans]
+        if len(set(slots)) != len(slots):
+            raise GenerationError(f"a batch names a KV slot twice: {slots}")
         c = self.config
-        ids = np.asarray(token_ids, dtype=np.int64)
-        pos = np.asarray(positions, dtype=np.int64)
+        ids = np.concatenate([ids for ids, _ in checked])
+        bounds = np.cumsum([0] + [len(i) for i, _ in checked])
+        x = np.array(self.embedding[ids], dtype=F32)
+        for layer in range(c.layers):
+            with self._use(2 * layer) as a:
+                normed = rms_norm(x, _vec(a, "norm"), c.rms_norm_eps)
+                partial = self._attention(layer, normed, a, slots, checked, bounds)
+                bias = _vec(a, "bo").copy() if "bo" in a else None
+            summed = allreduce(partial)
+            x += summed
+            if bias is not None:
+                x += bias
+            with self._use(2 * layer + 1) as m:
+                partial = self._mlp(rms_norm(x, _vec(m, "norm"), c.rms_norm_eps), m)
+            x += allreduce(partial)
+        xs = x[bounds[1:] - 1] if last_only else x
+        parts = []
+        normed_out: np.ndarray | None = None  # every chunk carries the same final norm
+        for index in range(2 * c.layers, len(self.blocks)):  # the LM head's row chunks
+            with self._use(index) as h:
+                if "lm_t" in h:
+                    if normed_out is None:
+                        normed_out = rms_norm(xs, _vec(h, "norm"), c.rms_norm_eps)
+                    parts.append(_mm(normed_out, h["lm_t"]))
+        local = np.concatenate(parts, axis=1) if parts else np.zeros((xs.shape[0], 0), F32)
+        return gather_logits(local)
+
+    def _check(self, span: Span) -> tuple[np.ndarray, np.ndarray]:
+        """A span's ids and positions as arrays, with every bound checked."""
+        c = self.config
+        ids = np.asarray(span.token_ids, dtype=np.int64)
+        pos = np.asarray(span.positions, dtype=np.int64)
         if ids.ndim != 1 or ids.shape != pos.shape or ids.size == 0:
             raise GenerationError(
                 "token_ids and positions must be equal-length, non-empty 1-D sequences"
@@ -149,57 +220,42 @@ class TensorWorker:
                 f"position {int(pos.max())} is beyond the context of {self.max_context} tokens; "
                 "deploy with a larger max_context or shorten the prompt"
             )
-        x = np.array(self.embedding[ids], dtype=F32)
-        for layer in range(c.layers):
-            with self._use(2 * layer) as a:
-                partial = self._attention(
-                    layer, rms_norm(x, _vec(a, "norm"), c.rms_norm_eps), a, pos
-                )
-                bias = _vec(a, "bo").copy() if "bo" in a else None
-            summed = allreduce(partial)
-            x += summed
-            if bias is not None:
-                x += bias
-            with self._use(2 * layer + 1) as m:
-                partial = self._mlp(rms_norm(x, _vec(m, "norm"), c.rms_norm_eps), m)
-            x += allreduce(partial)
-        xs = x[-1:] if last_only else x
-        parts = []
-        normed: np.ndarray | None = None  # every chunk carries the same final norm
-        for index in range(2 * c.layers, len(self.blocks)):  # the LM head's row chunks
-            with self._use(index) as h:
-                if "lm_t" in h:
-                    if normed is None:
-                        normed = rms_norm(xs, _vec(h, "norm"), c.rms_norm_eps)
-                    parts.append(_mm(normed, h["lm_t"]))
-        local = np.concatenate(parts, axis=1) if parts else np.zeros((xs.shape[0], 0), F32)
-        return gather_logits(local)
+        if not 0 <= span.slot < self.slots:
+            raise GenerationError(f"KV slot {span.slot} does not exist: this share has "
+                                  f"{self.slots} (deploy with a larger max_batch)")
+        return ids, pos
 
     def _attention(
-        self, layer: int, x: np.ndarray, a: Mapping[str, Weight], pos: np.ndarray
+        self, layer: int, x: np.ndarray, a: Mapping[str, Weight], slots: Sequence[int],
+        spans: Sequence[tuple[np.ndarray, np.ndarray]], bounds: np.ndarray,
     ) -> np.ndarray:
         t = x.shape[0]
         if "wqkv_t" not in a:
             return np.zeros((t, self.config.hidden), dtype=F32)
         c = self.config
         hd, nq, nkv = c.head_dim, self._nq, self.share.n_kv_heads
-        qkv = _mm(x, a["wqkv_t"])
+        qkv = _mm(x, a["wqkv_t"])  # every sequence's tokens in one product
         if "bqkv" in a:
             qkv += _vec(a, "bqkv")
-        q = self.rope.apply(qkv[:, : nq * hd].reshape(t, nq, hd), pos)
-        k = self.rope.apply(qkv[:, nq * hd : (nq + nkv) * hd].reshape(t, nkv, hd), pos)
-        v = qkv[:, (nq + nkv) * hd :].reshape(t, nkv, hd)
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
-        kc[:, pos] = k.transpose(1, 0, 2)
-        vc[:, pos] = v.transpose(1, 0, 2)
-        length = int(pos.max()) + 1
-        out = attention(
-            q.reshape(t, nkv, c.group_size, hd),
-            kc[:, :length],
-            vc[:, :length],
-            pos,
-            c.sliding_window,
-        )
+        outs = []
+        for slot, (_, pos), lo, hi in zip(slots, spans, bounds[:-1], bounds[1:], strict=True):
+            part = qkv[lo:hi]
+            n = hi - lo
+            q = self.rope.apply(part[:, : nq * hd].reshape(n, nq, hd), pos)
+            k = self.rope.apply(part[:, nq * hd : (nq + nkv) * hd].reshape(n, nkv, hd), pos)
+            v = part[:, (nq + nkv) * hd :].reshape(n, nkv, hd)
+            kc, vc = self.k_cache[slot, layer], self.v_cache[slot, layer]
+            kc[:, pos] = k.transpose(1, 0, 2)
+            vc[:, pos] = v.transpose(1, 0, 2)
+            length = int(pos.max()) + 1
+            outs.append(attention(
+                q.reshape(n, nkv, c.group_size, hd),
+                kc[:, :length],
+                vc[:, :length],
+                pos,
+                c.sliding_window,
+            ))
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         return _mm(out, a["wo_t"])
 
     def _mlp(self, x: np.ndarray, m: Mapping[str, Weight]) -> np.ndarray:
@@ -245,4 +301,4 @@ def _vec(weights: Mapping[str, Weight], name: str) -> np.ndarray:
     return w
 
 
-__all__ = ["AllReduce", "GatherLogits", "TensorWorker"]
+__all__ = ["AllReduce", "GatherLogits", "Span", "TensorWorker"]
