@@ -272,12 +272,13 @@ class LlmShard:
         del ckpt  # unmap the checkpoint before serving: only the slices stay
         gc.collect()
         window = window_budget(config, self.share, slices, self.spec.memory_budget,
-                               self.spec.max_context)
+                               self.spec.max_context, self.spec.max_batch)
         # quantize="q4" with a budget below the 4-bit share raises ConfigError here too
         # (the SDK checks the same rule before deploying; this guards other coordinators)
         self._worker = TensorWorker(config, slices, self.share,
                                     max_context=self.spec.max_context,
-                                    window_budget_bytes=window, quantize=self.spec.quantize)
+                                    window_budget_bytes=window, quantize=self.spec.quantize,
+                                    slots=self.spec.max_batch)
         resident = self._worker.window
         if resident is None:  # 4-bit: kernels built; the fp32 temporaries are gone
             # quantising each fp32 matrix went through temporaries whose freed pages
@@ -319,7 +320,15 @@ class LlmShard:
         ids = job.tensors.get("ids")
         if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise InputError("llm_step needs a 1-D integer tensor 'ids'")
-        start, last_only = message.start, message.last_only
+        from edge_runtime.llm.worker import Span
+
+        if sum(message.lengths) != len(ids):
+            raise InputError(f"llm_step: lengths {list(message.lengths)} add up to "
+                             f"{sum(message.lengths)}, but 'ids' holds {len(ids)}")
+        bounds = np.cumsum([0, *message.lengths])
+        spans = [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
+                 for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
+                                                 bounds[1:], strict=True)]
         group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
 
         def allreduce(x: np.ndarray) -> np.ndarray:
@@ -334,8 +343,8 @@ class LlmShard:
             clock.synced()
             return None if parts is None else np.concatenate(parts, axis=-1)
 
-        positions = np.arange(start, start + len(ids))
-        logits = self._worker.forward(ids, positions, allreduce, gather, last_only=last_only)
+        logits = self._worker.forward_batch(spans, allreduce, gather,
+                                            last_only=message.last_only)
         counters = self._counters
         counters["steps"] += 1
         counters["tokens"] += len(ids)

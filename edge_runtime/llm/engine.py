@@ -172,44 +172,72 @@ class LlmEngine:
     ) -> Iterator[TokenEvent]:
         """Check the request and start the loop; `ids` come from `encode`. Not a generator,
         so a bad request raises at the call of `stream`, not at its first token."""
+        decoding = self.decoding(ids, max_new_tokens, params, stop)
+        return self._loop(decoding, finish)
+
+    def decoding(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
+                 stop: Sequence[int | str] | None) -> Decoding:
+        """A checked generation's state, to be stepped by `_loop` or by a batch scheduler."""
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self._check_length(len(ids), max_new_tokens)
-        stops = list(self.config.eos_token_ids) if stop is None else list(stop)
-        stop_ids = {s for s in stops if isinstance(s, int)}
+        stops: list[int | str] = (list(self.config.eos_token_ids) if stop is None
+                                  else list(stop))
         stop_texts = [s for s in stops if isinstance(s, str)]
         if stop_texts and self.tokenizer is None:
             raise GenerationError("stop strings need a tokenizer.json; pass stop token ids")
         decoder = StreamDecoder(self.tokenizer) if self.tokenizer is not None else None
-        rng = np.random.default_rng(params.seed)
-        return self._loop(ids, max_new_tokens, params, rng, stop_ids, stop_texts, decoder, finish)
+        return Decoding(ids, max_new_tokens, params, stops, decoder)
 
-    def _loop(
-        self,
-        ids: list[int],
-        max_new_tokens: int,
-        params: SamplingParams,
-        rng: np.random.Generator,
-        stop_ids: set[int],
-        stop_texts: list[str],
-        decoder: StreamDecoder | None,
-        finish: list[str],
-    ) -> Iterator[TokenEvent]:
-        t0 = time.perf_counter()
-        logits = self.runner.forward(ids, 0, last_only=True)
-        pos = len(ids)
-        text = ""
-        for i in range(max_new_tokens):
-            token = sample(logits[-1], params, rng)
-            piece = decoder.push(token) if decoder is not None else ""
-            text += piece
-            yield TokenEvent(i, token, piece, time.perf_counter() - t0)
-            if token in stop_ids or any(s in text for s in stop_texts):
-                finish.append("stop")
-                return
-            if i + 1 < max_new_tokens:
-                logits = self.runner.forward([token], pos, last_only=True)
-                pos += 1
+    def _loop(self, decoding: Decoding, finish: list[str]) -> Iterator[TokenEvent]:
+        while not decoding.finished:
+            feed, start = decoding.feed, decoding.start
+            logits = self.runner.forward(feed, start, last_only=True)
+            yield decoding.accept(logits[-1])
+        if decoding.finish_reason == "stop":
+            finish.append("stop")
 
 
-__all__ = ["BatchItem", "Generation", "LlmEngine", "Runner", "TokenEvent"]
+class Decoding:
+    """One generation between forward steps: what to feed next and at which position,
+    how to sample, when to stop, the text so far. The same state is stepped alone
+    (`LlmEngine._loop`) or batched with others (a scheduler), so a sequence's tokens do
+    not depend on what it is batched with."""
+
+    def __init__(self, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams,
+                 stops: list[int | str], decoder: StreamDecoder | None) -> None:
+        self.prompt_ids = tuple(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        self.stop_ids = {s for s in stops if isinstance(s, int)}
+        self.stop_texts = [s for s in stops if isinstance(s, str)]
+        self.decoder = decoder
+        self.feed: list[int] = list(prompt_ids)  # the prefill first, then one token a step
+        self.start = 0  # the position of feed[0]
+        self.produced: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.t0 = time.perf_counter()
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def accept(self, logits: np.ndarray) -> TokenEvent:
+        """Sample the next token from the last fed position's logits; set the next feed."""
+        token = sample(logits, self.params, self.rng)
+        piece = self.decoder.push(token) if self.decoder is not None else ""
+        self.text += piece
+        index = len(self.produced)
+        self.produced.append(token)
+        self.start += len(self.feed)
+        self.feed = [token]
+        if token in self.stop_ids or any(s in self.text for s in self.stop_texts):
+            self.finish_reason = "stop"
+        elif len(self.produced) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        return TokenEvent(index, token, piece, time.perf_counter() - self.t0)
+
+
+__all__ = ["BatchItem", "Decoding", "Generation", "LlmEngine", "Runner", "TokenEvent"]

@@ -61,16 +61,18 @@ def window_budget(
     slices: SliceSet,
     memory_budget: int | None,
     max_context: int,
+    slots: int = 1,
 ) -> int | None:
     """Bytes left for weight blocks under a device's memory budget (None = unlimited).
 
-    The budget holds the KV cache (preallocated), `ACTIVATION_RESERVE_BYTES` for
-    activations and the interpreter, and the window; `MemoryBudgetError` when the
-    window cannot hold the largest block.
+    The budget holds the KV cache (preallocated, one slot per sequence of a batch),
+    `ACTIVATION_RESERVE_BYTES` for activations and the interpreter, and the window;
+    `MemoryBudgetError` when the window cannot hold the largest block.
     """
     if memory_budget is None:
         return None
-    window = memory_budget - kv_cache_bytes(config, share, max_context) - ACTIVATION_RESERVE_BYTES
+    kv = slots * kv_cache_bytes(config, share, max_context)
+    window = memory_budget - kv - ACTIVATION_RESERVE_BYTES
     largest = max(slices.blocks, key=lambda b: b.nbytes)
     if window < largest.nbytes:
         need = memory_budget - window + largest.nbytes
@@ -154,7 +156,7 @@ class LocalRunner:
         slices = [convert_share(ckpt, share, cache_dir) for share in plan.shares]
         # Every budget is checked before any worker allocates its cache or reads a block.
         windows = [
-            window_budget(self.config, share, s, b, max_context)
+            window_budget(self.config, share, s, b, max_context, slots)
             for share, s, b in zip(plan.shares, slices, budgets, strict=True)
         ]
         self.workers = [

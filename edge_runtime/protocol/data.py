@@ -13,6 +13,7 @@ from typing import Any
 from edge_runtime.protocol import kinds as k
 from edge_runtime.protocol.fields import (
     blob,
+    fail,
     flag,
     ident,
     integer,
@@ -30,6 +31,8 @@ from edge_runtime.protocol.records import MAX_MEMBERS, MAX_STAGES, ExitRule, Sta
 MAX_IDENTITY_BYTES = 255
 """A ZeroMQ routing identity is at most 255 bytes."""
 MAX_POSITION = 1 << 24
+# Sequences one step may carry (an agent's KV slots are bounded by its deploy's max_batch).
+MAX_BATCH = 256
 """Largest token position of an llm_step (far above any context an agent holds)."""
 
 _timings = seq(StageTiming.parse, MAX_STAGES)
@@ -122,12 +125,28 @@ class LlmConnectReply(Record):
 
 @dataclass(frozen=True)
 class LlmStep(Record):
-    """One forward step: tensor `ids` (int64[n]) at positions start..start+n-1."""
+    """One forward step for one or more sequences: tensor `ids` (int64) holds each
+    sequence's tokens in turn; sequence i has `lengths[i]` of them, placed at positions
+    `starts[i]`.. of KV slot `slots[i]`. The hub answers with one row of logits per
+    sequence (its last token) with `last_only`, else one per token."""
 
     KIND = k.LLM_STEP
     deployment_id: str = field(metadata=wire(ident))
-    start: int = field(default=0, metadata=wire(integer(0, MAX_POSITION)))
+    slots: tuple[int, ...] = field(default=(0,), metadata=wire(
+        seq(integer(0, MAX_BATCH - 1), MAX_BATCH)))
+    starts: tuple[int, ...] = field(default=(0,), metadata=wire(
+        seq(integer(0, MAX_POSITION), MAX_BATCH)))
+    lengths: tuple[int, ...] = field(default=(1,), metadata=wire(
+        seq(integer(1, MAX_POSITION), MAX_BATCH)))
     last_only: bool = field(default=True, metadata=wire(flag()))
+
+    def _checked(self, where: str) -> LlmStep:
+        if not len(self.slots) == len(self.starts) == len(self.lengths) >= 1:
+            fail(where, f"has {len(self.slots)} slots, {len(self.starts)} starts and "
+                        f"{len(self.lengths)} lengths; give one of each per sequence")
+        if len(set(self.slots)) != len(self.slots):
+            fail(f"{where}.slots", "names a KV slot twice")
+        return self
 
 
 @dataclass(frozen=True)

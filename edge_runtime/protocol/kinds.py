@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transports.wire import ERROR_KIND
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """The vocabulary's version, reported in hello. 2: every meta is one typed record (the
 timings of a result are maps, the stage signature holds TensorSpec maps, ShardSpec's
 plan is `plan_json`, hello/join/deploy carry the coordinator's session, `renew` added,

@@ -188,6 +188,8 @@ class ShardSpec(Record):
         default=(), metadata=wire(seq(_FILE, 1024)))
     blas_threads: int | None = field(default=None, metadata=wire(optional(integer(1, 4096))))
     quantize: str | None = field(default=None, metadata=wire(optional(text(16))))
+    # sequences decoded in one step at most: one KV cache slot each
+    max_batch: int = field(default=1, metadata=wire(integer(1, 256)))
 
     def _checked(self, where: str) -> ShardSpec:
         if self.rank >= len(self.names) or len(self.public_keys) != len(self.names):

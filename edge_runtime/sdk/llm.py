@@ -32,6 +32,7 @@ from edge_runtime.errors import (
     FallbackError,
 )
 from edge_runtime.llm.engine import Generation, LlmEngine, TokenEvent
+from edge_runtime.protocol.data import MAX_BATCH
 from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.fallback.targets import GenerationRequest
@@ -118,6 +119,11 @@ class LlmDeployment:
     @property
     def max_context(self) -> int:
         return self.runner.max_context
+
+    @property
+    def max_batch(self) -> int:
+        """Sequences one step may carry (a KV cache slot each on every agent)."""
+        return self.source.max_batch
 
     @property
     def hub_agent(self) -> str:
@@ -300,7 +306,8 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                collective_timeout_s: float | None = None,
                plan: TensorPlan | None = None, send_checkpoint: bool = False,
                progress: Progress | None = None, threads: int | None = None,
-               quantize: str | None = None, policy: FallbackPolicy | None = None,
+               quantize: str | None = None, max_batch: int = 1,
+               policy: FallbackPolicy | None = None,
                targets: Targets | None = None, journal: Journal | None = None,
                ) -> LlmDeployment:
     """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
@@ -321,6 +328,9 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     `quantize`: None (fp32) or "q4": every matrix as a 4-bit onnxruntime kernel
     (`MatMulNBits`, int8 activations; ~6x fewer bytes per token), shares resident
     only; the plan's bytes, predicted time and memory are the 4-bit ones.
+    `max_batch`: sequences decoded together in one step (a `GenerationScheduler` batches
+    concurrent generations up to it); every agent keeps a KV cache slot per sequence, so
+    the plan's memory counts max_batch × max_context tokens of cache.
     `policy`, `targets`, `journal`: the cluster's fallback chain and request journal.
     Errors before any agent loads anything: `ConfigError` (strategy, devices,
     quantize, a budget that cannot hold a 4-bit share resident),
@@ -333,6 +343,8 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
         raise ConfigError(f"LLM strategy {strategy!r} is not supported; use strategy='tensor'")
     if max_context < 1:
         raise ConfigError(f"max_context must be at least 1, got {max_context}")
+    if not 1 <= max_batch <= MAX_BATCH:
+        raise ConfigError(f"max_batch must be in [1, {MAX_BATCH}], got {max_batch}")
     check_quantize(quantize)
     if plan is not None and not devices:
         devices = [share.device for share in plan.shares]
@@ -350,7 +362,7 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                                         memory_budget), strict=True)}
     else:
         by_name = dict(zip(names, budgets, strict=True))
-    source = LlmSource(checkpoint, config, digest, by_name, max_context, quantize,
+    source = LlmSource(checkpoint, config, digest, by_name, max_context, quantize, max_batch,
                        send_checkpoint, threads, collective_timeout_s,
                        tuple(devices) if devices else None)
     placement = place_llm(cluster, source, names, plan=plan, progress=progress)

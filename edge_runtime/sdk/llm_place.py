@@ -71,6 +71,7 @@ class LlmSource:
     budgets: Mapping[str, int | None]  # per agent name, resolved at the first deploy
     max_context: int
     quantize: str | None
+    max_batch: int  # sequences per step: a KV cache slot each on every agent
     send_checkpoint: bool
     threads: int | None
     collective_timeout_s: float | None
@@ -97,8 +98,10 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
     names = list(names)
     budgets = [source.budgets.get(n) for n in names]
     if plan is None:
+        # the KV cache of max_batch slots of max_context tokens is that of their product:
+        # planning with it makes every share's memory (and window) hold the whole cache
         plan = plan_llm(cluster, source.config, source.digest, names, budgets,
-                        source.max_context, quantize=source.quantize)
+                        source.max_context * source.max_batch, quantize=source.quantize)
     else:
         check_plan(plan, source.config, names)
         if source.quantize == "q4":
@@ -122,7 +125,8 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
                 memory_budget=budgets[rank], memory_bytes=share.peak_memory_bytes,
                 advertise_host=host_of(cluster.info(name).address),
                 collective_timeout_s=source.collective_timeout_s or COLLECTIVE_TIMEOUT_S,
-                files=tuple(files), blas_threads=blas[rank], quantize=source.quantize)
+                files=tuple(files), blas_threads=blas[rank], quantize=source.quantize,
+                max_batch=source.max_batch)
             request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session,
                              cluster.timeouts.lease_s)
             # listed before the call: a deploy that timed out here may still finish there

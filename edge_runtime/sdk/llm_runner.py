@@ -6,16 +6,17 @@ and agents; this module only moves one forward step at a time to the agents. So
 sampling happens at the coordinator, and `generate(stream=True)` yields each token as
 soon as the hub's logits arrive.
 
-One step: the same small frame (`llm_step`: start, last_only, int64 token ids) to
-every agent over the coordinator's persistent sockets; the hub answers with the
-logits.
+One step: the same small frame (`llm_step`: per sequence its KV slot, start and
+length, then int64 token ids) to every agent over the coordinator's persistent
+sockets; the hub answers with the logits. Several sequences in one step (a batch)
+share every matrix product and allreduce on the agents.
 
-Replay: the runner remembers the token ids whose keys and values the agents hold
-(positions 0..n of the current sequence). When an agent is lost mid-generation, the
-deployment is placed again over the agents still up (`recover`, from `llm.py`) and
-the step is re-run as one prefill of the whole sequence so far: the new agents
-rebuild the KV cache and return the same logits, so the engine's token stream goes on
-with no duplicate and no gap (greedy output equals an uninterrupted run).
+Replay: the runner remembers, per KV slot, the token ids whose keys and values the
+agents hold. When an agent is lost mid-generation, the deployment is placed again over
+the agents still up (`recover`, from `llm.py`) and every slot's sequence so far is
+re-run as one prefill step: the new agents rebuild the KV caches and return the same
+logits, so each token stream goes on with no duplicate and no gap (greedy output
+equals an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edge_runtime.errors import (
     DeadlineError,
     DeploymentGoneError,
 )
+from edge_runtime.llm.engine import BatchItem
 from edge_runtime.protocol import LlmStep, LlmStepReply
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
@@ -55,7 +57,6 @@ class AgentRunner:
         self._timeout_s = timeout_s
         self.recover = recover  # set by the deployment: places it again after a loss
         self.deadline: float | None = None  # time.monotonic() the current request ends by
-        self._history: list[int] = []  # ids whose KV the agents hold, from position 0
         self.replays = 0  # steps re-run as a prefill after a failover
         self.last_step: dict[str, float] = {}
         self.closed = False
@@ -66,7 +67,7 @@ class AgentRunner:
         self.placement = placement
         self._names = placement.names
         self._links: list[AgentLink] = [self._cluster.link(n) for n in placement.names]
-        self._history = []
+        self._history: dict[int, list[int]] = {}  # per KV slot: ids held, from position 0
 
     @property
     def max_context(self) -> int:
@@ -77,38 +78,72 @@ class AgentRunner:
         return [link.name for link in self._links
                 if link.dead or (link.alive is not None and not link.alive())]
 
+    def release(self, slot: int) -> None:
+        """The sequence in `slot` ended: a replay need not rebuild it."""
+        self._history.pop(slot, None)
+
     def forward(self, token_ids: Sequence[int], start: int, *,
                 last_only: bool = True) -> np.ndarray:
+        return self.forward_batch([BatchItem(0, tuple(int(t) for t in token_ids), start)],
+                                  last_only=last_only)
+
+    def forward_batch(self, items: Sequence[BatchItem], *,
+                      last_only: bool = True) -> np.ndarray:
+        """One step for several sequences (one KV slot each): logits of each one's last
+        token (or of every token), in item order. After a failover every sequence the
+        agents held is replayed onto the new placement in one step."""
         if self.closed:
             raise ConfigError(f"LLM deployment {self.placement.deployment_id} was unloaded; "
                               "deploy it again")
-        ids = [int(t) for t in token_ids]
-        sequence = self._history[:start] + ids
-        send, at = ids, start
+        after = {slot: list(ids) for slot, ids in self._history.items()}
+        for item in items:
+            after[item.slot] = after.get(item.slot, [])[:item.start] + list(item.token_ids)
+        send, send_last, replayed = list(items), last_only, False
         for _ in range(MAX_RECOVERIES_PER_STEP + 1):
             try:
-                logits = self._step(send, at, last_only)
+                logits = self._step(send, send_last)
             except (AgentUnavailableError, DeploymentGoneError) as error:
                 if self.recover is None or isinstance(error, ClusterUnavailableError):
                     raise
                 self.install(self.recover(error))  # ClusterUnavailableError when away
                 self.replays += 1
-                send, at = sequence, 0  # rebuild the KV cache, then this step
+                # rebuild every slot's KV cache on the new agents, this step included
+                send = [BatchItem(slot, tuple(ids), 0) for slot, ids in after.items()]
+                send_last, replayed = False, True
                 continue
-            if at != start and not last_only:
-                logits = logits[-len(ids):]
-            self._history = sequence
+            if replayed:
+                logits = self._rows_of(items, send, logits, last_only)
+            self._history = after
             return logits
-        raise ClusterUnavailableError(f"agents kept failing while replaying a step of "
-                                      f"{len(sequence)} tokens")
+        raise ClusterUnavailableError("agents kept failing while replaying a step of "
+                                      f"{sum(len(i) for i in after.values())} tokens")
 
-    def _step(self, token_ids: list[int], start: int, last_only: bool) -> np.ndarray:
+    @staticmethod
+    def _rows_of(items: Sequence[BatchItem], replayed: Sequence[BatchItem],
+                 logits: np.ndarray, last_only: bool) -> np.ndarray:
+        """`items`' rows out of a replay step that returned every token's logits."""
+        ends: dict[int, int] = {}
+        row = 0
+        for item in replayed:
+            row += len(item.token_ids)
+            ends[item.slot] = row
+        rows: list[np.ndarray] = []
+        for item in items:
+            end = ends[item.slot]
+            rows.append(logits[end - 1:end] if last_only
+                        else logits[end - len(item.token_ids):end])
+        return np.concatenate(rows, axis=0)
+
+    def _step(self, items: Sequence[BatchItem], last_only: bool) -> np.ndarray:
         hub = self._cluster.hub
         timeouts = self._cluster.timeouts
         deployment_id = self.placement.deployment_id
         request_id = hub.next_id()
-        ids = np.ascontiguousarray(np.asarray(token_ids, dtype=np.int64).reshape(-1))
-        step = LlmStep(deployment_id, int(start), bool(last_only))
+        ids = np.ascontiguousarray(np.concatenate(
+            [np.asarray(item.token_ids, dtype=np.int64) for item in items]))
+        step = LlmStep(deployment_id, tuple(i.slot for i in items),
+                       tuple(i.start for i in items), tuple(len(i.token_ids) for i in items),
+                       bool(last_only))
         started = time.perf_counter()
         timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
         if self.deadline is not None:

@@ -5,11 +5,15 @@ has many callers. Callers `submit` a generation from any thread and read its tok
 from a `GenerationHandle` (a thread-safe queue); the scheduler thread runs the
 generations and is the only one that touches the cluster.
 
-Today it runs one generation at a time, in arrival order: an agent's KV cache holds
-one sequence, so the next request starts when the running one ends (its tokens
-stream meanwhile). Batching several sequences into each forward step, with a KV
-slot per sequence on every agent, replaces `_run_one` without changing this
-interface.
+With a deployment of `max_batch` B > 1 it batches continuously: up to B generations
+share each forward step (a KV cache slot each on every agent; one matrix product and
+one allreduce per layer for all of them), a new request joins at the next step with
+its prompt fed as its part of that step (a prefill next to the others' one-token
+decodes: no separate prefill step, so the running streams never pause for it), and a
+finished or cancelled one frees its slot at once. Each sequence's tokens are what
+they would be alone. Batched generations fail over across agents like any other (the
+runner replays every slot); the fallback chain and the journal apply to generations
+run one at a time (B = 1, which goes through `LlmDeployment.generate`).
 
 A cancelled handle (a client that went away) stops its generation before the next
 token; a full queue refuses new work with `QueueFullError` (HTTP 429); `close()`
@@ -28,7 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_runtime.errors import ConfigError, GenerationError, QueueFullError
-from edge_runtime.llm.engine import Generation, TokenEvent
+from edge_runtime.llm.engine import BatchItem, Decoding, Generation, TokenEvent
+from edge_runtime.llm.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from edge_runtime.sdk.llm import LlmDeployment
@@ -146,7 +151,7 @@ class GenerationScheduler:
         self._ids = itertools.count(1)
         self._accepting = True
         self._lock = threading.Lock()
-        self._running: GenerationHandle | None = None
+        self._active: dict[int, GenerationHandle] = {}  # by KV slot
         self._thread = threading.Thread(target=self._loop, name="generation-scheduler",
                                         daemon=True)
         self._started = False
@@ -163,7 +168,7 @@ class GenerationScheduler:
 
     @property
     def running(self) -> int:
-        return 0 if self._running is None else 1
+        return len(self._active)
 
     def submit(self, prompt: str | Sequence[int], max_new_tokens: int, *,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -220,8 +225,7 @@ class GenerationScheduler:
                 left._finish("cancelled")
 
     def _cancel_all(self) -> None:
-        running = self._running
-        if running is not None:
+        for running in list(self._active.values()):
             running.cancel()
         for handle in list(self._queue.queue):
             if handle is not None:
@@ -230,6 +234,9 @@ class GenerationScheduler:
     # --- the scheduler's thread ---
 
     def _loop(self) -> None:
+        if self.llm.max_batch > 1:
+            self._batched_loop(self.llm.max_batch)
+            return
         while True:
             handle = self._queue.get()
             if handle is None:
@@ -237,11 +244,70 @@ class GenerationScheduler:
             if handle.cancelled:
                 handle._finish("cancelled")
                 continue
-            self._running = handle
+            self._active = {0: handle}
             try:
                 self._run_one(handle)
             finally:
-                self._running = None
+                self._active = {}
+
+    def _batched_loop(self, batch: int) -> None:
+        """Continuous batching: admit, step every active sequence once, hand out tokens."""
+        engine, runner = self.llm.engine, self.llm.runner
+        decodings: dict[int, Decoding] = {}
+        free = list(range(batch))
+        stopping = False
+        while True:
+            while free and not stopping:  # admit (block only when nothing runs)
+                try:
+                    handle = self._queue.get(block=not decodings)
+                except queue.Empty:
+                    break
+                if handle is None:
+                    stopping = True
+                    break
+                if handle.cancelled:
+                    handle._finish("cancelled")
+                    continue
+                spec = handle.spec
+                params = SamplingParams(spec.temperature, spec.top_k, spec.top_p, spec.seed)
+                try:
+                    decoding = engine.decoding(list(spec.prompt_ids), spec.max_new_tokens,
+                                               params, spec.stop)
+                except GenerationError as error:
+                    handle._finish(None, error)
+                    continue
+                slot = free.pop(0)
+                self._active[slot] = handle
+                decodings[slot] = decoding
+            for slot in [s for s, h in self._active.items() if h.cancelled]:
+                self._active[slot]._finish("cancelled")
+                self._free(slot, decodings, free)
+            if not decodings:
+                if stopping:
+                    return
+                continue
+            slots = list(decodings)
+            items = [BatchItem(s, tuple(decodings[s].feed), decodings[s].start) for s in slots]
+            try:
+                logits = runner.forward_batch(items, last_only=True)
+            except Exception as error:  # every sequence of the step gets it; go on serving
+                log.warning("a batched step of %d sequence(s) failed: %s", len(slots), error)
+                for slot in slots:
+                    self._active[slot]._finish(None, error)
+                    self._free(slot, decodings, free)
+                continue
+            for row, slot in zip(logits, slots, strict=True):
+                decoding = decodings[slot]
+                self._active[slot]._emit(decoding.accept(row))
+                if decoding.finished:
+                    self._active[slot]._finish(decoding.finish_reason)
+                    self._free(slot, decodings, free)
+
+    def _free(self, slot: int, decodings: dict[int, Decoding], free: list[int]) -> None:
+        self._active.pop(slot, None)
+        decodings.pop(slot, None)
+        self.llm.runner.release(slot)
+        free.append(slot)
 
     def _run_one(self, handle: GenerationHandle) -> None:
         spec = handle.spec

@@ -90,3 +90,74 @@ def test_bad_requests_fail_in_the_callers_thread_and_a_full_queue_refuses(
     assert waiting.finish_reason == "cancelled"
     with pytest.raises(ConfigError, match="shutting down"):
         scheduler.submit(PROMPTS[1], 4)
+
+
+# --- continuous batching: several sequences per step on the agents ---
+
+
+@pytest.fixture(scope="module")
+def batched(checkpoint: Callable[[str], Path]) -> Iterator[tuple[er.LlmDeployment,
+                                                                  list[Generation]]]:
+    with er.local_cluster(2) as cluster:
+        llm = cluster.deploy_llm(checkpoint("llama"), max_context=64, max_batch=4)
+        alone = [llm.generate(p, NEW, stop=[]) for p in PROMPTS]
+        assert all(isinstance(g, Generation) for g in alone)
+        yield llm, alone  # type: ignore[misc]
+
+
+def test_batched_generations_each_equal_their_own_and_share_steps(
+        batched: tuple[er.LlmDeployment, list[Generation]]) -> None:
+    llm, alone = batched
+    steps_before = sum(s["steps"] for s in llm.status().values())
+    scheduler = GenerationScheduler(llm).start()
+    try:
+        handles = [scheduler.submit(p, NEW, stop=[]) for p in PROMPTS]
+        got = [[e.token_id for e in h.events(timeout_s=30)] for h in handles]
+        assert got == [list(g.token_ids) for g in alone]
+        assert all(h.finish_reason == "length" for h in handles)
+    finally:
+        scheduler.close()
+    steps = sum(s["steps"] for s in llm.status().values()) - steps_before
+    # alone: NEW steps per generation on each of 2 agents; batched they share most steps
+    assert steps < 2 * NEW * len(PROMPTS) / 2
+
+
+def test_a_request_joins_a_running_batch_and_a_cancel_frees_its_slot(
+        batched: tuple[er.LlmDeployment, list[Generation]]) -> None:
+    llm, alone = batched
+    scheduler = GenerationScheduler(llm).start()
+    try:
+        long = scheduler.submit(PROMPTS[0], 40, stop=[])
+        assert long.next_event(timeout_s=30) is not None
+        doomed = scheduler.submit(PROMPTS[2], 40, stop=[])
+        assert doomed.next_event(timeout_s=30) is not None
+        doomed.cancel()
+        late = [scheduler.submit(p, NEW, stop=[]) for p in PROMPTS[1:]]  # joins mid-way
+        assert [g.token_ids for g in (h.result(timeout_s=30) for h in late)] == [
+            g.token_ids for g in alone[1:]]
+        assert list(long.events(timeout_s=30))  # still streaming, unaffected
+        assert long.finish_reason == "length" and doomed.finish_reason == "cancelled"
+    finally:
+        scheduler.close()
+
+
+def test_an_agent_killed_mid_batch_every_stream_goes_on_unchanged(
+        checkpoint: Callable[[str], Path]) -> None:
+    timeouts = er.Timeouts(request_s=10.0, heartbeat_interval_s=0.25, heartbeat_timeout_s=1.0)
+    with er.local_cluster(3, timeouts=timeouts) as trio:
+        llm = trio.deploy_llm(checkpoint("llama"), max_context=64, max_batch=4,
+                              collective_timeout_s=1.0)
+        want = [llm.generate(p, 20, stop=[]).token_ids for p in PROMPTS]  # type: ignore[union-attr]
+        victim = next(n for i, n in enumerate(llm.agents) if i != llm.plan.hub)
+        index = next(p.index for p in trio.processes if p.name == victim)
+        scheduler = GenerationScheduler(llm).start()
+        try:
+            handles = [scheduler.submit(p, 20, stop=[]) for p in PROMPTS]
+            firsts = [h.next_event(timeout_s=30) for h in handles]
+            trio.processes[index].kill()
+            got = [[f.token_id] + [e.token_id for e in h.events(timeout_s=30)]
+                   for f, h in zip(firsts, handles, strict=True) if f is not None]
+        finally:
+            scheduler.close()
+        assert got == [list(w) for w in want]
+        assert llm.failovers == 1 and victim not in llm.agents
