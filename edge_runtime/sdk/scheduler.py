@@ -197,8 +197,19 @@ class GenerationScheduler:
 
     def generate_many(self, prompts: Sequence[str | Sequence[int]], max_new_tokens: int,
                       **options: object) -> list[Generation]:
-        """Submit every prompt, then wait for all (each equals its own `generate`)."""
-        handles = [self.submit(p, max_new_tokens, **options) for p in prompts]  # type: ignore[arg-type]
+        """Submit every prompt, then wait for all: batched `max_batch` at a time through
+        the agents, each equal to its own `generate` (the SDK's way to batch without
+        HTTP: `GenerationScheduler(llm).start().generate_many(prompts, n)`)."""
+        handles: list[GenerationHandle] = []
+        for prompt in prompts:
+            while True:
+                try:
+                    handles.append(self.submit(prompt, max_new_tokens, **options))  # type: ignore[arg-type]
+                    break
+                except QueueFullError:  # more prompts than the queue holds: wait a little
+                    waiting = [h for h in handles if not h.done()]
+                    if waiting:
+                        waiting[0]._done.wait(0.1)
         return [h.result() for h in handles]
 
     def close(self, *, cancel: bool = False, timeout_s: float = DEFAULT_DRAIN_S) -> None:

@@ -120,6 +120,13 @@ def test_batched_generations_each_equal_their_own_and_share_steps(
     steps = sum(s["steps"] for s in llm.status().values()) - steps_before
     # alone: NEW steps per generation on each of 2 agents; batched they share most steps
     assert steps < 2 * NEW * len(PROMPTS) / 2
+    # more prompts than the queue holds: generate_many waits for room
+    small = GenerationScheduler(llm, max_queue=1).start()
+    try:
+        many = small.generate_many(PROMPTS * 2, NEW, stop=[])
+    finally:
+        small.close()
+    assert [g.token_ids for g in many] == [g.token_ids for g in alone] * 2
 
 
 def test_a_request_joins_a_running_batch_and_a_cancel_frees_its_slot(
