@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "pipeline": "agent overhead, pipelined throughput, early-exit speed-up",
     "llm": "tensor-parallel decoding with and without a sliding layer window",
     "faults": "agent loss: detection, failover, throughput, nothing lost or answered twice",
+    "serve": "continuous batching: tokens/s, ms/token and TTFT at 1-8 concurrent streams",
 }
 
 

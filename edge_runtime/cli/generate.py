@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+
+from edge_runtime.cli.cluster_args import add_cluster_arguments, open_cluster
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     text.add_argument("--prompt", default=None, help="the prompt text")
     text.add_argument("--ids", default=None, metavar="I,J,...",
                       help="the prompt as token ids (for checkpoints without tokenizer.json)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--local", type=int, default=None, metavar="N",
-                       help="start N agents on this machine (default 1, or one per preset)")
-    where.add_argument("--connect", default=None, metavar="ADDR,...",
-                       help="comma-separated agent addresses, e.g. 10.0.0.2:7700,10.0.0.3:7700")
-    parser.add_argument("--presets", default=None, metavar="A,B",
-                        help="device presets the --local agents emulate, e.g. "
-                        "raspberry-pi-4,jetson-orin-nano (None = this machine's speed)")
-    parser.add_argument("--keys", type=Path, default=None,
-                        help="CURVE keys directory for --connect")
-    parser.add_argument("--insecure", action="store_true",
-                        help="talk to agents without CURVE (experiments only)")
-    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
-                        help="memory each agent may use for its share, e.g. 64MB (a larger "
-                        "share streams from disk through a sliding window)")
-    parser.add_argument("--quantize", choices=["q4"], default=None,
-                        help="q4: 4-bit weights (onnxruntime MatMulNBits, ~6x fewer bytes per "
-                        "token; every share must fit resident in --memory-budget); "
-                        "default fp32")
-    parser.add_argument("--max-context", type=int, default=512,
-                        help="tokens the KV cache holds (prompt + new tokens), default 512")
+    add_cluster_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="0 = no top-k filter")
@@ -57,44 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
                         help="stop when this text appears (repeatable; default: EOS)")
-
-
-def _presets(args: argparse.Namespace) -> list[str | None] | None:
-    from edge_runtime.errors import ConfigError
-
-    if not args.presets:
-        return None
-    names: list[str | None] = [
-        None if p.strip().lower() in ("", "none") else p.strip() for p in args.presets.split(",")
-    ]
-    if args.local is not None and len(names) != args.local:
-        raise ConfigError(f"--presets lists {len(names)} presets for --local {args.local} agents")
-    return names
-
-
-def _open_cluster(args: argparse.Namespace) -> Any:
-    import edge_runtime as er
-    from edge_runtime.errors import ConfigError
-
-    if args.connect:
-        if args.presets:
-            raise ConfigError("--presets applies to --local agents only")
-        from edge_runtime.discovery import discover
-
-        endpoints = discover(args.connect, mdns=False)
-        print(f"connecting to {len(endpoints)} agent(s): {', '.join(endpoints)}", file=sys.stderr)
-        if args.insecure:
-            return er.connect(endpoints, insecure=True)
-        return er.connect(endpoints, keys=args.keys)
-    presets = _presets(args)
-    count = args.local or (len(presets) if presets else 1)
-    if count < 1:
-        raise ConfigError(f"--local must be at least 1, got {count}")
-    print(f"starting {count} local agent(s)" + (f": {args.presets}" if presets else ""),
-          file=sys.stderr)
-    # the local agents may read the checkpoint the user named in place (no copy per agent)
-    return er.local_cluster(count, presets=presets, insecure=args.insecure, log_level="WARNING",
-                            allow_checkpoint_dirs=[args.checkpoint])
 
 
 def _prompt(args: argparse.Namespace) -> str | list[int]:
@@ -123,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_dir():
         raise ConfigError(f"no checkpoint directory at {args.checkpoint}")
     prompt = _prompt(args)
-    with _open_cluster(args) as cluster:
+    with open_cluster(args) as cluster:
         def progress(agent: str, done: int, total: int) -> None:
             end = "\n" if done >= total else ""
             print(f"\rsending the checkpoint to {agent}: {done / 1e6:.0f} / "

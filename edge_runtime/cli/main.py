@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("edge_runtime.cli.plan", "plan how to split an ONNX model across devices"),
     "run": ("edge_runtime.cli.run", "run an ONNX model on a cluster"),
     "generate": ("edge_runtime.cli.generate", "generate text with an LLM across agents"),
+    "serve": ("edge_runtime.cli.serve", "serve an LLM over an OpenAI-compatible HTTP API"),
     "bench": ("edge_runtime.cli.bench", "run a benchmark suite and write its JSON"),
     "keys": ("edge_runtime.cli.keys", "create, show and trust CURVE keys"),
 }
