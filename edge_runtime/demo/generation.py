@@ -5,7 +5,9 @@ on the machine's license texts, so no download) is split tensor-parallel over th
 demo's agents by their (emulated) memory bandwidth: a Pi-like device gets a smaller
 slice of every layer. Tokens are printed as they stream in; the greedy text is then
 checked against the same checkpoint run in this one process, so the demo shows the
-split is exact, not just fast. Uses only the public SDK (`Cluster.deploy_llm`).
+split is exact, not just fast; then the same deployment answers one request through
+the OpenAI-compatible API (`edge-runtime serve`'s app, stopped right after). Uses only
+the public SDK (`Cluster.deploy_llm`) and the serve package.
 """
 
 from __future__ import annotations
@@ -94,10 +96,19 @@ class GenerateText:
             raise StepFailed("the split model's text differs from the one-process run: "
                              f"{text!r} vs {alone!r}")
         console.ok("identical to the same checkpoint run in one process (greedy)")
+        from edge_runtime.demo.serving import one_http_completion
+
+        with console.progress("serving it over the OpenAI-compatible API") as line:
+            url, answered = one_http_completion(llm, PROMPT, NEW_TOKENS)
+            line.done(f"POST {url} answered (server stopped)")
+        if answered != text:
+            raise StepFailed(f"the HTTP answer differs from the SDK's text: {answered!r} vs "
+                             f"{text!r}")
+        console.ok("the HTTP answer is the same text (edge-runtime serve)")
         ctx.results["generation"] = {
             "checkpoint": str(checkpoint), "prompt": PROMPT, "text": text,
             "tokens": len(events), "ttft_ms": ttft * 1e3, "ms_per_token": per_token * 1e3,
-            "wall_s": wall, "hub": llm.hub_agent,
+            "wall_s": wall, "hub": llm.hub_agent, "http_url": url,
             "shares": {n: s.weight_bytes for n, s in zip(llm.agents, llm.plan.shares,
                                                          strict=True)},
             "peak_rss_bytes": peaks,

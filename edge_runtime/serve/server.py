@@ -20,6 +20,8 @@ import logging
 import math
 import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -116,4 +118,28 @@ def serve_deployment(app: Starlette, sock: socket.socket, scheduler: GenerationS
         llm.unload()
 
 
-__all__ = ["DEFAULT_DRAIN_S", "bind", "make_config", "serve", "serve_deployment", "url_of"]
+@contextlib.contextmanager
+def background(app: Starlette, host: str = "127.0.0.1", port: int = 0,
+               drain_s: float = 5.0, start_s: float = 20.0) -> Iterator[str]:
+    """Serve `app` from a thread of this process (no signal handling) while the `with`
+    lasts; yields its base URL (http://HOST:PORT). For the demo and embedding apps."""
+    sock = bind(host, port)
+    server = uvicorn.Server(make_config(app, drain_s))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="http-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(f"the HTTP server did not start within {start_s:g} s")
+            time.sleep(0.02)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(drain_s + 5)
+        sock.close()
+
+
+__all__ = ["DEFAULT_DRAIN_S", "background", "bind", "make_config", "serve",
+           "serve_deployment", "url_of"]
