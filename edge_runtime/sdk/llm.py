@@ -214,6 +214,7 @@ class LlmDeployment:
                     break
         finally:
             self.runner.deadline = None
+            self.runner.release(0)  # ended: a failover need not replay it
         if not policy.uses_cluster:
             reasons.append("cluster: not in the chain")
         left = request.max_new_tokens - len(produced)

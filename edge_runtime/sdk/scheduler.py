@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edge_runtime.errors import ConfigError, GenerationError, QueueFullError
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # Requests waiting (not running) before `submit` answers QueueFullError.
 DEFAULT_MAX_QUEUE = 64
+# How long `generate_many` waits before trying a full queue again.
+QUEUE_FULL_WAIT_S = 0.1
 # How long `close()` lets running and queued generations finish by default.
 DEFAULT_DRAIN_S = 30.0
 
@@ -126,6 +128,10 @@ class GenerationHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the generation ended (or `timeout_s`); True if it did."""
+        return self._done.wait(timeout_s)
+
     # --- the scheduler's side ---
 
     def _emit(self, event: TokenEvent) -> None:
@@ -209,7 +215,9 @@ class GenerationScheduler:
                 except QueueFullError:  # more prompts than the queue holds: wait a little
                     waiting = [h for h in handles if not h.done()]
                     if waiting:
-                        waiting[0]._done.wait(0.1)
+                        waiting[0].wait(QUEUE_FULL_WAIT_S)
+                    else:  # the queue is full of other callers' requests
+                        time.sleep(QUEUE_FULL_WAIT_S)
         return [h.result() for h in handles]
 
     def close(self, *, cancel: bool = False, timeout_s: float = DEFAULT_DRAIN_S) -> None:
@@ -287,6 +295,9 @@ class GenerationScheduler:
                 except GenerationError as error:
                     handle._finish(None, error)
                     continue
+                # its events count from submission, so time to first token includes
+                # the wait in the queue, as the caller sees it
+                decoding.t0 -= time.monotonic() - handle.submitted
                 slot = free.pop(0)
                 self._active[slot] = handle
                 decodings[slot] = decoding
@@ -328,10 +339,11 @@ class GenerationScheduler:
                                    stop=None if spec.stop is None else list(spec.stop),
                                    stream=True)
         assert not isinstance(stream, Generation)
+        queued = time.monotonic() - handle.submitted  # seconds count from submission
         produced = 0
         try:
             for event in stream:
-                handle._emit(event)
+                handle._emit(replace(event, seconds=event.seconds + queued))
                 produced += 1
                 if handle.cancelled:
                     stream.close()  # type: ignore[attr-defined]
