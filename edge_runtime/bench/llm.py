@@ -85,7 +85,7 @@ def _shape(args: argparse.Namespace) -> Any:
                           heads=_HEADS, kv_heads=_HEADS, vocab=_VOCAB)
 
 
-def _formats(text: str) -> list[str | None]:
+def variant_formats(text: str) -> list[str | None]:
     """`--variants` as deploy_llm's quantize values (None = fp32), in the given order."""
     from edge_runtime.errors import ConfigError
 
@@ -101,7 +101,7 @@ def _formats(text: str) -> list[str | None]:
     return out
 
 
-def _print_row(cells: list[str], widths: list[int]) -> None:
+def print_row(cells: list[str], widths: list[int]) -> None:
     print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
 
 
@@ -146,7 +146,7 @@ def _one_generation(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, A
             "per_agent": decode, "peak_rss": {n: c["peak_rss"] for n, c in after.items()}}
 
 
-def _pin(cluster: Any, threads: int) -> None:
+def pin_agents(cluster: Any, threads: int) -> None:
     """Give agent i cores [i*threads, (i+1)*threads) — every thread of it, BLAS pool included."""
     cores = sorted(os.sched_getaffinity(0))
     for i, proc in enumerate(cluster.processes):
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from edge_runtime.sdk.llm_plan import plan_llm
 
     counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
-    formats = _formats(args.variants)
+    formats = variant_formats(args.variants)
     shape = _shape(args)
     workdir = args.workdir or Path("~/.cache/edge-runtime/bench-llm").expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                   insecure=args.insecure,
                                   allow_checkpoint_dirs=[ckpt_dir]) as cluster:
                 if args.pin:
-                    _pin(cluster, args.threads)
+                    pin_agents(cluster, args.threads)
                 names = [a.name for a in cluster.agents]
                 budgets: list[int] | None = None
                 if streamed:
@@ -264,7 +264,7 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
     if mixed:
         header[5:5], widths[5:5] = ["weights", "vs fp32"], [7, 7]
     print()
-    _print_row(header, widths)
+    print_row(header, widths)
     for name, _n, streamed, _fmt in variants:
         row = rows[name]
         one = resident(1, row["weights"])
@@ -288,7 +288,7 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         if mixed:
             vs = row.get("ratio_to_fp32")
             cells[5:5] = [row["weights"], "-" if vs is None else f"{vs:.2f}x"]
-        _print_row(cells, widths)
+        print_row(cells, widths)
     print("\neff max = token time with prefetch / max(compute+comm, disk); eff sum = ... / "
           "(compute+comm + disk); compute+comm = the resident variant's token time"
           + ("; vs fp32 = token time / fp32's with the same agents" if mixed else ""))
@@ -299,6 +299,6 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "threads": args.threads, "pin": args.pin,
         "budget_fraction": args.budget_fraction, "cpus": os.cpu_count(),
-        "insecure": args.insecure, "weights": [f or "fp32" for f in _formats(args.variants)],
+        "insecure": args.insecure, "weights": [f or "fp32" for f in variant_formats(args.variants)],
         "variants": rows,
     }

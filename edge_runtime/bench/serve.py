@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bench.llm import _formats, _pin, _print_row
+from edge_runtime.bench.llm import pin_agents, print_row, variant_formats
 
 # Issue 11's targets, tokens/s and per-stream ms/token at 4 streams over 1 stream.
 TPS_RATIO_TARGET = 3.0
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.new_tokens, args.rounds = min(args.new_tokens, 8), 1
     agent_counts = _counts(args.agents, "--agents")
     stream_counts = _counts(args.streams, "--streams")
-    formats = _formats(args.variants)
+    formats = variant_formats(args.variants)
     if args.new_tokens < 2 or args.rounds < 1 or args.prompt_tokens < 1:
         raise ConfigError("--new-tokens must be ≥ 2 (a decode after the first token), "
                           "--rounds and --prompt-tokens ≥ 1")
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 n, cache_dirs=caches, log_level="WARNING", insecure=args.insecure,
                 allow_checkpoint_dirs=[ckpt_dir]))
             if args.pin:
-                _pin(cluster, args.threads)
+                pin_agents(cluster, args.threads)
             for fmt in formats:
                 t1 = time.perf_counter()
                 deployed[(n, fmt)] = _deploy(cluster, ckpt_dir, fmt, prompts, args,
@@ -330,9 +330,9 @@ def _report(args: argparse.Namespace, shape: Any, size: int, stream_counts: list
               "TTFT p50", "TTFT p99", "steps/tok", "equal"]
     widths = [20, 7, 8, 10, 9, 10, 9, 9, 9, 5]
     print()
-    _print_row(header, widths)
+    print_row(header, widths)
     for r in rows:
-        _print_row([f"{r['agents']} agent(s) {r['variant']}", str(r["streams"]),
+        print_row([f"{r['agents']} agent(s) {r['variant']}", str(r["streams"]),
                     f"{r['tokens_per_s']:.1f}", _times(r["tps_vs_1"]),
                     f"{r['ms_per_token']:.1f}", _times(r["ms_vs_1"]),
                     f"{r['ttft_p50_ms']:.0f}", f"{r['ttft_p99_ms']:.0f}",
