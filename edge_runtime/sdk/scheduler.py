@@ -244,7 +244,7 @@ class GenerationScheduler:
                 left._finish("cancelled")
 
     def _cancel_all(self) -> None:
-        for running in list(self._active.values()):
+        for running in self._active.copy().values():  # copy(): atomic under the GIL
             running.cancel()
         for handle in list(self._queue.queue):
             if handle is not None:
