@@ -217,6 +217,21 @@ class LlmDeployment:
             self.runner.release(0)  # ended: a failover need not replay it
         if not policy.uses_cluster:
             reasons.append("cluster: not in the chain")
+        yield from self._elsewhere(ticket, request, produced, reasons, policy, started)
+
+    def continue_elsewhere(self, request: GenerationRequest, produced: Sequence[TokenEvent],
+                           why: str, started: float) -> Iterator[TokenEvent]:
+        """The rest of `request` after `produced` from the fallback chain (the cluster
+        went away: `why`); `started` is the perf_counter the events' seconds count from.
+        For a batch scheduler's generations, which run outside `generate`."""
+        ticket = self._ledger.reopen("", {}, self.policy.deadline_s)
+        return self._elsewhere(ticket, request, list(produced), [f"cluster: {why}"],
+                               self.policy, started)
+
+    def _elsewhere(self, ticket: Ticket, request: GenerationRequest,
+                   produced: list[TokenEvent], reasons: list[str], policy: FallbackPolicy,
+                   started: float) -> Iterator[TokenEvent]:
+        """Walk the fallback targets for what is left of `request`."""
         left = request.max_new_tokens - len(produced)
         so_far = "".join(e.text for e in produced)
         # no text (ids and no tokenizer): a target with the same vocabulary continues
@@ -239,7 +254,7 @@ class LlmDeployment:
                     raise  # tokens were handed over: another target cannot take over cleanly
                 reasons.append(str(error))
         journaled = (f"; it stays in the journal as {ticket.key} for Cluster.resume()"
-                     if self._ledger.journal is not None else "")
+                     if self._ledger.journal is not None and ticket.key else "")
         raise ClusterUnavailableError("no path could answer the generation: "
                                       + "; ".join(reasons) + journaled)
 

@@ -12,8 +12,10 @@ its prompt fed as its part of that step (a prefill next to the others' one-token
 decodes: no separate prefill step, so the running streams never pause for it), and a
 finished or cancelled one frees its slot at once. Each sequence's tokens are what
 they would be alone. Batched generations fail over across agents like any other (the
-runner replays every slot); the fallback chain and the journal apply to generations
-run one at a time (B = 1, which goes through `LlmDeployment.generate`).
+runner replays every slot); when the cluster goes away mid-batch, each sequence is
+finished on the deployment's fallback chain from the tokens it already handed out.
+The journal applies to generations run one at a time (B = 1, which goes through
+`LlmDeployment.generate`).
 
 A cancelled handle (a client that went away) stops its generation before the next
 token; a full queue refuses new work with `QueueFullError` (HTTP 429); `close()`
@@ -31,9 +33,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from edge_runtime.errors import ConfigError, GenerationError, QueueFullError
+from edge_runtime.errors import (
+    ClusterUnavailableError,
+    ConfigError,
+    GenerationError,
+    QueueFullError,
+)
 from edge_runtime.llm.engine import BatchItem, Decoding, Generation, TokenEvent
 from edge_runtime.llm.sampling import SamplingParams
+from edge_runtime.sdk.fallback.targets import GenerationRequest
 
 if TYPE_CHECKING:
     from edge_runtime.sdk.llm import LlmDeployment
@@ -312,6 +320,11 @@ class GenerationScheduler:
             items = [BatchItem(s, tuple(decodings[s].feed), decodings[s].start) for s in slots]
             try:
                 logits = runner.forward_batch(items, last_only=True)
+            except ClusterUnavailableError as error:  # the fallback chain finishes them
+                for slot in slots:
+                    self._serve_elsewhere(self._active[slot], decodings[slot], str(error))
+                    self._free(slot, decodings, free)
+                continue
             except Exception as error:  # every sequence of the step gets it; go on serving
                 log.warning("a batched step of %d sequence(s) failed: %s", len(slots), error)
                 for slot in slots:
@@ -324,6 +337,29 @@ class GenerationScheduler:
                 if decoding.finished:
                     self._active[slot]._finish(decoding.finish_reason)
                     self._free(slot, decodings, free)
+
+    def _serve_elsewhere(self, handle: GenerationHandle, decoding: Decoding, why: str) -> None:
+        """The cluster went away mid-batch: finish `handle` on the deployment's fallback
+        chain, from its prompt plus the tokens it already handed out."""
+        spec = handle.spec
+        tokenizer = self.llm.engine.tokenizer
+        text = tokenizer.decode(list(spec.prompt_ids)) if tokenizer is not None else None
+        request = GenerationRequest(spec.prompt_ids, text, spec.max_new_tokens,
+                                    spec.temperature, spec.top_k, spec.top_p, spec.seed,
+                                    spec.stop)
+        try:
+            for event in self.llm.continue_elsewhere(request, handle._produced, why,
+                                                     decoding.t0):
+                handle._emit(event)
+                if handle.cancelled:
+                    handle._finish("cancelled")
+                    return
+        except Exception as error:  # its reader gets it (503 over HTTP)
+            handle._finish(None, error)
+            return
+        done = len(handle._produced)
+        stopped = done < spec.max_new_tokens or self._stopped(handle._produced, spec)
+        handle._finish("stop" if stopped else "length")
 
     def _free(self, slot: int, decodings: dict[int, Decoding], free: list[int]) -> None:
         self._active.pop(slot, None)

@@ -168,3 +168,28 @@ def test_an_agent_killed_mid_batch_every_stream_goes_on_unchanged(
             scheduler.close()
         assert got == [list(w) for w in want]
         assert llm.failovers == 1 and victim not in llm.agents
+
+
+def test_every_agent_killed_mid_batch_the_fallback_finishes_each_stream(
+        checkpoint: Callable[[str], Path]) -> None:
+    """With "local" in the chain (the same checkpoint on this device), a batch whose
+    cluster goes away mid-stream is finished here: each stream's ids equal the
+    uninterrupted run, and the tokens say who produced them."""
+    timeouts = er.Timeouts(request_s=10.0, heartbeat_interval_s=0.25, heartbeat_timeout_s=1.0)
+    with er.local_cluster(2, timeouts=timeouts, fallback=["cluster", "local"]) as pair:
+        llm = pair.deploy_llm(checkpoint("llama"), max_context=64, max_batch=4,
+                              collective_timeout_s=1.0)
+        want = [llm.generate(p, 16, stop=[]).token_ids for p in PROMPTS]  # type: ignore[union-attr]
+        scheduler = GenerationScheduler(llm).start()
+        try:
+            handles = [scheduler.submit(p, 16, stop=[]) for p in PROMPTS]
+            firsts = [h.next_event(timeout_s=30) for h in handles]
+            for proc in pair.processes:
+                proc.kill()
+            events = [[f, *h.events(timeout_s=60)] for f, h in zip(firsts, handles, strict=True)]
+        finally:
+            scheduler.close()
+        assert [[e.token_id for e in ev if e] for ev in events] == [list(w) for w in want]
+        assert all(ev[0] and ev[0].served_by == "cluster" for ev in events)
+        assert all(ev[-1] and ev[-1].served_by.startswith("local:") for ev in events)
+        assert [h.finish_reason for h in handles] == ["length"] * len(PROMPTS)
