@@ -35,6 +35,7 @@ import numpy as np
 from edge_runtime.errors import ConfigError, GenerationError
 from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.kernels import Rope, attention, rms_norm, silu_mul
+from edge_runtime.llm.packed import PackedMatMul
 from edge_runtime.llm.quant import BLOCK as Q4_BLOCK
 from edge_runtime.llm.quant import Q4MatMul
 from edge_runtime.llm.slices import SliceSet, block_arrays
@@ -47,7 +48,7 @@ F32 = np.float32
 AllReduce = Callable[[np.ndarray], np.ndarray]
 # Takes this worker's logits columns [T, rows]; returns [T, vocab] on the hub, None elsewhere.
 GatherLogits = Callable[[np.ndarray], np.ndarray | None]
-Weight = np.ndarray | Q4MatMul
+Weight = np.ndarray | Q4MatMul | PackedMatMul
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class TensorWorker:
             self._load_q4()
         else:
             raise ConfigError(f"quantize={quantize!r} is not supported; use None or 'q4'")
+        self._packed: dict[int, dict[str, Weight]] = {}
+        if self.window is not None and slots > 1:
+            self._pack_if_it_fits(window_budget_bytes)
         nkv, hd = share.n_kv_heads, config.head_dim
         self.k_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
         self.v_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
@@ -125,9 +129,34 @@ class TensorWorker:
         self._q4_uses = 0
         log.info("4-bit share ready: %.1f MB in %.1f s", self._q4_bytes / 1e6, self._q4_load_s)
 
+    @property
+    def packed(self) -> bool:
+        """Whether the matrices run as `PackedMatMul` (a batching share with room)."""
+        return bool(self._packed)
+
+    def _pack_if_it_fits(self, budget: int | None) -> None:
+        """A batching share whose budget holds its weights twice gets every matrix as a
+        `PackedMatMul` (steps of several rows then cost about one row's); else numpy."""
+        total = sum(b.nbytes for b in self.blocks)
+        if budget is not None and budget < 2 * total:
+            log.info("batching without packed kernels: the budget (%.1f MB) does not hold "
+                     "the weights twice (%.1f MB)", budget / 1e6, 2 * total / 1e6)
+            return
+        assert self.window is not None
+        for index, block in enumerate(self.blocks):
+            with self.window.use(index) as buf:
+                arrays = block_arrays(block, buf)
+                self._packed[index] = {
+                    name: PackedMatMul(arr) if arr.ndim == 2 and name != "embedding" else arr
+                    for name, arr in arrays.items()}
+
     @contextmanager
     def _use(self, index: int) -> Iterator[Mapping[str, Weight]]:
         """The weights of block `index` for the duration of the `with` (declarative)."""
+        packed = self._packed.get(index)
+        if packed is not None:
+            yield packed
+            return
         if self.window is None:
             self._q4_uses += 1
             yield self._q4[index]
@@ -288,8 +317,8 @@ class TensorWorker:
 
 
 def _mm(x: np.ndarray, w: Weight) -> np.ndarray:
-    """x @ w for an fp32 matrix or a 4-bit kernel."""
-    if isinstance(w, Q4MatMul):
+    """x @ w for an fp32 matrix, a packed fp32 kernel or a 4-bit kernel."""
+    if isinstance(w, Q4MatMul | PackedMatMul):
         return w(x)
     out: np.ndarray = x @ w
     return out

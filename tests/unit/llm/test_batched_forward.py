@@ -17,6 +17,8 @@ import pytest
 from edge_runtime.errors import GenerationError
 from edge_runtime.llm import LocalRunner, RelativeSpeed
 from edge_runtime.llm.engine import BatchItem
+from edge_runtime.llm.local import kv_cache_bytes
+from partitioner.tensor import ACTIVATION_RESERVE_BYTES
 from support import hf_checkpoints as hf
 
 PROMPTS = [(1, 5, 17, 33, 99), (2, 9), (7, 7, 7, 120, 3, 44, 12)]
@@ -37,6 +39,7 @@ def test_a_batch_equals_each_sequence_alone(
     runner = LocalRunner(checkpoint(kind), cache_dir=slice_cache, devices=devices,
                          max_context=32, slots=len(PROMPTS))
     try:
+        assert all(w.packed for w in runner.workers)  # batching shares get packed kernels
         want = [alone(runner, p) for p in PROMPTS]  # slot 0, one at a time
         items = [BatchItem(i, p, 0) for i, p in enumerate(PROMPTS)]
         every = runner.forward_batch(items, last_only=False)
@@ -51,6 +54,27 @@ def test_a_batch_equals_each_sequence_alone(
         for i, p in enumerate(PROMPTS):
             full = alone(runner, (*p, nxt[i]))
             np.testing.assert_allclose(last[i], full[-1], rtol=TOL, atol=TOL)
+    finally:
+        runner.close()
+
+
+def test_a_budget_that_cannot_hold_the_weights_twice_keeps_numpy(
+    checkpoint: Callable[[str], Path], slice_cache: Path
+) -> None:
+    ckpt = checkpoint("llama")
+    probe = LocalRunner(ckpt, cache_dir=slice_cache, max_context=16, slots=2)
+    worker = probe.workers[0]
+    weights = sum(b.nbytes for b in worker.blocks)
+    kv = 2 * kv_cache_bytes(probe.config, worker.share, 16)
+    probe.close()
+    budget = ACTIVATION_RESERVE_BYTES + kv + int(1.5 * weights)  # resident, but not twice
+    runner = LocalRunner(ckpt, cache_dir=slice_cache, max_context=16, slots=2,
+                         memory_budgets=[budget])
+    try:
+        assert not runner.workers[0].packed
+        items = [BatchItem(0, PROMPTS[0], 0), BatchItem(1, PROMPTS[1], 0)]
+        both = runner.forward_batch(items)
+        np.testing.assert_allclose(both[1], alone(runner, PROMPTS[1])[-1], rtol=TOL, atol=TOL)
     finally:
         runner.close()
 
