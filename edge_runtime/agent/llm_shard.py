@@ -155,7 +155,10 @@ class LlmShard:
 
     @property
     def memory_bytes(self) -> int:
-        return self.spec.memory_bytes
+        """What the coordinator planned for, plus the packed kernels' copy of the weights
+        when the worker built them (a batching share whose budget holds both)."""
+        worker = self._worker
+        return self.spec.memory_bytes + (0 if worker is None else worker.packed_bytes)
 
     @property
     def missing_files(self) -> tuple[str, ...]:
@@ -372,7 +375,8 @@ class LlmShard:
                       "mlp_columns": list(self.share.mlp_columns),
                       "vocab_rows": list(self.share.vocab_rows),
                       "weight_bytes": self.share.weight_bytes},
-            "memory_bytes": self.spec.memory_bytes,
+            "memory_bytes": self.memory_bytes,
+            "packed_kernels": self._worker is not None and self._worker.packed,
             "quantize": self.spec.quantize,
             "blas_threads": self._blas_threads,
             "rss_bytes": current,

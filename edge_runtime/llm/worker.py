@@ -134,6 +134,12 @@ class TensorWorker:
         """Whether the matrices run as `PackedMatMul` (a batching share with room)."""
         return bool(self._packed)
 
+    @property
+    def packed_bytes(self) -> int:
+        """Memory the packed kernels hold beyond the weights themselves."""
+        return sum(w.packed_bytes for block in self._packed.values() for w in block.values()
+                   if isinstance(w, PackedMatMul))
+
     def _pack_if_it_fits(self, budget: int | None) -> None:
         """A batching share whose budget holds its weights twice gets every matrix as a
         `PackedMatMul` (steps of several rows then cost about one row's); else numpy."""

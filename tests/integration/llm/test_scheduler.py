@@ -117,7 +117,14 @@ def test_batched_generations_each_equal_their_own_and_share_steps(
         assert all(h.finish_reason == "length" for h in handles)
     finally:
         scheduler.close()
-    steps = sum(s["steps"] for s in llm.status().values()) - steps_before
+    status = llm.status()
+    steps = sum(s["steps"] for s in status.values()) - steps_before
+    # no memory budget: every agent runs packed kernels and counts their copy on top of
+    # what the coordinator planned for its share
+    planned = dict(zip(llm.agents, (s.peak_memory_bytes for s in llm.plan.shares),
+                       strict=True))
+    assert all(st["packed_kernels"] and st["memory_bytes"] > planned[name]
+               for name, st in status.items())
     # alone: NEW steps per generation on each of 2 agents; batched they share most steps
     assert steps < 2 * NEW * len(PROMPTS) / 2
     # more prompts than the queue holds: generate_many waits for room

@@ -40,6 +40,8 @@ def test_a_batch_equals_each_sequence_alone(
                          max_context=32, slots=len(PROMPTS))
     try:
         assert all(w.packed for w in runner.workers)  # batching shares get packed kernels
+        assert all(0 < w.packed_bytes <= sum(b.nbytes for b in w.blocks)
+                   for w in runner.workers)
         want = [alone(runner, p) for p in PROMPTS]  # slot 0, one at a time
         items = [BatchItem(i, p, 0) for i, p in enumerate(PROMPTS)]
         every = runner.forward_batch(items, last_only=False)
@@ -71,7 +73,7 @@ def test_a_budget_that_cannot_hold_the_weights_twice_keeps_numpy(
     runner = LocalRunner(ckpt, cache_dir=slice_cache, max_context=16, slots=2,
                          memory_budgets=[budget])
     try:
-        assert not runner.workers[0].packed
+        assert not runner.workers[0].packed and runner.workers[0].packed_bytes == 0
         items = [BatchItem(0, PROMPTS[0], 0), BatchItem(1, PROMPTS[1], 0)]
         both = runner.forward_batch(items)
         np.testing.assert_allclose(both[1], alone(runner, PROMPTS[1])[-1], rtol=TOL, atol=TOL)
