@@ -63,14 +63,6 @@ BURST = 64
 """Messages handled per wake-up before the outbox is flushed, so replies are not starved."""
 
 
-def _blamed(error: BaseException, me: str) -> str:
-    """The agent an error is about: the unreachable next hop, when that is what failed (so
-    the coordinator re-plans without it, not without this agent), else this agent."""
-    if isinstance(error, AgentUnavailableError) and error.agent:
-        return error.agent
-    return me
-
-
 def _clip(text: object) -> str:
     shown = repr(text) if isinstance(text, bytes) else str(text)
     return shown if len(shown) <= LOG_TEXT_LIMIT else shown[:LOG_TEXT_LIMIT] + "…"
@@ -305,9 +297,13 @@ class Agent:
         client = frame.meta.get("client") if frame.kind == p.ACTIVATION else None
         if isinstance(client, bytes) and 0 < len(client) <= 255:
             target = client
+        # the agent it is about: the unreachable next hop when that is what failed (the
+        # coordinator then re-plans without it, not without this agent), else this one
+        about = (error.agent if isinstance(error, AgentUnavailableError) and error.agent
+                 else self._name)
         self.send_to_client(target, error_frame(
             frame.request_id, type(error).__name__, str(error)[:4000], sender=self._name,
-            details={"agent": _blamed(error, self._name), "kind": frame.kind}))
+            details={"agent": about, "kind": frame.kind}))
 
     def _reply(self, identity: bytes, frame: Frame) -> None:
         """Send to a client of the ROUTER now, or drop (never block the loop)."""

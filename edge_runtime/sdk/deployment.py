@@ -49,6 +49,7 @@ from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.failover import Failover
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.fallback.targets import ModelInfo
+from edge_runtime.sdk.fallback.walk import answer_elsewhere
 from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.journal import Journal, JournalEntry
@@ -81,7 +82,7 @@ class Deployment:
         self._ledger = Ledger(journal, self.model_sha256, "pipeline")
         self._failover = Failover(cluster, source, placement, self.model.name)
         self._unloaded = False
-        self._install(placement)
+        self._install()
 
     # --- the current placement ---
 
@@ -100,8 +101,11 @@ class Deployment:
         """Times this deployment was placed again after losing an agent."""
         return self._failover.failovers
 
-    def _install(self, placement: Placement) -> None:
-        """Point requests at `placement` (after a deploy, a failover or a take-back)."""
+    def _install(self) -> None:
+        """Point requests at the current placement (after a deploy, a failover or a
+        take-back)."""
+        placement = self._placement
+        assert placement is not None
         self.id = placement.deployment_id
         self.plan = placement.plan
         self.specs = placement.specs
@@ -192,7 +196,7 @@ class Deployment:
     def _stream(self, source: Iterator[Ticket], policy: FallbackPolicy, max_in_flight: int,
                 timeout: float) -> Iterator[Result]:
         if policy.uses_cluster and self._failover.take_back():
-            self._install_current()
+            self._install()
         pending: deque[Ticket] = deque()
         exhausted = False
         try:
@@ -301,13 +305,9 @@ class Deployment:
         if self._failover.lose(lost, why):
             self._resend(pending, policy)
 
-    def _install_current(self) -> None:
-        assert self._placement is not None
-        self._install(self._placement)
-
     def _resend(self, pending: deque[Ticket], policy: FallbackPolicy) -> None:
         """On a new placement: every request in flight again, in input order."""
-        self._install_current()
+        self._install()
         for ticket in pending:
             ticket.request_id = None
         for ticket in pending:
@@ -335,24 +335,9 @@ class Deployment:
     # --- fallback ---
 
     def _fallback(self, head: Ticket, policy: FallbackPolicy) -> Result:
-        reasons = [f"cluster: {self.why_away or 'not in the chain'}"]
-        started = time.perf_counter()
-        for target in self._targets.pipeline(policy):
-            try:
-                answer = target.infer(self.model, head.arrays,
-                                      head.left_s(self.cluster.timeouts.request_s))
-            except FallbackError as error:
-                reasons.append(str(error))
-                continue
-            return Result(outputs=answer.outputs, exit=answer.exit, stage=-1,
-                          latency_s=time.perf_counter() - started,
-                          request_id=head.request_id or 0, served_by=answer.served_by,
-                          degraded=answer.degraded, attempts=head.attempts + 1,
-                          key=head.key, notes=(*head.notes, *answer.notes))
-        journaled = (f"; it stays in the journal as {head.key} for Cluster.resume()"
-                     if self._ledger.journal is not None else "")
-        raise ClusterUnavailableError(f"no path could answer the request: {'; '.join(reasons)}"
-                                      f"{journaled}")
+        return answer_elsewhere(self._targets.pipeline(policy), self.model, head,
+                                self.cluster.timeouts.request_s, self.why_away,
+                                self._ledger.journal is not None)
 
     def _result(self, frame: Frame, ticket: Ticket) -> Result:
         agent = frame.sender or self.agents[0]

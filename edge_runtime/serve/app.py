@@ -54,7 +54,8 @@ from edge_runtime.serve import schemas as s
 from edge_runtime.serve.served import Inflight, ServedModel
 
 if TYPE_CHECKING:
-    from edge_runtime.sdk.scheduler import GenerationHandle, GenerationScheduler
+    from edge_runtime.sdk.handles import GenerationHandle
+    from edge_runtime.sdk.scheduler import GenerationScheduler
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from edge_runtime.serve.chat import ChatTemplate, load_chat_template
 
 if TYPE_CHECKING:
     from edge_runtime.llm.tokenizer import LlmTokenizer
+    from edge_runtime.sdk.handles import GenerationHandle
     from edge_runtime.sdk.llm import LlmDeployment
-    from edge_runtime.sdk.scheduler import GenerationHandle
 
 
 @dataclass(frozen=True)
