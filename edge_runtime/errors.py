@@ -78,6 +78,22 @@ class GenerationError(EdgeRuntimeError):
     """A generation request cannot be served (e.g. the prompt is longer than the context)."""
 
 
+class ContextLengthError(GenerationError):
+    """The prompt plus the tokens asked for do not fit the deployment's context.
+
+    Carries the counts so a server can answer OpenAI's `context_length_exceeded`
+    without checking the length a second time."""
+
+    def __init__(self, prompt_tokens: int, new_tokens: int, max_context: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.new_tokens = new_tokens
+        self.max_context = max_context
+        super().__init__(
+            f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({new_tokens}) exceeds "
+            f"the context of {max_context} tokens: shorten the prompt, ask for fewer tokens, "
+            "or deploy with a larger max_context")
+
+
 class FallbackError(EdgeRuntimeError):
     """A fallback target (this device, a cloud agent, a KServe v2 or OpenAI-compatible
     server) could not answer; `target` names it."""
@@ -128,6 +144,7 @@ __all__ = [
     "CheckpointError",
     "ClusterUnavailableError",
     "ConfigError",
+    "ContextLengthError",
     "DeadlineError",
     "DeployError",
     "DeploymentGoneError",

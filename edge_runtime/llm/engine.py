@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_runtime.errors import GenerationError
+from edge_runtime.errors import ContextLengthError, GenerationError
 from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.sampling import SamplingParams, sample
 from edge_runtime.llm.tokenizer import LlmTokenizer, StreamDecoder
@@ -110,17 +110,13 @@ class LlmEngine:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), vocab] of a fresh sequence (positions 0..)."""
         ids = self.encode(ids)
-        self._check_length(len(ids), 0)
+        self.check_length(len(ids), 0)
         return self.runner.forward(ids, 0, last_only=False)
 
-    def _check_length(self, prompt: int, new: int) -> None:
-        ctx = self.runner.max_context
-        if prompt + new > ctx:
-            raise GenerationError(
-                f"the prompt ({prompt} tokens) plus max_new_tokens ({new}) exceeds the context "
-                f"of {ctx} tokens: shorten the prompt, ask for fewer tokens, or deploy with a "
-                "larger max_context"
-            )
+    def check_length(self, prompt: int, new: int) -> None:
+        """Raise `ContextLengthError` unless `prompt` + `new` tokens fit the context."""
+        if prompt + new > self.runner.max_context:
+            raise ContextLengthError(prompt, new, self.runner.max_context)
 
     def stream(
         self,
@@ -180,7 +176,7 @@ class LlmEngine:
         """A checked generation's state, to be stepped by `_loop` or by a batch scheduler."""
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        self._check_length(len(ids), max_new_tokens)
+        self.check_length(len(ids), max_new_tokens)
         stops: list[int | str] = (list(self.config.eos_token_ids) if stop is None
                                   else list(stop))
         stop_texts = [s for s in stops if isinstance(s, str)]

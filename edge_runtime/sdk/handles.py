@@ -26,6 +26,7 @@ class GenerationRequestSpec:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[int | str, ...] | None = None
+    key: str | None = None  # its journal key (None: one is made up)
 
 
 _END = object()  # the handle's queue: no more events

@@ -163,7 +163,7 @@ class LlmDeployment:
         if deadline_s is not None:
             policy = policy.override(deadline_s=deadline_s)
         ids = self.engine.encode(prompt)
-        self.engine._check_length(len(ids), max_new_tokens)  # before any journal entry
+        self.engine.check_length(len(ids), max_new_tokens)  # before any journal entry
         text = prompt if isinstance(prompt, str) else (
             self.engine.tokenizer.decode(ids) if self.engine.tokenizer is not None else None)
         request = GenerationRequest(tuple(ids), text, max_new_tokens, temperature, top_k,
@@ -220,13 +220,37 @@ class LlmDeployment:
         yield from self._elsewhere(ticket, request, produced, reasons, policy, started)
 
     def continue_elsewhere(self, request: GenerationRequest, produced: Sequence[TokenEvent],
-                           why: str, started: float) -> Iterator[TokenEvent]:
+                           why: str, started: float, ticket: Ticket | None = None
+                           ) -> Iterator[TokenEvent]:
         """The rest of `request` after `produced` from the fallback chain (the cluster
         went away: `why`); `started` is the perf_counter the events' seconds count from.
-        For a batch scheduler's generations, which run outside `generate`."""
-        ticket = self._ledger.reopen("", {}, self.policy.deadline_s)
+        For a batch scheduler's generations, which run outside `generate` (`ticket`:
+        their journal entry, from `open_entry`)."""
+        if ticket is None:
+            ticket = self._ledger.reopen("", {}, self.policy.deadline_s)
         return self._elsewhere(ticket, request, list(produced), [f"cluster: {why}"],
                                self.policy, started)
+
+    # --- journal entries of generations a batch scheduler runs outside `generate` ---
+
+    def open_entry(self, request: GenerationRequest, key: str | None = None) -> Ticket:
+        """Journal `request` before its first step (a no-op ticket without a journal):
+        if this process dies mid-batch, `Cluster.resume()` finishes it."""
+        ticket = self._ledger.open({}, key, self.policy.deadline_s,
+                                   encode_generation_request(request))
+        self._ledger.attempt(ticket)
+        return ticket
+
+    def close_entry(self, ticket: Ticket, request: GenerationRequest,
+                    events: list[TokenEvent], error: BaseException | None = None) -> None:
+        """The entry's end: delivered with `events` (just before the last is handed
+        over), or, on a final `error` (bad input, the caller cancelled), failed with
+        its reason so no later process runs it again. A generation stopped by anything
+        else is not closed: it stays unfinished for `Cluster.resume()`."""
+        if error is None:
+            self._ledger.deliver_generation(ticket, self._collect(events, request))
+        else:
+            self._ledger.fail(ticket, error)
 
     def _elsewhere(self, ticket: Ticket, request: GenerationRequest,
                    produced: list[TokenEvent], reasons: list[str], policy: FallbackPolicy,

@@ -14,8 +14,11 @@ finished or cancelled one frees its slot at once. Each sequence's tokens are wha
 they would be alone. Batched generations fail over across agents like any other (the
 runner replays every slot); when the cluster goes away mid-batch, each sequence is
 finished on the deployment's fallback chain from the tokens it already handed out.
-The journal applies to generations run one at a time (B = 1, which goes through
-`LlmDeployment.generate`).
+With a journal on the cluster every generation is journaled before its first step
+and marked delivered once its last token is handed out, batched or not (B = 1 goes
+through `LlmDeployment.generate`; batched ones through `open_entry`/`close_entry`):
+if the process dies, `Cluster.resume()` runs the unfinished ones again. A generation
+its caller cancelled is closed as failed, so no later process runs it.
 
 A cancelled handle (a client that went away) stops its generation before the next
 token; a full queue refuses new work with `QueueFullError` (HTTP 429); `close()`
@@ -36,13 +39,16 @@ from typing import TYPE_CHECKING
 from edge_runtime.errors import (
     ClusterUnavailableError,
     ConfigError,
+    DuplicateRequestError,
     GenerationError,
+    JournalError,
     QueueFullError,
 )
 from edge_runtime.llm.engine import BatchItem, Decoding, Generation, TokenEvent
 from edge_runtime.llm.sampling import SamplingParams
 from edge_runtime.sdk.fallback.targets import GenerationRequest
 from edge_runtime.sdk.handles import GenerationHandle, GenerationRequestSpec
+from edge_runtime.sdk.tickets import Ticket
 
 if TYPE_CHECKING:
     from edge_runtime.sdk.llm import LlmDeployment
@@ -55,6 +61,8 @@ DEFAULT_MAX_QUEUE = 64
 QUEUE_FULL_WAIT_S = 0.1
 # How long `close()` lets running and queued generations finish by default.
 DEFAULT_DRAIN_S = 30.0
+# The reason a cancelled generation's journal entry is closed with (it is not resumed).
+CANCELLED = GenerationError("cancelled by its caller")
 
 
 class GenerationScheduler:
@@ -91,18 +99,19 @@ class GenerationScheduler:
     def submit(self, prompt: str | Sequence[int], max_new_tokens: int, *,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                seed: int | None = None, stop: Sequence[int | str] | None = None,
-               ) -> GenerationHandle:
+               key: str | None = None) -> GenerationHandle:
         """Queue a generation; its handle streams the tokens. Raises at once, from the
         caller's thread: `GenerationError` (empty prompt, ids outside the vocabulary, a
         prompt plus `max_new_tokens` longer than the context), `QueueFullError`,
-        `ConfigError` once closed."""
+        `ConfigError` once closed. `key`: the journal key (an idempotency key: a key
+        already in the journal raises `DuplicateRequestError` when the step opens it)."""
         engine = self.llm.engine
         ids = engine.encode(prompt)
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        engine._check_length(len(ids), max_new_tokens)
+        engine.check_length(len(ids), max_new_tokens)
         spec = GenerationRequestSpec(tuple(ids), max_new_tokens, temperature, top_k, top_p,
-                                     seed, None if stop is None else tuple(stop))
+                                     seed, None if stop is None else tuple(stop), key)
         with self._lock:
             if not self._accepting:
                 raise ConfigError("the scheduler is shutting down and takes no new requests")
@@ -185,6 +194,7 @@ class GenerationScheduler:
         """Continuous batching: admit, step every active sequence once, hand out tokens."""
         engine, runner = self.llm.engine, self.llm.runner
         decodings: dict[int, Decoding] = {}
+        entries: dict[int, tuple[Ticket, GenerationRequest]] = {}  # journal, by slot
         free = list(range(batch))
         stopping = False
         while True:
@@ -201,10 +211,12 @@ class GenerationScheduler:
                     continue
                 spec = handle.spec
                 params = SamplingParams(spec.temperature, spec.top_k, spec.top_p, spec.seed)
+                request = self._request(spec)
                 try:
                     decoding = engine.decoding(list(spec.prompt_ids), spec.max_new_tokens,
                                                params, spec.stop)
-                except GenerationError as error:
+                    ticket = self.llm.open_entry(request, spec.key)
+                except (GenerationError, JournalError, DuplicateRequestError) as error:
                     handle._finish(None, error)
                     continue
                 # its events count from submission, so time to first token includes
@@ -213,7 +225,9 @@ class GenerationScheduler:
                 slot = free.pop(0)
                 self._active[slot] = handle
                 decodings[slot] = decoding
+                entries[slot] = (ticket, request)
             for slot in [s for s, h in self._active.items() if h.cancelled]:
+                self._close(slot, entries, CANCELLED)
                 self._active[slot]._finish("cancelled")
                 self._free(slot, decodings, free)
             if not decodings:
@@ -226,12 +240,15 @@ class GenerationScheduler:
                 logits = runner.forward_batch(items, last_only=True)
             except ClusterUnavailableError as error:  # the fallback chain finishes them
                 for slot in slots:
-                    self._serve_elsewhere(self._active[slot], decodings[slot], str(error))
+                    self._serve_elsewhere(self._active[slot], decodings[slot], str(error),
+                                          *entries[slot])
                     self._free(slot, decodings, free)
                 continue
             except Exception as error:  # every sequence of the step gets it; go on serving
                 log.warning("a batched step of %d sequence(s) failed: %s", len(slots), error)
                 for slot in slots:
+                    if isinstance(error, GenerationError):  # final: bad input
+                        self._close(slot, entries, error)
                     self._active[slot]._finish(None, error)
                     self._free(slot, decodings, free)
                 continue
@@ -239,29 +256,42 @@ class GenerationScheduler:
                 decoding = decodings[slot]
                 self._active[slot]._emit(decoding.accept(row))
                 if decoding.finished:
+                    self._close(slot, entries)
                     self._active[slot]._finish(decoding.finish_reason)
                     self._free(slot, decodings, free)
 
-    def _serve_elsewhere(self, handle: GenerationHandle, decoding: Decoding, why: str) -> None:
-        """The cluster went away mid-batch: finish `handle` on the deployment's fallback
-        chain, from its prompt plus the tokens it already handed out."""
-        spec = handle.spec
+    def _request(self, spec: GenerationRequestSpec) -> GenerationRequest:
+        """The spec as the journal and the fallback targets take it (with its text)."""
         tokenizer = self.llm.engine.tokenizer
         text = tokenizer.decode(list(spec.prompt_ids)) if tokenizer is not None else None
-        request = GenerationRequest(spec.prompt_ids, text, spec.max_new_tokens,
-                                    spec.temperature, spec.top_k, spec.top_p, spec.seed,
-                                    spec.stop)
+        return GenerationRequest(spec.prompt_ids, text, spec.max_new_tokens,
+                                 spec.temperature, spec.top_k, spec.top_p, spec.seed,
+                                 spec.stop)
+
+    def _close(self, slot: int, entries: dict[int, tuple[Ticket, GenerationRequest]],
+               error: BaseException | None = None) -> None:
+        """End the journal entry of `slot` (delivered, or failed with `error`)."""
+        ticket, request = entries.pop(slot)
+        self.llm.close_entry(ticket, request, self._active[slot]._produced, error)
+
+    def _serve_elsewhere(self, handle: GenerationHandle, decoding: Decoding, why: str,
+                         ticket: Ticket, request: GenerationRequest) -> None:
+        """The cluster went away mid-batch: finish `handle` on the deployment's fallback
+        chain, from its prompt plus the tokens it already handed out. If no target can,
+        its journal entry stays unfinished for `Cluster.resume()`."""
         try:
             for event in self.llm.continue_elsewhere(request, handle._produced, why,
-                                                     decoding.t0):
+                                                     decoding.t0, ticket):
                 handle._emit(event)
                 if handle.cancelled:
+                    self.llm.close_entry(ticket, request, handle._produced, CANCELLED)
                     handle._finish("cancelled")
                     return
         except Exception as error:  # its reader gets it (503 over HTTP)
             handle._finish(None, error)
             return
-        done = len(handle._produced)
+        self.llm.close_entry(ticket, request, handle._produced)
+        spec, done = handle.spec, len(handle._produced)
         stopped = done < spec.max_new_tokens or self._stopped(handle._produced, spec)
         handle._finish("stop" if stopped else "length")
 
@@ -277,7 +307,7 @@ class GenerationScheduler:
                                    temperature=spec.temperature, top_k=spec.top_k,
                                    top_p=spec.top_p, seed=spec.seed,
                                    stop=None if spec.stop is None else list(spec.stop),
-                                   stream=True)
+                                   stream=True, key=spec.key)
         assert not isinstance(stream, Generation)
         queued = time.monotonic() - handle.submitted  # seconds count from submission
         produced = 0

@@ -45,6 +45,7 @@ from edge_runtime.errors import (
     USER_ERRORS,
     AgentUnavailableError,
     ConfigError,
+    ContextLengthError,
     GenerationError,
     QueueFullError,
     is_user_error,
@@ -203,16 +204,20 @@ class _Api:
             ids = list(prompt)
         if sampling.stop and tokenizer is None:
             raise s.bad("'stop' needs a tokenizer.json, which this checkpoint lacks", "stop")
-        wanted = sampling.max_tokens or (limit - len(ids) if chat else DEFAULT_COMPLETION_TOKENS)
-        if len(ids) >= limit or len(ids) + wanted > limit:
-            raise s.bad(f"this model's maximum context length is {limit} tokens, but the "
-                        f"request asks for {len(ids) + max(wanted, 0)} ({len(ids)} in the "
-                        f"{where}, {max(wanted, 0)} for the completion): shorten the "
-                        f"{where} or lower max_tokens", where, "context_length_exceeded")
-        return self.scheduler.submit(
-            ids, wanted, temperature=sampling.temperature, top_k=sampling.top_k,
-            top_p=sampling.top_p, seed=sampling.seed,
-            stop=[*self.model.eos_token_ids, *sampling.stop])
+        # chat without max_tokens: the rest of the context, at least one token
+        wanted = sampling.max_tokens or (max(limit - len(ids), 1) if chat
+                                         else DEFAULT_COMPLETION_TOKENS)
+        try:
+            return self.scheduler.submit(
+                ids, wanted, temperature=sampling.temperature, top_k=sampling.top_k,
+                top_p=sampling.top_p, seed=sampling.seed,
+                stop=[*self.model.eos_token_ids, *sampling.stop])
+        except ContextLengthError as error:
+            raise s.bad(f"this model's maximum context length is {error.max_context} tokens, "
+                        f"but the request asks for {error.prompt_tokens + error.new_tokens} "
+                        f"({error.prompt_tokens} in the {where}, {error.new_tokens} for the "
+                        f"completion): shorten the {where} or lower max_tokens", where,
+                        "context_length_exceeded") from error
 
     async def _next(self, handle: GenerationHandle, request: Request) -> TokenEvent | None:
         """The handle's next token, None at its end (or once its client has left, which
