@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,14 @@ from typing import Any
 import openai
 import psutil
 import pytest
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 from starlette.applications import Starlette
 
 import edge_runtime as er
 from edge_runtime.llm.engine import Generation
 from edge_runtime.sdk.scheduler import GenerationScheduler
-from edge_runtime.serve import ServedModel, bind, create_app, load_chat_template, url_of
-from edge_runtime.serve.server import make_config
+from edge_runtime.serve import ServedModel, create_app, load_chat_template
+from edge_runtime.serve.server import background
 
 ROOT = Path(__file__).parents[3]
 TINYLM = ROOT / "examples" / "tinylm" / "checkpoint"
@@ -60,30 +60,25 @@ RENDERED_TEMPLATE = "<bos><|user|>Permission is hereby<eos><|assistant|>"
 RENDERED_PLAIN = "User: Permission is hereby\nAssistant:"
 
 
+@dataclass(frozen=True)
 class ThreadServer:
-    """uvicorn serving `app` on a free loopback port from a thread of this process."""
+    """`app` served by `edge_runtime.serve.server.background` from a thread of this process."""
 
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self.sock = bind("127.0.0.1", 0)
-        self.url = url_of(self.sock)
-        self.server = uvicorn.Server(make_config(app, drain_s=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
+    app: Starlette
+    url: str  # http://127.0.0.1:PORT
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
 
     def client(self, api_key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0,
                              timeout=60)
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-        self.sock.close()
+
+def _serve(stack: ExitStack, app: Starlette) -> ThreadServer:
+    return ThreadServer(app, stack.enter_context(background(app)))
 
 
 @dataclass
@@ -131,16 +126,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         templated = ServedModel.of(llm, "tinylm-chat", load_chat_template(chat_dir))
         scheduler = GenerationScheduler(llm).start()
         idle = GenerationScheduler(llm, max_queue=1)  # never started
-        servers = [ThreadServer(create_app(scheduler, plain, api_key=KEY)),
-                   ThreadServer(create_app(scheduler, templated)),
-                   ThreadServer(create_app(idle, plain)),
-                   ThreadServer(create_app(scheduler, replace(plain, eos_token_ids=(SPACE,))))]
         try:
-            main, chat, idle_server, space_eos = servers
-            yield Served(main, chat, idle_server, space_eos, scheduler, refs, prompt_ids)
+            with ExitStack() as stack:
+                main, chat, idle_server, space_eos = (
+                    _serve(stack, create_app(scheduler, plain, api_key=KEY)),
+                    _serve(stack, create_app(scheduler, templated)),
+                    _serve(stack, create_app(idle, plain)),
+                    _serve(stack, create_app(scheduler, replace(plain, eos_token_ids=(SPACE,)))))
+                yield Served(main, chat, idle_server, space_eos, scheduler, refs, prompt_ids)
         finally:
-            for server in servers:
-                server.stop()
             idle.close(cancel=True, timeout_s=1)
             scheduler.close(cancel=True, timeout_s=10)
             llm.unload()
@@ -149,8 +143,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def raw(server: ThreadServer, method: str, path: str, body: bytes | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """A request without the openai client (for what it would not send)."""
-    conn = http.client.HTTPConnection(server.sock.getsockname()[0],
-                                      server.sock.getsockname()[1], timeout=30)
+    conn = http.client.HTTPConnection(*server.address, timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -286,7 +279,7 @@ def test_four_concurrent_streams_each_equal_their_own_generation(served: Served)
 
 def _open_stream(server: ThreadServer, body: dict[str, Any]) -> tuple[
         http.client.HTTPConnection, http.client.HTTPResponse]:
-    host, port = server.sock.getsockname()[:2]
+    host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=30)
     conn.request("POST", "/v1/completions", body=json.dumps(body),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
@@ -330,7 +323,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(
 
 def test_a_full_queue_answers_429_and_a_queued_client_that_leaves_is_cancelled(
         served: Served) -> None:
-    host, port = served.idle.sock.getsockname()[:2]
+    host, port = served.idle.address
     body = json.dumps({"model": "checkpoint", "prompt": PROMPT, "max_tokens": 4}).encode()
     waiting = socket.create_connection((host, port))  # queued: this scheduler never runs
     waiting.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
