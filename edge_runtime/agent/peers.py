@@ -19,6 +19,7 @@ Now:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -92,8 +93,13 @@ class PeerLinks:
         peer = self._peers.get(key)
         if peer is None:
             self._close_idle(now)
+            # one identity per socket: a ROUTER drops a second connection that reuses an
+            # identity it already routes to, so a second deployment's hops to the same
+            # agent would vanish while the first one's socket is open
+            identity = self._identity + b"/" + hashlib.sha256(
+                deployment_id.encode()).hexdigest()[:16].encode()
             socket = open_client(self._context, self._security, address, public_key,
-                                 identity=self._identity, max_frame_bytes=self._max_frame_bytes)
+                                 identity=identity, max_frame_bytes=self._max_frame_bytes)
             peer = _Peer(name, address, socket, now)
             self._peers[key] = peer
         return peer

@@ -192,3 +192,20 @@ def test_tflite_model_runs_whole_in_litert(cluster: er.LocalCluster, tmp_path: P
     with pytest.raises(InputError, match="Expected x: float32"):
         model.run({"x": x.astype(np.int32)})
     model.unload()
+
+
+def test_two_deployments_of_one_model_both_answer(cluster: er.LocalCluster) -> None:
+    """Two live pipelines over the same agents: each agent's hops to the next stage use
+    one socket per deployment, and both deployments keep answering, interleaved (a
+    second hop socket sharing the first one's identity was dropped by the ROUTER)."""
+    feeds = digits_inputs(2, start=20)
+    want = reference(DIGITS_MODEL, feeds)
+    first = cluster.deploy(DIGITS_MODEL, strategy="pipeline")
+    second = cluster.deploy(DIGITS_MODEL, strategy="pipeline")
+    try:
+        assert len(first.plan.stages) > 1 and len(second.plan.stages) > 1
+        for model in (first, second, first, second):
+            assert_outputs_equal(model.run(feeds, timeout_s=20).outputs, want)
+    finally:
+        first.unload()
+        second.unload()
