@@ -14,6 +14,7 @@ working set: usage minus inactive file pages (memory.stat).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -179,3 +180,114 @@ def effective_memory(total: int, available: int, limits: CgroupLimits) -> tuple[
     limit = limits.memory_limit_bytes
     headroom = limit - (limits.memory_usage_bytes or 0)
     return min(total, limit), max(0, min(available, headroom))
+
+
+# --- memory cgroups of our own: a device's RAM, honestly (page cache included) ---------
+
+#: What an agent process holds besides its deployments' budgets: the interpreter, numpy,
+#: onnxruntime, pyzmq and their arenas (an idle agent's RSS here is 110-130 MB).
+AGENT_BASELINE_BYTES = 150 * 2**20
+
+
+class CgroupError(OSError):
+    """A memory cgroup could not be created, joined, read or removed (not root, no
+    memory controller, or a v2 tree whose parent does not delegate `memory`)."""
+
+
+def default_memory_budget(limits: CgroupLimits,
+                          baseline: int = AGENT_BASELINE_BYTES) -> int | None:
+    """An agent's default memory budget under a cgroup limit: the limit less what the
+    process holds anyway (`baseline`); None without a limit. The cgroup also charges
+    the page cache, which the window drops after each read (`window.read_block`)."""
+    if limits.memory_limit_bytes is None:
+        return None
+    return max(0, limits.memory_limit_bytes - baseline)
+
+
+def _own_memory_dir(root: Path, proc_self_cgroup: str | None) -> tuple[Path, int]:
+    if proc_self_cgroup is None:
+        proc_self_cgroup = Path("/proc/self/cgroup").read_text()
+    paths = parse_proc_cgroup(proc_self_cgroup)
+    if (root / "cgroup.controllers").is_file():
+        base, rel = root, paths.get("", "/")
+        version = 2
+    elif (root / "memory" / "memory.limit_in_bytes").is_file():
+        base, rel = root / "memory", paths.get("memory", "/")
+        version = 1
+    else:
+        raise CgroupError(f"no memory controller under {root}")
+    own = base.joinpath(*[p for p in PurePosixPath(rel or "/").parts if p != "/"])
+    return (own if own.is_dir() else base), version
+
+
+class MemoryCgroup:
+    """A child memory cgroup of this process's own, with a hard limit that counts the
+    page cache (v1 `memory.limit_in_bytes`, v2 `memory.max`). Processes joined to it
+    are limited like a device with that much RAM; `remove()` once they have exited."""
+
+    def __init__(self, name: str, limit_bytes: int, root: Path = DEFAULT_ROOT,
+                 proc_self_cgroup: str | None = None) -> None:
+        parent, self.version = _own_memory_dir(root, proc_self_cgroup)
+        self.path = parent / name
+        try:
+            self.path.mkdir(exist_ok=True)
+            if self.version == 1:
+                (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+                try:  # pages a joining process holds move with it, where the kernel can
+                    (self.path / "memory.move_charge_at_immigrate").write_text("3")
+                except OSError:
+                    log.debug("%s: charges do not move with a process (kernel >= 6.x)",
+                              self.path)
+            else:
+                (self.path / "memory.max").write_text(str(limit_bytes))
+                (self.path / "memory.swap.max").write_text("0")
+        except OSError as exc:
+            raise CgroupError(f"cannot create memory cgroup {self.path}: {exc}") from exc
+        self.limit_bytes = limit_bytes
+
+    def join(self, pid: int) -> None:
+        """Move process `pid` (and its future children) into this cgroup."""
+        try:
+            (self.path / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise CgroupError(f"cannot move process {pid} into {self.path}: {exc}") from exc
+
+    def peak_bytes(self) -> int | None:
+        """The most this cgroup was charged (page cache included), if the kernel says."""
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        return _read_int(self.path / name)
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed in this cgroup for memory."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            lines = (self.path / name).read_text().splitlines()
+        except OSError:
+            return 0
+        for line in lines:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
+    def remove(self) -> None:
+        """Delete the cgroup (every process in it must have exited)."""
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise CgroupError(f"cannot remove {self.path}: {exc}") from exc
+
+
+def memory_cgroups_available(root: Path = DEFAULT_ROOT) -> str | None:
+    """None if this process can create a limited memory cgroup here, else why not."""
+    try:
+        probe = MemoryCgroup(f"edge-runtime-probe-{os.getpid()}", 1 << 30, root)
+    except (CgroupError, OSError) as exc:
+        return str(exc)
+    try:
+        probe.remove()
+    except CgroupError as exc:
+        return str(exc)
+    return None

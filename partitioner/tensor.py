@@ -17,11 +17,17 @@ disk through a sliding window: the budget caps the *window*, not the share, whic
 stays proportional to bandwidth; the plan then records the window bytes
 (budget − KV cache − activations) and the token time includes the disk read time.
 
-Pure: imports only the standard library and `partitioner.cost.Links`; device profiles
-are read through the structural `DeviceLike` protocol (`devices.DeviceProfile`
-satisfies it; an optional `disk_read_gbps` is used for streaming plans). The plan
-records it returns (`DecoderShape`, `TensorShare`, `TensorPlan`) live in
-`partitioner.tensor_plan` and are re-exported here.
+Mixture of experts (`shape.experts`): attention, the replicated router and the LM head
+are split as above, then whole experts are placed by `partitioner.experts` — by
+expected time per token (a token reads only k of E experts) under each device's memory
+budget — and a share's `mlp_columns` are its experts' columns. Its predicted time is the
+expected one: attention, router and head, plus k/E of its experts' bytes.
+
+Pure: imports only the standard library, `partitioner.experts` and
+`partitioner.cost.Links`; device profiles are read through the structural `DeviceLike`
+protocol (`devices.DeviceProfile` satisfies it; an optional `disk_read_gbps` is used
+for streaming plans). The plan records it returns (`DecoderShape`, `TensorShare`,
+`TensorPlan`) live in `partitioner.tensor_plan` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Protocol
 
 from partitioner.cost import Links
 from partitioner.errors import InfeasiblePlanError, PartitionError
+from partitioner.experts import expert_ranges, expert_room, place_experts
 from partitioner.tensor_plan import PLAN_VERSION as PLAN_VERSION
 from partitioner.tensor_plan import DecoderShape, TensorPlan, TensorShare
 
@@ -129,7 +136,10 @@ def plan_tensor_parallel(
     if len(budgets) != n:
         raise PartitionError(f"{len(budgets)} memory budgets for {n} devices")
     e = shape.bytes_per_element
-    total_bytes = _share_bytes(shape, shape.kv_heads, shape.intermediate, shape.vocab)
+    moe = shape.experts > 0
+    # what the water-fill splits: everything, or for a mixture of experts all but experts
+    total_bytes = _share_bytes(shape, shape.kv_heads, 0 if moe else shape.intermediate,
+                               shape.vocab)
     fixed = ACTIVATION_RESERVE_BYTES + 2 * shape.layers * shape.hidden * 4
     notes: list[str] = []
 
@@ -173,7 +183,12 @@ def plan_tensor_parallel(
             if i != j
         }
     hub_index = _choose_hub(n, bw, links, hub)
+    n_experts = [0] * n
+    if moe:
+        n_experts = _place_experts(shape, devices, kv, rows, budgets, fixed, capped, notes)
+        cols = [k * shape.expert_intermediate for k in n_experts]
     kv_r, col_r, row_r = _ranges(kv), _ranges(cols), _ranges(rows)
+    experts_r = expert_ranges(n_experts)
     act_bytes = shape.hidden * 4
     shares = []
     for i, dev in enumerate(devices):
@@ -185,8 +200,9 @@ def plan_tensor_parallel(
         )
         gather = (shape.vocab - rows[i]) * 4 if i == hub_index else (rows[i] * 4 if n > 1 else 0)
         kv_cache = shape.kv_cache_bytes(kv[i])
-        flops = 2.0 * wbytes / e
-        compute = max(wbytes / (bw[i] * 1e9), flops / max(1e-9, float(dev.gflops_fp32) * 1e9))
+        active = _active_bytes(shape, wbytes, cols[i])  # read per decoded token (expected)
+        flops = 2.0 * active / e
+        compute = max(active / (bw[i] * 1e9), flops / max(1e-9, float(dev.gflops_fp32) * 1e9))
         budget = budgets[i]
         window = 0
         is_streaming = False
@@ -196,7 +212,7 @@ def plan_tensor_parallel(
             # the LM head streams in row chunks no larger than a layer block
             largest = max(
                 kv[i] * shape.kv_group_bytes() + 2 * shape.hidden * 4,
-                cols[i] * shape.mlp_column_bytes() + shape.hidden * 4,
+                cols[i] * shape.mlp_column_bytes() + shape.router_bytes() + shape.hidden * 4,
                 min(1, rows[i]) * shape.hidden * e + shape.hidden * 4,
             )
             if window < largest:
@@ -227,6 +243,7 @@ def plan_tensor_parallel(
                 peak_memory_bytes=peak,
                 streaming=is_streaming,
                 window_bytes=window,
+                experts=experts_r[i] if moe else (0, 0),
             )
         )
     predicted = max(s.compute_s_per_token for s in shares)
@@ -241,25 +258,62 @@ def plan_tensor_parallel(
 
 
 def _split(shape: DecoderShape, weights: Sequence[float]) -> tuple[list[int], list[int], list[int]]:
-    """Whole KV groups by weight, then MLP columns topping each device up to its byte target."""
+    """Whole KV groups by weight, then MLP columns topping each device up to its byte
+    target (none for a mixture of experts: `_place_experts` places whole experts)."""
     n = len(weights)
     kv = apportion(shape.kv_heads, weights)
+    # Column and row blocks keep BLAS tiles whole on real models; tiny models split finely.
+    vunit = 64 if shape.vocab // 64 >= 8 * n else 1
+    rows = apportion(shape.vocab, weights, vunit)
+    if shape.experts:
+        return kv, [0] * n, rows
     attn_bytes = [k * shape.kv_group_bytes() for k in kv]
     per_layer = (
         shape.kv_heads * shape.kv_group_bytes() + shape.intermediate * shape.mlp_column_bytes()
     )
     mlp_target = [max(0.0, w * per_layer - a) for w, a in zip(weights, attn_bytes, strict=True)]
-    # Column and row blocks keep BLAS tiles whole on real models; tiny models split finely.
     unit = 32 if shape.intermediate // 32 >= 8 * n and shape.intermediate % 32 == 0 else 1
     cols = apportion(shape.intermediate, mlp_target if sum(mlp_target) > 0 else weights, unit)
-    vunit = 64 if shape.vocab // 64 >= 8 * n else 1
-    rows = apportion(shape.vocab, weights, vunit)
     return kv, cols, rows
 
 
 def _share_bytes(shape: DecoderShape, kv: int, cols: int, rows: int) -> int:
-    layer = kv * shape.kv_group_bytes() + cols * shape.mlp_column_bytes()
+    layer = kv * shape.kv_group_bytes() + cols * shape.mlp_column_bytes() + shape.router_bytes()
     return shape.layers * layer + rows * shape.hidden * shape.bytes_per_element
+
+
+def _active_bytes(shape: DecoderShape, wbytes: int, cols: int) -> float:
+    """Bytes a share reads per decoded token: all of them, but only k/E of its experts."""
+    if not shape.experts:
+        return float(wbytes)
+    experts = shape.layers * cols * shape.mlp_column_bytes()
+    return wbytes - experts + experts * shape.experts_per_token / shape.experts
+
+
+def _place_experts(shape: DecoderShape, devices: Sequence[DeviceLike], kv: Sequence[int],
+                   rows: Sequence[int], budgets: Sequence[int | None], fixed: int,
+                   capped: bool, notes: list[str]) -> list[int]:
+    """Experts per device (`partitioner.experts.place_experts`): by expected time per
+    token, within each budget's room after the rest of the share; past that room only
+    when streaming (those devices then read their experts through the window)."""
+    e = shape.bytes_per_element
+    # bytes per second each device reads at: bandwidth, or FLOPs if those bind first
+    rates = [min(float(d.mem_bandwidth_gbps), float(d.gflops_fp32) * e / 2) * 1e9
+             for d in devices]
+    per_expert = shape.layers * shape.expert_intermediate * shape.mlp_column_bytes()
+    active = per_expert * shape.experts_per_token / shape.experts
+    base = [_share_bytes(shape, k, 0, r) for k, r in zip(kv, rows, strict=True)]
+    room: list[int | None] = [
+        None if b is None
+        else expert_room(b - base[i] - shape.kv_cache_bytes(kv[i]) - fixed, per_expert)
+        for i, b in enumerate(budgets)]
+    counts = place_experts(shape.experts, [b / r for b, r in zip(base, rates, strict=True)],
+                           [active / r for r in rates], room, overflow=not capped)
+    if any(c is not None and n > c for n, c in zip(counts, room, strict=True)):
+        notes.append("experts beyond the memory budgets: those devices stream them")
+    notes.append(f"experts per device {counts}: {shape.experts_per_token} of "
+                 f"{shape.experts} run per token, times are expected")
+    return counts
 
 
 def _choose_hub(

@@ -33,6 +33,11 @@ class DecoderShape:
     vocab: int
     bytes_per_element: int = 4
     max_context: int = 2048
+    # A mixture of experts (0: a dense MLP): `experts` per layer, `experts_per_token` of
+    # them run for each token; `intermediate` is then the experts' widths summed, so an
+    # expert is `expert_intermediate` MLP columns (`partitioner.experts`).
+    experts: int = 0
+    experts_per_token: int = 0
 
     def __post_init__(self) -> None:
         if min(self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads) <= 0:
@@ -41,6 +46,20 @@ class DecoderShape:
             raise PartitionError(
                 f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}"
             )
+        if self.experts and (self.intermediate % self.experts
+                             or not 0 < self.experts_per_token <= self.experts):
+            raise PartitionError(
+                f"{self.experts} experts need intermediate ({self.intermediate}) a multiple "
+                f"of them and 1..{self.experts} experts per token, not {self.experts_per_token}")
+
+    @property
+    def expert_intermediate(self) -> int:
+        """The width of one expert (0 for a dense MLP)."""
+        return self.intermediate // self.experts if self.experts else 0
+
+    def router_bytes(self) -> int:
+        """Weight bytes of one layer's router (every device holds all of it)."""
+        return self.experts * self.hidden * self.bytes_per_element
 
     @property
     def group(self) -> int:
@@ -59,7 +78,10 @@ class DecoderShape:
         return 2 * self.layers * kv_heads * self.max_context * self.head_dim * 4
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        fields = asdict(self)
+        if not self.experts:  # a dense shape's digest is the one it had before experts
+            del fields["experts"], fields["experts_per_token"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,17 @@ class TensorShare:
     peak_memory_bytes: int
     streaming: bool = False
     window_bytes: int = 0
+    # A pipeline stage's share: the layers [start, end) it holds (None: every layer).
+    # The first layer range takes token ids, the last one holds the final norm and LM
+    # head; the others take and return the hidden state (`partitioner.llm_pipeline`).
+    layers: tuple[int, int] | None = None
+    # A mixture of experts: the experts [start, end) it holds in every layer, whose
+    # columns are `mlp_columns` (an expert is `expert_intermediate` columns wide).
+    experts: tuple[int, int] = (0, 0)
+
+    def layer_range(self, n_layers: int) -> tuple[int, int]:
+        """The layers this share holds, [start, end), of a model of `n_layers`."""
+        return (0, n_layers) if self.layers is None else self.layers
 
     @property
     def n_kv_heads(self) -> int:
@@ -88,6 +121,22 @@ class TensorShare:
     @property
     def n_vocab_rows(self) -> int:
         return self.vocab_rows[1] - self.vocab_rows[0]
+
+    @property
+    def n_experts(self) -> int:
+        return self.experts[1] - self.experts[0]
+
+    def summary(self, moe: bool = False) -> str:
+        """One line for people: what the device holds and its predicted time per token
+        (`moe`: the model is a mixture of experts, so its experts are named)."""
+        mlp = f"{self.n_columns} mlp cols"
+        if moe:
+            mlp = (f"experts {self.experts[0]}..{self.experts[1] - 1}" if self.n_experts
+                   else "no experts")
+        return (f"{self.device}: {self.n_kv_heads} kv heads, {mlp}, {self.n_vocab_rows} vocab "
+                f"rows, {self.weight_bytes / 1e6:.1f} MB, "
+                f"{self.compute_s_per_token * 1e3:.2f} ms/token"
+                f"{' (streaming)' if self.streaming else ''}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +151,18 @@ class TensorPlan:
     version: int = PLAN_VERSION
     strategy: str = "tensor"
     notes: tuple[str, ...] = field(default=())
+    # the allreduce algorithm per payload size, from measured links and the one cost
+    # model (`transports.cost.allreduce_schedule`): ((up to bytes, algorithm), ...);
+    # empty: every allreduce is a star around `hub`
+    allreduce: tuple[tuple[int, str], ...] = field(default=())
+
+    def describe(self) -> list[str]:
+        """One line per share (`TensorShare.summary`), then the predicted time per token."""
+        moe = self.shape.experts > 0
+        return [*(s.summary(moe) for s in self.shares),
+                f"predicted {self.predicted_s_per_token * 1e3:.2f} ms/token"
+                + (f" (expected: {self.shape.experts_per_token} of {self.shape.experts} "
+                   "experts run per token)" if moe else "")]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -122,6 +183,8 @@ class TensorPlan:
                         "kv_heads": tuple(s["kv_heads"]),
                         "mlp_columns": tuple(s["mlp_columns"]),
                         "vocab_rows": tuple(s["vocab_rows"]),
+                        "layers": None if s.get("layers") is None else tuple(s["layers"]),
+                        "experts": tuple(s.get("experts", (0, 0))),
                     }
                 )
                 for s in raw["shares"]
@@ -133,6 +196,8 @@ class TensorPlan:
                 predicted_s_per_token=float(raw["predicted_s_per_token"]),
                 model_digest=str(raw.get("model_digest", "")),
                 notes=tuple(raw.get("notes", ())),
+                allreduce=tuple((int(upto), str(name))
+                                for upto, name in raw.get("allreduce", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PartitionError(f"malformed tensor plan JSON: {exc}") from exc

@@ -11,10 +11,11 @@ safe for the partitioner to import.
 from transports import cost
 from transports.addresses import normalize_address
 from transports.channels import Client, Incoming, Server
-from transports.collectives import CollectiveGroup, GroupListener
+from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup, GroupListener
 from transports.compression import Compression, parse_compression
 from transports.errors import (
     CollectiveError,
+    DataAuthError,
     PeerTimeoutError,
     PeerUnreachableError,
     ProtocolError,
@@ -35,6 +36,7 @@ from transports.keys import (
 )
 from transports.linkemu import LinkEmulator, LinkSpec
 from transports.pieces import SPLIT_BYTES
+from transports.sealing import Sealer, SealKeys
 from transports.security import Authorizer, Security
 from transports.sockets import open_client, open_server
 from transports.wire import (
@@ -50,6 +52,7 @@ from transports.wire import (
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "ALLREDUCE_ALGORITHMS",
     "PROTOCOL_VERSION",
     "SPLIT_BYTES",
     "Authorizer",
@@ -57,6 +60,7 @@ __all__ = [
     "CollectiveError",
     "CollectiveGroup",
     "Compression",
+    "DataAuthError",
     "Frame",
     "GroupListener",
     "HandshakeState",
@@ -70,6 +74,8 @@ __all__ = [
     "PeerUnreachableError",
     "ProtocolError",
     "RemoteError",
+    "SealKeys",
+    "Sealer",
     "Security",
     "SecurityError",
     "Server",

@@ -1,5 +1,5 @@
 """Collectives over a fixed group of members: allreduce (star, ring, one-hop
-all-to-all), broadcast, gather, barrier.
+all-to-all, recursive doubling), broadcast, gather, barrier.
 
 Built for persistent agents that call an allreduce about twice per transformer
 layer per token: sockets are set up once (each member binds one ROUTER for
@@ -15,9 +15,15 @@ Messaging, matching and failure detection live in `transports.group`: a member
 that does not deliver within `timeout_s` fails the call on every live member with
 a `CollectiveError` naming it.
 
-Sums are computed in float32 for floating inputs (int64 for integers) in rank
-order, and the result has the input's dtype. Results may be read-only views on
-received buffers.
+Sums are computed in float32 for floating inputs (int64 for integers), and the
+result has the input's dtype and is bitwise the same on every member (star, ring and
+all-to-all add in rank order; recursive doubling adds pairwise, and a + b == b + a
+holds exactly in IEEE arithmetic, so both partners of a pair hold the same bits).
+Results may be read-only views on received buffers.
+
+Which algorithm is fastest depends on the group size, the payload and the links:
+`transports.cost` predicts each one's time from measured latency, bandwidth and
+per-message cost, and `allreduce(x, algorithm)` runs the one chosen.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from transports.errors import CollectiveError
 from transports.group import DEFAULT_TIMEOUT_S, GroupMember
 from transports.grouplistener import GroupListener
 
-__all__ = ["DEFAULT_TIMEOUT_S", "CollectiveGroup", "GroupListener"]
+__all__ = ["ALLREDUCE_ALGORITHMS", "DEFAULT_TIMEOUT_S", "CollectiveGroup", "GroupListener"]
+
+ALLREDUCE_ALGORITHMS = ("star", "ring", "all_to_all", "recursive_doubling")
+"""The names `CollectiveGroup.allreduce` takes, as `transports.cost.best_allreduce` names them."""
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,21 @@ def _accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
 class CollectiveGroup(GroupMember):
     """Member `rank` of a collective group (see `GroupMember` for the constructor:
     rank, endpoints, security, timeout_s, peer_keys, listener, context, emulation,
-    compression, max_message_bytes)."""
+    compression, max_message_bytes, data_key)."""
 
+    def allreduce(self, x: np.ndarray, algorithm: str = "star", hub: int = 0) -> np.ndarray:
+        """Sum of every member's `x` with the named algorithm (`ALLREDUCE_ALGORITHMS`);
+        `hub` is used by the star only. Every member must name the same algorithm."""
+        if algorithm == "star":
+            return self.star_allreduce(x, hub)
+        if algorithm == "recursive_doubling":
+            return self.recursive_doubling_allreduce(x)
+        if algorithm == "all_to_all":
+            return self.all_to_all_allreduce(x)
+        if algorithm == "ring":
+            return self.ring_allreduce(x)
+        raise CollectiveError(f"unknown allreduce algorithm {algorithm!r}; use one of "
+                              f"{', '.join(ALLREDUCE_ALGORITHMS)}")
 
     def star_allreduce(self, x: np.ndarray, hub: int = 0) -> np.ndarray:
         """Sum of every member's `x`: members send to `hub`, which sums and sends back."""
@@ -145,6 +167,54 @@ class CollectiveGroup(GroupMember):
             if piece.shape != chunks[src].shape:
                 raise self._fail(src, "sent a reduced chunk of the wrong size")
         return np.concatenate(pieces).reshape(x.shape)
+
+    def recursive_doubling_allreduce(self, x: np.ndarray) -> np.ndarray:
+        """Sum in log2(n) exchanges: in round k, member r swaps its partial sum with
+        member r XOR 2^k and adds. Every member sends and receives one message per round,
+        so no member handles 2(n-1) messages as a star's hub does; for a small tensor
+        this is about log2(n) hops of one message each instead of 2 hops plus the hub's
+        2(n-1) messages one after another.
+
+        n not a power of two: the p = 2^floor(log2 n) first members run the rounds;
+        member p+i first folds its `x` into member i's and gets the result from it last.
+        Partial sums travel in the accumulator dtype (float32 for floats)."""
+        x = np.asarray(x)
+        seq, deadline = self._begin(x)
+        acc_dtype = _accumulator_dtype(x.dtype)
+        n, rank = self.size, self.rank
+        if n == 1:
+            return x.copy()
+        p = 1 << (n.bit_length() - 1)
+        last = p.bit_length()  # the step of the unfold message (rounds use 1..log2 p)
+        if rank >= p:  # an extra member: fold in, wait for the result
+            self._send(rank - p, seq, 0, x)
+            result = self._expect(seq, last, rank - p, deadline)
+            self._check_like(result, x, rank - p)
+            return result
+        if rank + p < n:
+            extra = self._expect(seq, 0, rank + p, deadline)
+            self._check_like(extra, x, rank + p)
+            acc = np.add(x, extra, dtype=acc_dtype)
+        elif x.dtype == acc_dtype:
+            # sent zero-copy when large: a buffer the caller cannot change under us
+            acc = x if x.nbytes < zmq.COPY_THRESHOLD else x.copy()
+        else:
+            acc = x.astype(acc_dtype)
+        distance, step = 1, 1
+        while distance < p:
+            partner = rank ^ distance
+            self._send(partner, seq, step, acc)
+            part = self._expect(seq, step, partner, deadline)
+            if part.shape != acc.shape or part.dtype != acc.dtype:
+                raise self._fail(partner, f"sent {part.dtype}{list(part.shape)} where "
+                                 f"{acc.dtype}{list(acc.shape)} was expected")
+            acc = np.add(acc, part)  # a fresh array: the one just sent may still be in flight
+            distance, step = distance << 1, step + 1
+        summed: np.ndarray = acc.astype(x.dtype, copy=False)
+        if rank + p < n:  # the caller may write into `summed` while this is in flight
+            self._send(rank + p, seq, last,
+                       summed if summed.nbytes < zmq.COPY_THRESHOLD else summed.copy())
+        return summed
 
     def broadcast(self, x: np.ndarray | None, root: int = 0) -> np.ndarray:
         """`root`'s `x` on every member (others may pass None)."""

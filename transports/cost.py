@@ -11,9 +11,12 @@ a hub from measured `LinkProfile`s without importing sockets. Conventions:
 - A step ends when its slowest member is done; steps run one after another.
 
 - `overhead_s` is the software cost of one message a member sends or receives
-  (encode/decode, syscalls: tens of µs in this Python runtime). It is what makes a
-  star beat a one-hop all-to-all for small tensors: both take two hops, but the
-  hub handles 2(n-1) messages and an all-to-all member 4(n-1).
+  (encode/decode, syscalls, the I/O thread's hand-off: tens of µs in this Python
+  runtime; `MESSAGE_OVERHEAD_S` when unmeasured). It is what makes a star beat a
+  one-hop all-to-all for small tensors: both take two hops, but the hub handles
+  2(n-1) messages and an all-to-all member 4(n-1); and it is what makes recursive
+  doubling (log2 n hops of one message each way) beat both for small tensors once n
+  grows.
 
 The model ignores the time to sum (memory-bound, far below network time).
 """
@@ -23,6 +26,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 Matrix = Sequence[Sequence[float]]
+
+MESSAGE_OVERHEAD_S = 30e-6
+"""Per-message software cost when none was measured. Measured on the 16-core host
+(one core per member, 8 KB): a star allreduce of 8 members took 460 µs plain and
+595 µs with CURVE while a round trip took 82 / 117 µs, i.e. 2 hops plus the hub's 14
+messages at ≈ 27 µs (plain) to ≈ 34 µs (CURVE) each."""
+
+SOFTWARE_BYTES_PER_S = 1e9
+"""Bytes per second one member moves through this runtime's own per-byte work (encode,
+seal with an AEAD, copy, sum), whatever the link: a link's measured bandwidth is capped
+at this when a schedule is chosen. Measured on the 16-core host: a sealed 1 MB
+all-to-all allreduce of 8 members (each sends and receives 7 × 128 KB twice) took
+4.8 ms, ≈ 0.75-1 GB/s per member; without it, a loopback probe's several GB/s made
+recursive doubling look best for a 1 MB prefill at 4 members, where all-to-all was
+measured 2.4x faster."""
+
+ALGORITHMS = ("star", "ring", "all_to_all", "recursive_doubling")
+"""Allreduce algorithms the model prices, in tie-break order."""
 
 
 def _check(latency_s: Matrix, bandwidth: Matrix) -> int:
@@ -107,6 +128,31 @@ def all_to_all_time(
     return 2 * step
 
 
+def recursive_doubling_time(
+    nbytes: float, latency_s: Matrix, bandwidth: Matrix, overhead_s: float = 0.0
+) -> float:
+    """log2(p) rounds (p = the largest power of two ≤ n) in which member r swaps the whole
+    partial sum with member r XOR 2^k: one message out and one in per round. With n not
+    a power of two, members p.. first fold into members 0.. and get the result last;
+    the members with nothing to fold go ahead meanwhile, so the fold and the unfold add
+    one hop to the critical path, not two (measured: n = 3 takes 2 hops, like a star)."""
+    n = _check(latency_s, bandwidth)
+    if n == 1:
+        return 0.0
+    p = 1 << (n.bit_length() - 1)
+    total = 0.0
+    if p < n:  # fold in (member r to r - p) or the result back out (r - p to r)
+        total += max(max(latency_s[r][r - p] + nbytes / bandwidth[r][r - p],
+                         latency_s[r - p][r] + nbytes / bandwidth[r - p][r])
+                     for r in range(p, n)) + 2 * overhead_s
+    distance = 1
+    while distance < p:
+        total += max(latency_s[r][r ^ distance] + nbytes / bandwidth[r][r ^ distance]
+                     for r in range(p)) + 2 * overhead_s
+        distance <<= 1
+    return total
+
+
 def broadcast_time(
     nbytes: float, root: int, latency_s: Matrix, bandwidth: Matrix, overhead_s: float = 0.0
 ) -> float:
@@ -127,6 +173,16 @@ def gather_time(
     return _fan_in(nbytes, root, latency_s, bandwidth, overhead_s)
 
 
+def hop_time(nbytes: float, latency_s: float, bandwidth: float,
+             overhead_s: float = 0.0) -> float:
+    """One message of `nbytes` from one member to another (a pipeline's activation hop):
+    the link's one-way latency, the bytes at its bandwidth, and the message's software
+    cost at both ends."""
+    if latency_s < 0 or bandwidth <= 0:
+        raise ValueError("a hop needs latency ≥ 0 and bandwidth > 0")
+    return latency_s + nbytes / bandwidth + 2 * overhead_s
+
+
 def best_hub(latency_s: Matrix) -> int:
     """The member with the lowest summed latency to and from all others (ties: lowest rank)."""
     n = len(latency_s)
@@ -141,8 +197,8 @@ def best_hub(latency_s: Matrix) -> int:
 def best_allreduce(
     nbytes: float, latency_s: Matrix, bandwidth: Matrix, overhead_s: float = 0.0
 ) -> tuple[str, float, int | None]:
-    """The fastest allreduce for these links: (``"star"``/``"ring"``/``"all_to_all"``,
-    predicted seconds, hub for star else None). Ties prefer star, then ring.
+    """The fastest allreduce for these links: (a name of `ALGORITHMS`, predicted seconds,
+    hub for star else None). Ties prefer star, then ring, all-to-all, recursive doubling.
     Use a measured `overhead_s` (see module docstring); 0 ignores message costs."""
     n = _check(latency_s, bandwidth)
     hub = min(
@@ -153,9 +209,49 @@ def best_allreduce(
         ("star", star_allreduce_time(nbytes, hub, latency_s, bandwidth, overhead_s), hub),
         ("ring", ring_allreduce_time(nbytes, latency_s, bandwidth, overhead_s), None),
         ("all_to_all", all_to_all_time(nbytes, latency_s, bandwidth, overhead_s), None),
+        ("recursive_doubling",
+         recursive_doubling_time(nbytes, latency_s, bandwidth, overhead_s), None),
     ]
     name, seconds, best = min(options, key=lambda o: o[1])
     return name, seconds, best
+
+
+Schedule = tuple[tuple[int, str], ...]
+"""(largest payload in bytes, algorithm) in ascending payload order; see `schedule`."""
+
+
+def allreduce_schedule(
+    payload_sizes: Sequence[int], latency_s: Matrix, bandwidth: Matrix,
+    overhead_s: float = MESSAGE_OVERHEAD_S,
+    software_bytes_per_s: float | None = SOFTWARE_BYTES_PER_S,
+) -> Schedule:
+    """The best algorithm at each payload size, as ranges: ((upto_bytes, name), ...).
+
+    A payload up to the first bound uses the first name, and so on; one above the last
+    bound uses the last name (`pick`). Neighbouring sizes with the same best algorithm
+    are merged, so a plan records a few ranges, not every size. Each link's bandwidth
+    is capped at `software_bytes_per_s` (None: uncapped)."""
+    if not payload_sizes:
+        raise ValueError("no payload sizes to choose algorithms for")
+    if software_bytes_per_s is not None:
+        cap = software_bytes_per_s
+        bandwidth = [[min(b, cap) for b in row] for row in bandwidth]
+    ranges: list[tuple[int, str]] = []
+    for size in sorted(set(int(s) for s in payload_sizes)):
+        name = best_allreduce(size, latency_s, bandwidth, overhead_s)[0]
+        if ranges and ranges[-1][1] == name:
+            ranges[-1] = (size, name)
+        else:
+            ranges.append((size, name))
+    return tuple(ranges)
+
+
+def pick(schedule: Schedule, nbytes: int, default: str = "star") -> str:
+    """The algorithm `schedule` names for a payload of `nbytes` (`default` if empty)."""
+    for upto, name in schedule:
+        if nbytes <= upto:
+            return name
+    return schedule[-1][1] if schedule else default
 
 
 def uniform(

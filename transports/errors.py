@@ -28,6 +28,12 @@ class SecurityError(TransportError):
     """Keys are missing, malformed, or a peer is not trusted."""
 
 
+class DataAuthError(SecurityError):
+    """A sealed collective message was refused: tampered, sealed with another key,
+    replayed, addressed to another member, or malformed (`transports.sealing`). The
+    receiver drops it and keeps serving."""
+
+
 class CollectiveError(TransportError):
     """A collective operation failed; `member` names the member that broke it."""
 

@@ -9,6 +9,13 @@ stuck behind it; it then raises `CollectiveError` naming it and tells the others
 (an ``abort`` message), so every live member fails fast naming the same culprit.
 The error comes within `timeout_s` plus one liveness grace (≤ 1 s) per probed
 member. A group that failed stays failed: rebuild it.
+
+Sealing: with `seal_keys`, every message the group sends (data and control) is one
+AEAD-sealed frame (`transports.sealing`) and every message it receives must be one;
+anything else is refused (`DataAuthError`, counted in `rejected`, logged) and the
+group serves on. Pair it with plain sockets (`Security(insecure=True)`) to replace
+CURVE's per-frame cost by a cheaper AEAD while every byte stays encrypted and
+authenticated.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from transports.datawire import decode_data, encode_data, is_data_message
+from transports.datawire import decode_data, is_data_message
 from transports.errors import CollectiveError, ProtocolError
 from transports.grouplistener import GroupListener as GroupListener  # re-exported, as before
+from transports.groupwire import GroupWire
 from transports.linkemu import LinkEmulator, Outbox
+from transports.sealing import Sealer, SealKeys
 from transports.security import Security
-from transports.sockets import configure_socket, poll_ms
-from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, Frame, decode, encode
+from transports.sockets import configure_socket
+from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, decode
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +47,6 @@ DEFAULT_TIMEOUT_S = 10.0
 """Longest a collective call waits for any member before failing: generous for a
 4 MB tensor over slow Wi-Fi, short enough that a dead device is noticed quickly."""
 
-RECV_SLICE_MS = 1000
-"""Longest one blocking receive waits before the member looks at its deadline again.
-Receives block in libzmq (``ZMQ_RCVTIMEO``) instead of polling first: one call per
-message, no poller; the option is only changed when a deadline is under a slice away."""
-
-_DATA = "c"
 _ABORT = "abort"
 # How often a wait inside a collective looks for a cancel from another thread.
 CANCEL_CHECK_S = 0.1
@@ -58,7 +61,7 @@ def _liveness_grace(timeout_s: float) -> float:
     return min(1.0, max(0.2, timeout_s / 4))
 
 
-class GroupMember:
+class GroupMember(GroupWire):
     """Member `rank` of the group whose members listen at `endpoints`.
 
     `peer_keys[i]` is member i's CURVE public key (z85); each member admits the
@@ -80,6 +83,8 @@ class GroupMember:
         emulation: LinkEmulator | None = None,
         compression: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        seal_keys: SealKeys | None = None,
+        cipher: str | None = None,
     ) -> None:
         self.size = len(endpoints)
         if not 0 <= rank < self.size:
@@ -115,6 +120,14 @@ class GroupMember:
         self._broken: str | None = None
         self._closed = False
         self._peers: list[zmq.Socket[bytes] | None] = [None] * self.size
+        if seal_keys is not None and (seal_keys.rank != rank
+                                      or len(seal_keys.secrets) != self.size):
+            raise CollectiveError(f"seal keys of rank {seal_keys.rank} for "
+                                  f"{len(seal_keys.secrets)} members given to rank {rank} of "
+                                  f"{self.size}")
+        self._sealer = None if seal_keys is None else Sealer(seal_keys, cipher=cipher)
+        self.rejected = 0  # sealed messages refused (tampered, replayed, wrong key, ...)
+        self.cipher = None if self._sealer is None else self._sealer.cipher
         try:
             self._connect(security, peer_keys)
         except BaseException:
@@ -152,51 +165,6 @@ class GroupMember:
     def member_name(self, rank: int) -> str:
         return f"rank {rank} ({self.endpoints[rank]})"
 
-    # ----------------------------------------------------------------- messaging
-
-    def _send(self, dst: int, seq: int, step: int, array: np.ndarray | None, kind: str = _DATA,
-              meta: dict[str, Any] | None = None) -> None:
-        self._send_parts(dst, self._encode(seq, step, array, kind, meta))
-
-    def _send_all(self, dsts: Sequence[int], seq: int, step: int, array: np.ndarray) -> None:
-        """The same data message to several members, encoded once."""
-        parts = self._encode(seq, step, array, _DATA, None)
-        for dst in dsts:
-            self._send_parts(dst, parts)
-
-    def _encode(self, seq: int, step: int, array: np.ndarray | None, kind: str,
-                meta: dict[str, Any] | None) -> list[Any]:
-        """Data: the lean `datawire` format (general `Frame`s when compressing);
-        control messages (ping, pong, abort): `Frame`s."""
-        if kind == _DATA and array is not None and self.compression is None:
-            return encode_data(seq, step, self.rank, array, split_bytes=self._split_bytes)
-        tensors = {} if array is None else {"x": array}
-        frame = Frame(kind, seq, meta={"r": self.rank, "s": step, **(meta or {})}, tensors=tensors)
-        return encode(frame, compression=self.compression if kind == _DATA else None,
-                      split_bytes=self._split_bytes)
-
-    def _send_parts(self, dst: int, parts: list[Any]) -> None:
-        socket = self._peers[dst]
-        assert socket is not None
-        if self._emulation is None or self._outbox is None:
-            self._raw_send(socket, parts, dst)
-            return
-        due = self._emulation.schedule(str(dst), sum(memoryview(p).nbytes for p in parts))
-        if due is None:
-            return
-        held = [bytes(p) for p in parts]
-        self._outbox.push(due, lambda: self._raw_send(socket, held, dst))
-        self._outbox.flush()
-
-    def _raw_send(self, socket: zmq.Socket[bytes], parts: Sequence[Any], dst: int) -> None:
-        try:
-            if len(parts) == 1:  # a small data message: one frame, copied by libzmq anyway
-                socket.send(parts[0])
-            else:
-                socket.send_multipart(parts, copy=False)
-        except zmq.Again:
-            raise self._fail(dst, "its send queue stayed full") from None
-
     def _receive(self, deadline: float) -> bool:
         """Receive one message into the inbox; False if the deadline passed first.
 
@@ -207,9 +175,12 @@ class GroupMember:
         if time.monotonic() >= deadline:
             return False
         emulated = self._outbox is not None
-        parts = self._recv_emulated(deadline) if emulated else self._recv_parts(deadline)
-        if parts is None:
+        received = self._recv_emulated(deadline) if emulated else self._recv_parts(deadline)
+        if received is None:
             return False
+        parts = self._unseal(received)
+        if parts is None:
+            return True
         try:
             if len(parts) >= 2 and is_data_message(parts[1]):
                 self._on_data(parts)
@@ -221,7 +192,7 @@ class GroupMember:
             log.exception("rank %d dropped a collective message it failed to handle", self.rank)
         return True
 
-    def _on_data(self, parts: list[zmq.Frame]) -> None:
+    def _on_data(self, parts: list[Any]) -> None:
         """A lean `datawire` data message: into the inbox, or ProtocolError."""
         message = decode_data(parts[1:], max_message_bytes=self.max_message_bytes)
         if message.source >= self.size:
@@ -229,40 +200,7 @@ class GroupMember:
         if message.seq >= self._seq:  # else: left over from a call that already failed
             self._inbox[(message.seq, message.step, message.source)] = message.tensor
 
-    def _recv_parts(self, deadline: float) -> list[zmq.Frame] | None:
-        """One message, blocking in libzmq until it comes or `deadline` passes."""
-        while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000 + 0.999)
-            timeout_ms = max(0, min(RECV_SLICE_MS, remaining_ms))
-            if timeout_ms != self._rcvtimeo:
-                self._router.rcvtimeo = self._rcvtimeo = timeout_ms
-            try:
-                parts: list[zmq.Frame] = self._router.recv_multipart(copy=False)
-                return parts
-            except zmq.Again:
-                if time.monotonic() >= deadline:
-                    return None
-
-    def _recv_emulated(self, deadline: float) -> list[zmq.Frame] | None:
-        """One message while emulated sends may be pending: poll in slices and send
-        what falls due meanwhile."""
-        assert self._outbox is not None
-        self._outbox.flush()
-        try:  # a message already waiting needs no poller (the common case under load)
-            parts: list[zmq.Frame] = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-            return parts
-        except zmq.Again:
-            pass
-        while True:
-            self._outbox.flush()
-            wait = self._outbox.poll_timeout(deadline)
-            if self._router.poll(poll_ms(wait, self._outbox)):
-                parts = self._router.recv_multipart(copy=False)
-                return parts
-            if time.monotonic() >= deadline:
-                return None
-
-    def _on_frame(self, parts: list[zmq.Frame]) -> None:
+    def _on_frame(self, parts: list[Any]) -> None:
         """A general `Frame`: control (ping, pong, abort) or compressed data;
         ProtocolError if it is malformed."""
         frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
@@ -393,5 +331,7 @@ class GroupMember:
         for socket in self._peers:
             if socket is not None:
                 socket.close(linger=100)
+        if self._sealer is not None:
+            self._sealer.close()  # the key goes with the group
         if not keep_listener:
             self._listener.close()

@@ -26,6 +26,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,8 @@ from edge_runtime.errors import (
     EdgeRuntimeError,
     is_user_error,
 )
-from edge_runtime.protocol import Hop
+from edge_runtime.metrics.counters import WireCounters
+from edge_runtime.protocol import Hop, Status
 from edge_runtime.protocol import kinds as p
 from transports.errors import ProtocolError
 from transports.keys import DEFAULT_KEYS_DIR
@@ -61,6 +63,15 @@ message must not turn into a megabyte log line."""
 
 BURST = 64
 """Messages handled per wake-up before the outbox is flushed, so replies are not starved."""
+
+_ON_SERVE: list[Callable[[Agent], object]] = []
+
+
+def on_serve(hook: Callable[[Agent], object]) -> None:
+    """Call `hook(agent)` when an agent of this process starts serving, before its loop:
+    how `edge-runtime agent --metrics-port` starts its exporter (a failing hook stops
+    the agent, so a metrics port in use fails at start, not silently)."""
+    _ON_SERVE.append(hook)
 
 
 def _clip(text: object) -> str:
@@ -85,6 +96,8 @@ class AgentState:
     started_at: float = field(default_factory=time.time)
     requests_served: int = 0
     errors_answered: int = 0
+    # by message kind and peer, for metrics (`edge_runtime.metrics`)
+    wire: WireCounters = field(default_factory=WireCounters)
 
 
 class Agent:
@@ -175,6 +188,14 @@ class Agent:
         pair = self.security.keypair
         return None if pair is None else pair.public.decode()
 
+    @property
+    def wire(self) -> WireCounters:
+        return self.state.wire
+
+    def status_map(self) -> dict[str, Any]:
+        """The status a coordinator's `status` request gets, as a map (for metrics)."""
+        return self._handlers.status(Status(), {}).to_meta()
+
     def send_to_client(self, identity: bytes, frame: Frame) -> None:
         self._outbox.put(_Outgoing(identity, None, frame))
         self._wake()
@@ -216,6 +237,8 @@ class Agent:
         assert self._router is not None
         log.info("agent %s listening on %s (%s)", self._name, self.address,
                  "insecure" if self.security.insecure else "CURVE")
+        for hook in _ON_SERVE:
+            hook(self)
         while not self._stop.is_set():
             poller = zmq.Poller()
             poller.register(self._router, zmq.POLLIN)
@@ -257,11 +280,13 @@ class Agent:
         identity = b""
         try:
             identity = bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0])
+            self.state.wire.received(identity, sum(len(part) for part in parts[1:]))
             frame = decode(parts[1:], max_message_bytes=self.config.timeouts.max_message_bytes)
         except Exception as error:  # ProtocolError, or anything a decoder failed to foresee
             log.warning("malformed message from %s: %s", _clip(identity), _clip(error))
             request_id = peek_request_id(parts[1:])
             self.state.errors_answered += 1
+            self.state.wire.error("malformed", "ProtocolError")
             self._reply(identity, error_frame(request_id, "ProtocolError", str(error)[:1000],
                                               sender=self._name))
             return
@@ -280,6 +305,7 @@ class Agent:
 
     def _answer(self, identity: bytes, frame: Frame) -> None:
         """Run the handler of `frame` (on the loop or a lane) and answer its sender."""
+        started = time.perf_counter()
         try:
             answer = self._handlers.dispatch(identity, frame)
         except Exception as error:  # answer with a typed error; the agent keeps serving
@@ -288,13 +314,19 @@ class Agent:
             self._answer_error(identity, frame, error)
             return
         self.state.requests_served += 1
+        self.state.wire.request(frame.kind, None if answer is None
+                                else time.perf_counter() - started)
         if answer is not None:
             self.send_to_client(identity, answer)
 
     def _answer_error(self, identity: bytes, frame: Frame, error: BaseException) -> None:
         self.state.errors_answered += 1
+        self.state.wire.error(frame.kind, type(error).__name__)
         target = identity
-        client = frame.meta.get("client") if frame.kind == p.ACTIVATION else None
+        # a hop from another agent (an ONNX stage's activation, an LLM stage's hidden
+        # state): the coordinator waiting for it is named in the frame
+        client = (frame.meta.get("client") if frame.kind in (p.ACTIVATION, p.LLM_HIDDEN)
+                  else None)
         if isinstance(client, bytes) and 0 < len(client) <= 255:
             target = client
         # the agent it is about: the unreachable next hop when that is what failed (the
@@ -311,6 +343,7 @@ class Agent:
         try:
             parts = encode(frame, split_bytes=self.security.split_bytes)
             self._router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+            self.state.wire.sent(identity, sum(memoryview(part).nbytes for part in parts))
         except zmq.Again:  # that client's queue is full: it stopped reading
             log.warning("dropping a %s frame for %s: its queue is full", frame.kind,
                         _clip(identity))
@@ -349,6 +382,7 @@ class Agent:
         def failed(reason: str) -> None:
             self._answer_error(b"", frame, AgentUnavailableError(reason, agent=hop.name))
 
+        self.state.wire.sent(hop.name, sum(memoryview(part).nbytes for part in parts))
         try:
             self._peers.send(hop.name, hop.address, hop.public_key, hop.deployment_id, parts,
                              failed)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TYPES: dict[str, str] = {
     "onnx-stage": "edge_runtime.agent.stage",
     "llm-shard": "edge_runtime.agent.llm_shard",
+    "llm-stage": "edge_runtime.agent.llm_stage",  # a stage of a pipelined LLM
 }
 
 

@@ -29,6 +29,7 @@ from edge_runtime.agent import deployments
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.sessions import SessionLapsed
+from edge_runtime.agent.tracing import ring_for
 from edge_runtime.errors import (
     AgentUnavailableError,
     DeployError,
@@ -64,6 +65,8 @@ from edge_runtime.protocol import (
     StageSpec,
     Status,
     StatusReply,
+    TraceGet,
+    TraceReply,
     Unload,
     UnloadReply,
     decode_message,
@@ -110,6 +113,7 @@ class Handlers:
             Status: self.status,
             Shutdown: self.shutdown,
             Renew: self.renew,
+            TraceGet: self.trace,
         }
 
     def dispatch(self, identity: bytes, frame: Frame) -> Frame | None:
@@ -163,10 +167,17 @@ class Handlers:
             threads=self.agent.threads, memory_budget=self.agent.config.memory_budget,
             backends=tuple(identity.get("backends", ())), address=self.agent.address,
             public_key=self.agent.public_key,
-            lease_s=self.agent.sessions.limits.clamp(message.lease_s))
+            lease_s=self.agent.sessions.limits.clamp(message.lease_s), clock=time.time())
 
     def profile(self, message: Profile, tensors: Tensors) -> ProfileReply:
         return ProfileReply(DeviceProfile.from_dict(self.agent.identity["profile"]))
+
+    def trace(self, message: TraceGet, tensors: Tensors) -> TraceReply:
+        """The spans this agent recorded for traced requests (agent/tracing.py), stamped
+        with its clock: the coordinator's offset sample for lining them up."""
+        ring = ring_for(self.agent.name)
+        return TraceReply(self.agent.name, time.time(), ring.spans_for(message.trace_ids),
+                          ring.dropped)
 
     def ping(self, message: Ping, tensors: Tensors) -> tuple[Pong, Tensors]:
         return Pong(), dict(tensors)

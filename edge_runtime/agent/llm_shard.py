@@ -16,7 +16,8 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
    re-hashing the slices; a changed slice is converted again),
    builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
    by the memory budget; with `quantize="q4"` every matrix becomes a 4-bit kernel,
-   built in memory from the cached fp32 slices at each load, resident only) and
+   built in memory from the cached fp32 slices at each load; a share whose budget
+   cannot take that streams int8 blocks, converted once next to the slices) and
    binds its collective listener with every member's key admitted before anyone dials
    (the listener and the group: `llm_group.py`).
 2. `llm_ready`: answered once loading finished (the listener's address) or failed
@@ -24,11 +25,14 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
 3. `llm_connect`: the coordinator sends every member's endpoint; the agent joins the
    `CollectiveGroup` (one DEALER per peer, kept for the deployment's life).
 4. `llm_step` (no per-token setup, msgpack header + one int64 tensor): every agent
-   runs its worker with the group's star allreduce (hub = the plan's hub) and
-   gathers its logits columns to the hub; the hub answers the coordinator with the
-   logits. Any member's failure answers the coordinator with the typed error; a
-   collective timeout names the silent member by its agent name
-   (`AgentUnavailableError`).
+   runs its worker with the group's allreduce (the algorithm the plan chose for the
+   payload's size from measured links, `TensorPlan.allreduce`; a star around the
+   plan's hub when it chose none; messages sealed, see `llm_group.py`) and
+   ends the step at the hub (`llm_sampler.py`): a step with `sampling` is answered
+   with each sequence's next token, sampled on the hub from the members' candidates
+   (greedy, top-k) or logits columns; a step without answers the gathered logits.
+   Any member's failure answers the coordinator with the typed error; a collective
+   timeout names the silent member by its agent name (`AgentUnavailableError`).
 
 Emulated devices: compute between two sync points is dilated (`ctx.dilate`) before
 each collective, so a Pi-like agent really holds the others up as a Pi would.
@@ -52,7 +56,9 @@ from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
 from edge_runtime.agent.llm_group import ShardGroup
-from edge_runtime.agent.llm_timing import StepClock, reset_peak_rss, rss_bytes
+from edge_runtime.agent.llm_sampler import HubSampler
+from edge_runtime.agent.llm_timing import reset_peak_rss, rss_bytes
+from edge_runtime.agent.tracing import ShareTracer
 from edge_runtime.errors import (
     CheckpointError,
     DeployError,
@@ -75,6 +81,7 @@ from edge_runtime.protocol import (
     ShardSpec,
 )
 from edge_runtime.protocol.kinds import LLM_SHARD
+from transports.cost import pick
 from transports.errors import CollectiveError
 from transports.wire import Frame, error_frame
 
@@ -94,6 +101,15 @@ def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
 def _hashes(ctx: AgentContext) -> FileHashes:
     """The agent's own memory of checkpoint file hashes (in its cache, not the user's)."""
     return FileHashes.at(ctx.cache.root / CACHE_SUBDIR / "file-hashes.json")
+
+
+def _disk_read_bps(ctx: AgentContext) -> float | None:
+    """The disk read speed (bytes/s) in the profile this agent announced (None: unknown);
+    the coordinator planned the share's window with the same figure."""
+    identity = getattr(ctx, "identity", None)  # the daemon's hello payload
+    profile = identity.get("profile") if isinstance(identity, dict) else None
+    gbps = profile.get("disk_read_gbps") if isinstance(profile, dict) else None
+    return float(gbps) * 1e9 if isinstance(gbps, int | float) and gbps > 0 else None
 
 
 def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
@@ -120,6 +136,7 @@ class _Job:
     client: bytes = b""
     message: Message | None = None
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    arrived: float = field(default_factory=time.time)  # wall clock: a traced step's queue span
 
 
 class LlmShard:
@@ -140,10 +157,11 @@ class LlmShard:
         self._worker: Any = None
         self._blas_limit: Any = None
         self._blas_threads: int | None = None
-        self._group = ShardGroup(spec, ctx)
+        self._group = ShardGroup(spec, ctx, deployment_id)
+        self._tracer = ShareTracer(ctx)  # spans of traced steps (agent/tracing.py)
         self._failed: EdgeRuntimeError | None = None
         self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
-                          "load_s": 0.0}
+                          "load_s": 0.0, "sampled": 0}  # sampled: steps answered with tokens
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._inbox = inbox
         self._load_queued = False
@@ -276,13 +294,16 @@ class LlmShard:
         gc.collect()
         window = window_budget(config, self.share, slices, self.spec.memory_budget,
                                self.spec.max_context, self.spec.max_batch)
-        # quantize="q4" with a budget below the 4-bit share raises ConfigError here too
-        # (the SDK checks the same rule before deploying; this guards other coordinators)
+        # quantize="q4" with a budget below the peak of loading 4-bit kernels streams
+        # int8 blocks through the window (the SDK's plan predicts the same placement,
+        # from the same disk speed: this agent's profile)
         self._worker = TensorWorker(config, slices, self.share,
                                     max_context=self.spec.max_context,
                                     window_budget_bytes=window, quantize=self.spec.quantize,
-                                    slots=self.spec.max_batch)
+                                    slots=self.spec.max_batch, stream_quantized=True,
+                                    read_bps=_disk_read_bps(self._ctx))
         resident = self._worker.window
+        self._tracer.watch(resident)  # window block reads and waits of traced steps
         if resident is None:  # 4-bit: kernels built; the fp32 temporaries are gone
             # quantising each fp32 matrix went through temporaries whose freed pages
             # glibc kept: ~40 % of the serving RSS on the reference checkpoint
@@ -332,22 +353,29 @@ class LlmShard:
         spans = [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
                  for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
                                                  bounds[1:], strict=True)]
-        group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
+        group, hub = self._group.group, self.plan.hub
+        clock = self._tracer.step(message.trace_id, job.request_id, job.arrived)
+        schedule = self.plan.allreduce  # the algorithm per payload size the plan chose
 
         def allreduce(x: np.ndarray) -> np.ndarray:
             clock.sync()
-            out = group.star_allreduce(x, hub)
+            out = group.allreduce(x, pick(schedule, x.nbytes), hub)
             clock.synced()
-            return np.array(out)  # writable: the worker adds into it
+            return out  # read-only is fine: the worker only adds it into its residual
+
+        # sampled steps: the hub samples; greedy or top-k ones gather candidates only
+        sampler = HubSampler(message.sampling, self._worker.config.vocab,
+                             self.share.vocab_rows[0])
 
         def gather(x: np.ndarray) -> np.ndarray | None:
             clock.sync()
-            parts = group.gather(np.ascontiguousarray(x), hub)
+            parts = group.gather(sampler.payload(x), hub)
             clock.synced()
-            return None if parts is None else np.concatenate(parts, axis=-1)
+            return None if parts is None else sampler.rows(parts)
 
         logits = self._worker.forward_batch(spans, allreduce, gather,
                                             last_only=message.last_only)
+        clock.finish()  # tracing: the compute after the last collective
         counters = self._counters
         counters["steps"] += 1
         counters["tokens"] += len(ids)
@@ -355,6 +383,11 @@ class LlmShard:
         counters["comm_s"] += clock.comm_s
         if logits is None:
             return None
+        if message.sampling:
+            tokens, rngs = sampler.draw(logits)
+            counters["sampled"] += 1
+            reply = LlmStepReply(self.id, clock.compute_s, clock.comm_s, tokens, rngs)
+            return reply.frame(job.request_id, self._ctx.name)
         reply = LlmStepReply(self.id, clock.compute_s, clock.comm_s)
         return reply.frame(job.request_id, self._ctx.name,
                            {"logits": np.ascontiguousarray(logits, dtype=np.float32)})
@@ -374,6 +407,7 @@ class LlmShard:
             "share": {"kv_heads": list(self.share.kv_heads),
                       "mlp_columns": list(self.share.mlp_columns),
                       "vocab_rows": list(self.share.vocab_rows),
+                      "experts": list(self.share.experts),  # (0, 0): dense, or none here
                       "weight_bytes": self.share.weight_bytes},
             "memory_bytes": self.memory_bytes,
             "packed_kernels": self._worker is not None and self._worker.packed,
@@ -382,6 +416,7 @@ class LlmShard:
             "rss_bytes": current,
             "peak_rss_bytes": peak,
             "window": window,
+            "collective": self._group.status(),
             **self._counters,
         }
 

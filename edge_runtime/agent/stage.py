@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
 from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.agent.tracing import ring_for
 from edge_runtime.backends import Backend, open_backend
 from edge_runtime.backends.base import check_feeds
 from edge_runtime.errors import AgentBusyError, DeployError, EdgeRuntimeError, InputError
@@ -79,6 +80,7 @@ class _Work:
     timings: tuple[StageTiming, ...]  # of the stages before this one
     arrived: float  # perf_counter at arrival
     transfer_s: float
+    trace: tuple[int, float, float, str] = (0, 0.0, 0.0, "")  # traced: id, sent, arrived, from
 
 
 def _exit_fires(rule: ExitRule, available: dict[str, np.ndarray],
@@ -112,6 +114,7 @@ class OnnxStage:
         self._served = 0
         self._busy_s = 0.0
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._ring = ring_for(ctx.name)  # spans of traced requests (agent/tracing.py)
         self.duplicates = 0
         self._worker = threading.Thread(
             target=self._loop, name=f"stage-{spec.deployment_id}-{spec.stage}", daemon=True
@@ -146,12 +149,14 @@ class OnnxStage:
             raise InputError(f"an onnx-stage deployment does not take {message.KIND!r} messages")
         if self._already_seen(client, request_id):
             return
-        transfer_s = max(0.0, time.time() - message.sent_at)
+        now = time.time()
+        transfer_s = max(0.0, now - message.sent_at)
         if self._queue.qsize() >= self._queue_limit:  # only this loop thread adds work
             raise AgentBusyError(f"stage {self.spec.stage} already has {self._queue_limit} "
                                  "requests waiting; retry later", agent=self._ctx.name)
+        trace = (message.trace_id, message.sent_at, now, timings[-1].agent if timings else "")
         self._queue.put(
-            _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s))
+            _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s, trace))
 
     def _already_seen(self, client: bytes, request_id: int) -> bool:
         """True for a request id this stage took before from the same client: it is
@@ -234,18 +239,36 @@ class OnnxStage:
                                               work.transfer_s, self._ctx.emulated, started_at))
         fired = spec.exit is not None and _exit_fires(spec.exit, available, collected)
         last = spec.stage == spec.n_stages - 1 or spec.next_hop is None
+        self._record(work, started_at, compute_s)
         # each frame is stamped `sent_at` now so the receiver can measure its transfer time
         if fired or last:
             exit_name = spec.exit.name if fired and spec.exit is not None else None
             result = RunResult(spec.deployment_id, exit_name, spec.stage, timings, time.time())
-            self._ctx.send_to_client(work.client, self._frame(result, work, collected))
+            frame = self._frame(result, work, collected)
+            self._ring.record(work.trace[0], work.request_id, "send", "result", result.sent_at)
+            self._ctx.send_to_client(work.client, frame)  # after: its receipt may come first
             return
         assert spec.next_hop is not None  # guarded by `last` above
         tensors = {f"{ACT_PREFIX}{name}": available[name] for name in spec.forward}
         tensors.update({f"{OUT_PREFIX}{name}": value for name, value in collected.items()})
         onward = Activation(spec.next_hop.deployment_id, work.client, spec.stage + 1, timings,
-                            time.time())
-        self._ctx.send_to_peer(spec.next_hop, self._frame(onward, work, tensors))
+                            time.time(), work.trace[0])
+        frame = self._frame(onward, work, tensors)
+        self._ring.record(work.trace[0], work.request_id, "send", "activation", onward.sent_at)
+        self._ctx.send_to_peer(spec.next_hop, frame)
+
+    def _record(self, work: _Work, started_at: float, compute_s: float) -> None:
+        """A traced request's spans here: its frame's flight (from the sender's stamp),
+        its wait in this stage's queue, its compute (nothing when it was not traced)."""
+        trace_id, sent_at, arrived_at, sender = work.trace
+        if not trace_id:
+            return
+        ring, rid, stage = self._ring, work.request_id, f"stage {self.spec.stage}"
+        ring.record(trace_id, rid, "receive", "run" if self.spec.stage == 0 else "activation",
+                    arrived_at, arrived_at, peer=sender, sent_at=sent_at,
+                    nbytes=sum(int(v.nbytes) for v in work.tensors.values()))
+        ring.record(trace_id, rid, "queue", stage, arrived_at, started_at)
+        ring.record(trace_id, rid, "compute", stage, started_at, started_at + compute_s)
 
     def _frame(self, message: RunResult | Activation, work: _Work,
                tensors: dict[str, np.ndarray]) -> Frame:

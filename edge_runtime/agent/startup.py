@@ -4,7 +4,10 @@ With `--preset NAME` the agent stands in for that device: it applies the preset'
 caps to itself (threads, CPU affinity), reports the preset's figures as an
 *emulated* profile so the planner sees a Pi-like device, enforces the preset's
 memory as its budget unless `--memory-budget` says otherwise, and dilates each
-stage's compute time to the preset's speed.
+stage's compute time to the preset's speed. Without either, an agent inside a memory
+cgroup takes the cgroup's limit less what its interpreter holds (150 MiB) as its budget:
+the limit counts the page cache too, so a share streamed through the window stays under
+it instead of being OOM-killed (`devices.cgroup.default_memory_budget`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def build_identity(config: AgentConfig) -> tuple[AgentConfig, dict[str, Any]]:
 
     from devices import caps as dcaps
     from devices.cache import profile
+    from devices.cgroup import default_memory_budget, read_limits
 
     host = profile(refresh=config.refresh_profile, cache_dir=config.profile_cache)
     caps = dcaps.caps_from_environment()
@@ -47,6 +51,10 @@ def build_identity(config: AgentConfig) -> tuple[AgentConfig, dict[str, Any]]:
     budget = config.memory_budget
     if budget is None and caps is not None:
         budget = caps.memory_budget_bytes
+    if budget is None:  # inside a memory cgroup: its limit (which counts the page cache)
+        budget = default_memory_budget(read_limits())
+        if budget is not None:
+            log.info("memory budget %.0f MiB from this process's cgroup limit", budget / 2**20)
     name = config.name or default_agent_name(host.name, config)
     if config.preset and not config.name:
         name = f"{config.preset}@{name}"

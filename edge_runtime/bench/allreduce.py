@@ -10,6 +10,15 @@ that call. Side by side, in the same run:
 - ``gloo``: `torch.distributed` all_reduce (gloo backend) for the same N and size,
   the peer a user would otherwise pick (loopback only: gloo cannot be emulated).
 
+`--security curve,sealed,insecure` runs each group size once per security mode, the
+modes one after another per N (and `--rounds` times over, alternating), and prints
+each mode's time as a ratio to the first mode's: ``curve`` (CURVE sockets), ``sealed``
+(plain sockets, every message sealed with an AEAD under keys agreed from the CURVE
+keys: what an LLM group uses), ``insecure``. Each row also names the algorithm
+`transports.cost.best_allreduce` predicts from the measured round trips (α = half the
+round trip at that size, β from the largest size's, `MESSAGE_OVERHEAD_S` per message),
+next to the one measured fastest.
+
 This module drives the run and renders the table; the member processes it spawns run
 `edge_runtime.bench.allreduce_members`.
 """
@@ -27,7 +36,11 @@ from typing import Any
 WORKER_TIMEOUT_S = 600.0
 """Longest a group of member processes may take for all its sizes before it is killed."""
 
-COLLECTIVES = ("star", "ring", "a2a")
+COLLECTIVES = ("star", "ring", "a2a", "rd")
+MODES = ("curve", "sealed", "insecure")
+# the cost model's names of the bench's collectives
+_MODEL_NAMES = {"star": "star", "ring": "ring", "a2a": "all_to_all",
+                "rd": "recursive_doubling"}
 
 
 def _sizes(text: str) -> list[int]:
@@ -45,7 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per size ≤ 32K")
     parser.add_argument("--collectives", default=",".join(COLLECTIVES), help="star,ring,a2a")
     parser.add_argument("--links", default="loopback,wifi", help="loopback and/or wifi")
-    parser.add_argument("--insecure", action="store_true", help="no CURVE (default: CURVE on)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="no CURVE (the same as --security insecure)")
+    parser.add_argument("--security", default=None,
+                        help="modes side by side, the first is the ratios' base: "
+                        "curve, sealed, insecure (default: curve)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times each (N, mode) group runs, modes alternating")
     parser.add_argument("--no-gloo", action="store_true", help="skip torch.distributed gloo")
     parser.add_argument(
         "--pin", action="store_true", help="pin process i to CPU i (needs ≥ N free cores)"
@@ -113,6 +132,16 @@ def _free_port() -> int:
         return port
 
 
+def modes_of(args: argparse.Namespace) -> list[str]:
+    """`--security` as a list of modes (`--insecure` alone: insecure; neither: curve)."""
+    text = args.security or ("insecure" if args.insecure else "curve")
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise SystemExit(f"--security: {unknown or text!r}; use {', '.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
 def _keys(n: int, secure: bool) -> list[list[str]]:
     if not secure:
         return [["", ""]] * n
@@ -123,11 +152,11 @@ def _keys(n: int, secure: bool) -> list[list[str]]:
 
 
 def run_group(n: int, sizes: list[int], collectives: list[str], repeats: int,
-              secure: bool, link: str) -> dict[str, Any]:
+              mode: str, link: str) -> dict[str, Any]:
     """Run the collectives in N member processes; per (size, collective) call latencies."""
-    keys = _keys(n, secure)
+    keys = _keys(n, mode != "insecure")
     base = {"n": n, "keys": keys, "sizes": sizes, "collectives": collectives,
-            "repeats": repeats, "link": link}
+            "repeats": repeats, "link": link, "mode": mode}
     processes = _spawn("member", [dict(base, rank=r) for r in range(n)])
     try:
         endpoints = [_read(p)["address"] for p in processes]
@@ -164,12 +193,33 @@ def run_gloo(n: int, sizes: list[int], repeats: int) -> dict[str, Any]:
         _finish(processes)
 
 
+def _predicted(n: int, size: int, rtt: dict[str, Any], sizes: list[int]) -> str:
+    """The cost model's pick for N members from the measured two-member round trips."""
+    from transports.cost import MESSAGE_OVERHEAD_S, best_allreduce, uniform
+
+    alpha = _percentiles(rtt[str(size)])[0] / 2e6
+    big = max(sizes)
+    beta = big / max(1e-9, _percentiles(rtt[str(big)])[0] / 2e6 - alpha) if big > size else 1e9
+    latency, bandwidth = uniform(n, alpha, max(beta, 1e6))
+    return best_allreduce(size, latency, bandwidth, MESSAGE_OVERHEAD_S)[0]
+
+
+def _merge(into: dict[str, Any], result: dict[str, Any]) -> None:
+    """Add one round's per-member call times to the earlier rounds'."""
+    for key, members in result.items():
+        if key not in into:
+            into[key] = members
+        else:
+            for mine, more in zip(into[key], members, strict=True):
+                mine.extend(more)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     members = [int(m) for m in args.members.split(",")]
     sizes = _sizes(args.sizes)
     collectives = [c.strip() for c in args.collectives.split(",")]
     links = [link.strip() for link in args.links.split(",")]
-    secure = not args.insecure
+    modes = modes_of(args)
     global _PIN
     _PIN = bool(args.pin)
     gloo_ok = not args.no_gloo
@@ -180,39 +230,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print("torch is not installed: gloo column skipped")
             gloo_ok = False
     rows: list[dict[str, Any]] = []
-    print(f"security: {'CURVE' if secure else 'insecure'}; latency per call in µs, "
-          "slowest member's median and p99")
-    header = (f"{'link':9} {'N':>2} {'bytes':>8} {'what':6} {'median':>9} {'p99':>9} "
-              f"{'×rtt':>6} {'×gloo':>6}")
+    print(f"security: {', '.join(modes)} (ratios to {modes[0]}); latency per call in µs, "
+          "slowest member's median and p99; rtt: bare pyzmq (plain for sealed and insecure)")
+    header = (f"{'link':9} {'N':>2} {'bytes':>8} {'mode':8} {'what':6} {'median':>9} "
+              f"{'p99':>9} {'×rtt':>6} {'×gloo':>6} {'×' + modes[0]:>9}")
     for link in links:
-        rtt = run_rtt(sizes, args.repeats, secure, link)
+        rtts = {mode: run_rtt(sizes, args.repeats, mode == "curve", link) for mode in modes}
         gloo_by_n = {n: run_gloo(n, sizes, args.repeats) for n in members} if (
             gloo_ok and link == "loopback") else {}
         print(f"\n{header}")
-        for size in sizes:
-            rtt_median, rtt_p99 = _percentiles(rtt[str(size)])
-            rows.append({"link": link, "n": 2, "bytes": size, "what": "rtt",
-                         "median_us": rtt_median, "p99_us": rtt_p99})
-            print(f"{link:9} {2:>2} {size:>8} {'rtt':6} {rtt_median:9.1f} {rtt_p99:9.1f}")
-        for n in members:
-            result = run_group(n, sizes, collectives, args.repeats, secure, link)
+        for mode in modes:
             for size in sizes:
-                rtt_median = _percentiles(rtt[str(size)])[0]
+                rtt_median, rtt_p99 = _percentiles(rtts[mode][str(size)])
+                rows.append({"link": link, "n": 2, "bytes": size, "what": "rtt", "mode": mode,
+                             "median_us": rtt_median, "p99_us": rtt_p99})
+                print(f"{link:9} {2:>2} {size:>8} {mode:8} {'rtt':6} {rtt_median:9.1f} "
+                      f"{rtt_p99:9.1f}")
+        for n in members:
+            results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
+            for _ in range(max(1, args.rounds)):
+                for mode in modes:  # interleaved: a busy machine slows every mode alike
+                    _merge(results[mode],
+                           run_group(n, sizes, collectives, args.repeats, mode, link))
+            for size in sizes:
                 gloo_median = None
                 if n in gloo_by_n:
                     gloo_median, gloo_p99 = _percentiles(gloo_by_n[n][str(size)])
                     rows.append({"link": link, "n": n, "bytes": size, "what": "gloo",
                                  "median_us": gloo_median, "p99_us": gloo_p99})
-                    print(f"{link:9} {n:>2} {size:>8} {'gloo':6} {gloo_median:9.1f} {gloo_p99:9.1f}"
-                          f" {gloo_median / rtt_median:6.2f}")
-                for name in collectives:
-                    median, p99 = _percentiles(result[f"{name}/{size}"])
-                    x_gloo = f"{median / gloo_median:6.2f}" if gloo_median else f"{'-':>6}"
-                    rows.append({"link": link, "n": n, "bytes": size, "what": name,
-                                 "median_us": median, "p99_us": p99,
-                                 "x_rtt": median / rtt_median,
-                                 "x_gloo": median / gloo_median if gloo_median else None})
-                    print(f"{link:9} {n:>2} {size:>8} {name:6} {median:9.1f} {p99:9.1f}"
-                          f" {median / rtt_median:6.2f} {x_gloo}")
-    return {"security": "curve" if secure else "insecure", "rows": rows,
-            "command": " ".join(sys.argv)}
+                    print(f"{link:9} {n:>2} {size:>8} {'':8} {'gloo':6} {gloo_median:9.1f} "
+                          f"{gloo_p99:9.1f}")
+                base: dict[str, float] = {}
+                for mode in modes:
+                    rtt_median = _percentiles(rtts[mode][str(size)])[0]
+                    medians: dict[str, float] = {}
+                    for name in collectives:
+                        median, p99 = _percentiles(results[mode][f"{name}/{size}"])
+                        medians[name] = median
+                        base.setdefault(name, median)
+                        x_gloo = f"{median / gloo_median:6.2f}" if gloo_median else f"{'-':>6}"
+                        rows.append({"link": link, "n": n, "bytes": size, "what": name,
+                                     "mode": mode, "median_us": median, "p99_us": p99,
+                                     "x_rtt": median / rtt_median,
+                                     "x_gloo": median / gloo_median if gloo_median else None,
+                                     "x_first_mode": median / base[name]})
+                        print(f"{link:9} {n:>2} {size:>8} {mode:8} {name:6} {median:9.1f} "
+                              f"{p99:9.1f} {median / rtt_median:6.2f} {x_gloo} "
+                              f"{median / base[name]:9.2f}")
+                    fastest = min(medians, key=lambda k: medians[k])
+                    predicted = _predicted(n, size, rtts[mode], sizes)
+                    rows.append({"link": link, "n": n, "bytes": size, "mode": mode,
+                                 "what": "choice", "measured_best": _MODEL_NAMES[fastest],
+                                 "predicted_best": predicted})
+                    print(f"{link:9} {n:>2} {size:>8} {mode:8} model picks {predicted}, "
+                          f"measured fastest {_MODEL_NAMES[fastest]}")
+    return {"security": modes, "rows": rows, "command": " ".join(sys.argv)}

@@ -48,19 +48,28 @@ def _member(config: dict[str, Any]) -> None:
     import numpy as np
 
     from transports.collectives import CollectiveGroup, GroupListener
+    from transports.sealing import SealKeys
+    from transports.security import Security
 
     rank = config["rank"]
     security = _security(config["keys"][rank])
     keys = None if security.insecure else [k[0].encode() for k in config["keys"]]
+    seal = None
+    if config.get("mode") == "sealed":  # plain sockets, every message sealed (AEAD)
+        assert keys is not None and security.keypair is not None
+        seal = SealKeys.from_curve(rank, security.keypair.secret, keys, b"bench")
+        security, keys = Security(insecure=True), None
     listener = GroupListener("tcp://127.0.0.1:0", security, peer_keys=keys or ())
     print(json.dumps({"address": listener.address}), flush=True)
     endpoints = json.loads(sys.stdin.readline())["endpoints"]
     group = CollectiveGroup(rank, endpoints, security, listener=listener, peer_keys=keys,
-                            timeout_s=120.0, emulation=_emulation(config["link"], rank))
+                            timeout_s=120.0, emulation=_emulation(config["link"], rank),
+                            seal_keys=seal)
     calls = {
         "star": lambda x: group.star_allreduce(x, 0),
         "ring": group.ring_allreduce,
         "a2a": group.all_to_all_allreduce,
+        "rd": group.recursive_doubling_allreduce,
     }
     results: dict[str, list[list[float]]] = {}
     for size in config["sizes"]:

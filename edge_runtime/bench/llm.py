@@ -16,9 +16,12 @@ resident variant's token time with the same agents and disk is the window's read
 per token (the loader thread's seconds per decode step, slowest agent).
 
 `--variants fp32,q4` adds 4-bit weights (`deploy_llm(quantize="q4")`, onnxruntime
-`MatMulNBits`) as resident variants next to the fp32 ones, in the same interleaved
-rounds, with a "vs fp32" column (4-bit token time ÷ fp32's with the same agents);
-4-bit serves resident shares only, so it gets no window variants.
+`MatMulNBits`) next to the fp32 ones, in the same interleaved rounds, with a "vs fp32"
+column (4-bit token time ÷ fp32's with the same agents). A 4-bit window variant gets
+the fp32 window's budget; where that cannot take the 4-bit kernels' loading peak, the
+share streams int8 blocks (`MatMulInteger`) and its overlap efficiency is taken against
+its own compute (token time less the window's wait per token), since no resident
+variant runs that kernel.
 
 Each agent gets `--threads` BLAS threads (OPENBLAS_NUM_THREADS) and, with `--pin`, its
 own cores (every thread's affinity set, like taskset), so agents do not share cores
@@ -36,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_runtime.bench import llm_security, llm_strategies
+from edge_runtime.bench.llm_limits import AgentLimits, budget_under, check_available
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pin each agent to its own core(s) with taskset")
     parser.add_argument("--insecure", action="store_true",
                         help="agents without CURVE (to see what encryption costs)")
+    llm_security.add_argument(parser)  # --security curve,insecure
+    llm_strategies.add_arguments(parser)  # --strategies ... --links ...
+    parser.add_argument("--memory-limit", default=None,
+                        help="start each agent in a memory cgroup with this limit (e.g. "
+                        "600MiB; counts the page cache) and give its deployments the budget "
+                        "an agent reads from it; needs root and cgroups (skipped, saying why, "
+                        "where they cannot be created)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the checkpoint and agent caches go (default: "
                         "~/.cache/edge-runtime/bench-llm, kept so reruns skip the writing)")
@@ -123,8 +136,12 @@ def _budgets(llm_plan: Any, fraction: float, config: Any) -> list[int]:
 def _counters(llm: Any) -> dict[str, dict[str, float]]:
     return {name: {"load_s": float(st["window"]["load_seconds"]),
                    "bytes": float(st["window"]["bytes_read"]),
+                   "wait_s": float(st["window"]["wait_seconds"]),
                    "compute_s": float(st["compute_s"]), "comm_s": float(st["comm_s"]),
-                   "peak_rss": float(st["peak_rss_bytes"])}
+                   "peak_rss": float(st["peak_rss_bytes"]),
+                   # the residency plan: bytes streamed per pass, predicted s/token
+                   "planned_bytes": float(st["window"].get("streamed_bytes_per_pass", 0)),
+                   "planned_s": float(st["window"].get("predicted_s_per_token", 0.0))}
             for name, st in llm.status().items()}
 
 
@@ -140,9 +157,11 @@ def _one_generation(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, A
     steps = len(times) - 1
     after = _counters(llm)
     decode = {name: {k: (after[name][k] - before[name][k]) / max(steps, 1)
-                     for k in ("load_s", "bytes", "compute_s", "comm_s")}
+                     for k in ("load_s", "bytes", "wait_s", "compute_s", "comm_s")}
               for name in after}
+    plans = {name: (c["planned_bytes"], c["planned_s"]) for name, c in after.items()}
     return {"ttft_s": first.seconds, "intervals": list(np.diff(times)), "prefill": prefill,
+            "plans": plans,
             "per_agent": decode, "peak_rss": {n: c["peak_rss"] for n, c in after.items()}}
 
 
@@ -164,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import edge_runtime as er
     from edge_runtime.llm import Checkpoint
     from edge_runtime.llm.synthetic import write_synthetic_checkpoint
-    from edge_runtime.sdk.llm_plan import plan_llm
+    from edge_runtime.sdk.llm_plan import Q4_STREAM_NOTE, plan_llm
 
     counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
     formats = variant_formats(args.variants)
@@ -184,46 +203,97 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # inherited by the agents
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.strategies:  # predicted vs measured per strategy (bench/llm_strategies.py)
+        return llm_strategies.run_strategies(args, ckpt_dir, config, digest)
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(3, shape.vocab, args.prompt_tokens)]
     variants: list[Variant] = [
         (f"{n} agent(s) resident{'' if fmt is None else ' ' + fmt}", n, False, fmt)
         for fmt in formats for n in counts]
-    if args.budget_fraction > 0 and None in formats:
-        variants += [(f"{n} agent(s) window {args.budget_fraction:g}", n, True, None)
-                     for n in counts]
+    if args.budget_fraction > 0:
+        variants += [(f"{n} agent(s) window {args.budget_fraction:g}"
+                      f"{'' if fmt is None else ' ' + fmt}", n, True, fmt)
+                     for fmt in formats for n in counts]
+    variants, insecure_of = llm_security.expand(variants, args)  # --security modes
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in variants}
+    failures: dict[str, str] = {}
     caches = [workdir / f"agent-cache-{i}" for i in range(max(counts))]
+    limit = _memory_limit(args)
     # Each variant runs on agents of its own (so RSS is that variant's alone), started
     # afresh each round; the agents' caches persist, so only the first round converts.
     for rnd in range(args.repeats):
         for name, n, streamed, fmt in variants:
             t1 = time.perf_counter()
-            with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
-                                  insecure=args.insecure,
-                                  allow_checkpoint_dirs=[ckpt_dir]) as cluster:
-                if args.pin:
-                    pin_agents(cluster, args.threads)
-                names = [a.name for a in cluster.agents]
-                budgets: list[int] | None = None
-                if streamed:
-                    resident = plan_llm(cluster, config, digest, names, [None] * n, MAX_CONTEXT)
-                    budgets = _budgets(resident, args.budget_fraction, config)
-                llm = cluster.deploy_llm(ckpt_dir, max_context=MAX_CONTEXT,
-                                         memory_budget=budgets, threads=args.threads,
-                                         quantize=fmt)
-                ready = time.perf_counter() - t1
-                sample = _one_generation(llm, prompt, args.new_tokens)
-                sample["window_fraction"] = min(
-                    1.0, min(st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
-                             for st in llm.status().values()))
-                sample["predicted_s_per_token"] = llm.plan.predicted_s_per_token
-                samples[name].append(sample)
-                llm.unload()
+            limits = None
+            try:
+                with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
+                                      insecure=insecure_of[name],
+                                      allow_checkpoint_dirs=[ckpt_dir]) as cluster:
+                    if args.pin:
+                        pin_agents(cluster, args.threads)
+                    if limit is not None:
+                        limits = AgentLimits(cluster, limit, f"{rnd}-{len(failures)}-{n}")
+                    names = [a.name for a in cluster.agents]
+                    budgets: list[int] | None = None
+                    if streamed:
+                        resident = plan_llm(cluster, config, digest, names, [None] * n,
+                                            MAX_CONTEXT)
+                        budgets = _budgets(resident, args.budget_fraction, config)
+                    if limit is not None:  # what an agent under the limit offers
+                        budgets = [min(b, budget_under(limit))
+                                   for b in (budgets or [budget_under(limit)] * n)]
+                    llm = cluster.deploy_llm(ckpt_dir, max_context=MAX_CONTEXT,
+                                             memory_budget=budgets, threads=args.threads,
+                                             quantize=fmt)
+                    ready = time.perf_counter() - t1
+                    sample = _one_generation(llm, prompt, args.new_tokens)
+                    sample["streamed"] = not all(st["window"]["resident"]
+                                                 for st in llm.status().values())
+                    sample["window_fraction"] = min(1.0, min(
+                        st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
+                        for st in llm.status().values()))
+                    sample["predicted_s_per_token"] = llm.plan.predicted_s_per_token
+                    # a "q4" share its budget cannot take as 4-bit kernels: int8 blocks
+                    sample["int8"] = any(Q4_STREAM_NOTE in n for n in llm.plan.notes)
+                    if limits is not None:
+                        sample["cgroup_peak"] = limits.peaks()
+                        sample["oom_kills"] = limits.oom_kills()
+                    samples[name].append(sample)
+                    llm.unload()
+            except Exception as exc:  # a refused deployment or a killed agent is a result
+                kills = limits.oom_kills() if limits is not None else {}
+                failures[name] = (f"{type(exc).__name__}: {str(exc)[:160]}"
+                                  + (f" (OOM kills {kills})" if any(kills.values()) else ""))
+                print(f"round {rnd + 1}/{args.repeats} {name}: failed: {failures[name]}",
+                      flush=True)
+                continue
+            finally:
+                if limits is not None:
+                    limits.close()
             print(f"round {rnd + 1}/{args.repeats} {name}: ready in {ready:.1f} s, TTFT "
                   f"{sample['ttft_s'] * 1e3:.0f} ms, median "
                   f"{statistics.median(sample['intervals']) * 1e3:.1f} ms/token", flush=True)
-    return _report(args, shape, size, variants, samples)
+    ran = [v for v in variants if samples[v[0]]]
+    report = llm_security.with_ratios(_report(args, shape, size, ran, samples), insecure_of)
+    report["failures"] = failures
+    report["memory_limit"] = limit
+    for name, why in failures.items():
+        print(f"{name}: {why}")
+    return report
+
+
+def _memory_limit(args: argparse.Namespace) -> int | None:
+    """--memory-limit in bytes, or None (also where cgroups cannot be created: said)."""
+    from edge_runtime.units import parse_size
+
+    if not args.memory_limit:
+        return None
+    why = check_available()
+    if why is not None:
+        print(f"--memory-limit ignored: memory cgroups cannot be created here ({why})",
+              flush=True)
+        return None
+    return parse_size(args.memory_limit)
 
 
 def _report(args: argparse.Namespace, shape: Any, size: int,
@@ -237,8 +307,12 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         agents = list(per_agent[0])
         disk = max(statistics.median(p[a]["load_s"] for p in per_agent) for a in agents)
         read = max(statistics.median(p[a]["bytes"] for p in per_agent) for a in agents)
+        wait = max(statistics.median(p[a].get("wait_s", 0.0) for p in per_agent)
+                   for a in agents)
         rows[name] = {
             "agents": n, "streamed": streamed, "weights": fmt or "fp32",
+            # a "resident" variant under --memory-limit may stream too
+            "window_streams": streamed or any(r.get("streamed") for r in runs),
             "predicted_ms_per_token": 1e3 * statistics.median(
                 r["predicted_s_per_token"] for r in runs),
             "ttft_s": statistics.median(r["ttft_s"] for r in runs),
@@ -246,12 +320,19 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
             "prefill_hub_comm_s": statistics.median(r["prefill"]["comm_s"] for r in runs),
             "ms_per_token": token_s * 1e3, "tokens_per_s": 1.0 / token_s,
             "disk_s_per_token": disk, "bytes_read_per_token": read,
+            "wait_s_per_token": wait,
             "compute_s_per_token": {a: statistics.median(p[a]["compute_s"] for p in per_agent)
                                     for a in agents},
             "comm_s_per_token": {a: statistics.median(p[a]["comm_s"] for p in per_agent)
                                  for a in agents},
             "peak_rss_mib": {a: max(r["peak_rss"][a] for r in runs) / 2**20 for a in agents},
+            "cgroup_peak_mib": {a: max((r.get("cgroup_peak") or {}).get(a) or 0 for r in runs)
+                                / 2**20 for a in agents},
+            "oom_kills": sum(sum((r.get("oom_kills") or {}).values()) for r in runs),
+            "planned_bytes_per_token": max(p[0] for p in runs[0]["plans"].values()),
+            "planned_ms_per_token": 1e3 * max(p[1] for p in runs[0]["plans"].values()),
             "window_fraction": min(r["window_fraction"] for r in runs),
+            "int8_streaming": any(r.get("int8") for r in runs),
         }
     def resident(n: int, weights: str) -> dict[str, Any] | None:
         return next((r for r in rows.values() if r["agents"] == n and not r["streamed"]
@@ -259,14 +340,20 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
 
     mixed = len({r["weights"] for r in rows.values()}) > 1
     header = ["variant", "TTFT ms", "ms/token", "tok/s", "vs 1 agent", "disk ms/tok",
-              "eff max", "eff sum", "peak RSS MiB per agent"]
-    widths = [26, 8, 9, 7, 10, 11, 8, 8, 30]
+              "MB read/tok", "plan MB", "plan ms", "eff max", "eff sum",
+              "peak RSS MiB per agent"]
+    widths = [26, 8, 9, 7, 10, 11, 11, 8, 8, 8, 8, 30]
+    limited = args.memory_limit is not None
+    if limited:
+        header += ["cgroup peak MiB", "OOM"]
+        widths += [16, 4]
     if mixed:
         header[5:5], widths[5:5] = ["weights", "vs fp32"], [7, 7]
     print()
     print_row(header, widths)
     for name, _n, streamed, _fmt in variants:
         row = rows[name]
+        streams = row["window_streams"]
         one = resident(1, row["weights"])
         ratio = row["ms_per_token"] / one["ms_per_token"] if one else float("nan")
         row["ratio_to_1_agent"] = ratio
@@ -274,23 +361,36 @@ def _report(args: argparse.Namespace, shape: Any, size: int,
         if row["weights"] != "fp32" and base is not None:
             row["ratio_to_fp32"] = row["ms_per_token"] / base["ms_per_token"]
         eff_max = eff_sum = float("nan")
-        if streamed and base is not None:
-            res_s, disk_s = base["ms_per_token"] / 1e3, row["disk_s_per_token"]
+        own = row["weights"] != "fp32"  # int8 streaming: no resident variant runs it
+        if streamed and (base is not None or own):
+            res_s, disk_s = base["ms_per_token"] / 1e3 if base else 0.0, row["disk_s_per_token"]
+            if own:  # its own compute: token time less what it waited for the window
+                res_s = row["ms_per_token"] / 1e3 - row["wait_s_per_token"]
             eff_max = (row["ms_per_token"] / 1e3) / max(res_s, disk_s)
             eff_sum = (row["ms_per_token"] / 1e3) / (res_s + disk_s)
             row["overlap_vs_max"], row["overlap_vs_sum"] = eff_max, eff_sum
         rss = " ".join(f"{v:.0f}" for v in row["peak_rss_mib"].values())
         cells = [name, f"{row['ttft_s'] * 1e3:.0f}", f"{row['ms_per_token']:.1f}",
                  f"{row['tokens_per_s']:.1f}", f"{ratio:.2f}x",
-                 f"{row['disk_s_per_token'] * 1e3:.1f}" if streamed else "-",
+                 f"{row['disk_s_per_token'] * 1e3:.1f}" if streams else "-",
+                 f"{row['bytes_read_per_token'] / 1e6:.0f}",
+                 f"{row['planned_bytes_per_token'] / 1e6:.0f}",
+                 f"{row['planned_ms_per_token']:.0f}" if row["planned_ms_per_token"] else "-",
                  f"{eff_max:.2f}" if streamed else "-", f"{eff_sum:.2f}" if streamed else "-",
                  rss]
+        if limited:
+            cells += [" ".join(f"{v:.0f}" for v in row["cgroup_peak_mib"].values()),
+                      str(row["oom_kills"])]
         if mixed:
             vs = row.get("ratio_to_fp32")
-            cells[5:5] = [row["weights"], "-" if vs is None else f"{vs:.2f}x"]
+            shown = "int8" if row["int8_streaming"] else row["weights"]
+            cells[5:5] = [shown, "-" if vs is None else f"{vs:.2f}x"]
         print_row(cells, widths)
     print("\neff max = token time with prefetch / max(compute+comm, disk); eff sum = ... / "
-          "(compute+comm + disk); compute+comm = the resident variant's token time"
+          "(compute+comm + disk); compute+comm = the resident variant's token time (a q4 "
+          "window, which may stream int8 blocks no resident variant runs: its own token "
+          "time less its window waits); weights int8 = a q4 variant whose budget could not "
+          "take the 4-bit kernels' loading peak, so int8 blocks streamed"
           + ("; vs fp32 = token time / fp32's with the same agents" if mixed else ""))
     return {
         "suite": "llm",

@@ -6,7 +6,9 @@ compared, so a busy machine slows both alike), reported as medians and ratios:
 1. overhead: a single-stage deployment on one agent vs plain
    `onnxruntime.InferenceSession.run` on the same ~10 ms model (target ≤ 1.10×);
 2. throughput: the same model cut into N equal-FLOP stages on N agents with
-   `run_many` vs the whole model on one agent with `run_many`;
+   `run_many` vs the whole model on one agent with `run_many`, with
+   `--security curve,insecure` on a CURVE and an insecure cluster side by side
+   (`pipeline_throughput.py`; target ≥ 0.9× secure ÷ insecure);
 3. early exit: the digits model on emulated devices with calibrated exit
    thresholds vs always running to the last exit: mean latency and accuracy
    (target ≥ 2× lower mean latency at ≤ 1 point accuracy loss).
@@ -19,25 +21,24 @@ cores), with CURVE keys made for the run, then joined with `er.connect`.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from edge_runtime.bench.pipeline_agents import (
+    alternate,
+    caller,
+    median_ms,
+    print_table,
+    started_agents,
+)
+from edge_runtime.bench.pipeline_throughput import measure_throughput
 
-AGENT_START_S = 90.0
-"""How long a started agent may take to write its ready file (imports + a first
-self-profile, which is cached for a day after)."""
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="part 2 without CURVE (to see what it costs)"
     )
+    parser.add_argument("--security", default=None,
+                        help="part 2's security modes side by side, e.g. curve,insecure "
+                        "(default: curve, or insecure with --insecure); prints secure ÷ "
+                        "insecure throughput")
     parser.add_argument(
         "--parts", default="overhead,throughput,exits", help="which parts to run (comma list)"
     )
@@ -92,109 +97,6 @@ def build_matmul_model(path: Path, layers: int, rows: int, width: int, seed: int
     return path
 
 
-# --- agents -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def started_agents(
-    count: int, threads: int, pin: bool, workdir: Path, insecure: bool = False
-) -> Iterator[Any]:
-    """`count` real agent processes with CURVE keys made for this run, as one `Cluster`
-    (`insecure`: no CURVE, to measure what encryption costs)."""
-    import edge_runtime as er
-    from edge_runtime.errors import AgentUnavailableError
-    from transports.keys import init_keys, trust
-
-    coordinator = init_keys(workdir / "coordinator")
-    cores = sorted(os.sched_getaffinity(0))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        readies = []
-        for i in range(count):
-            keys = workdir / f"keys-{i}"
-            init_keys(keys)
-            trust(keys, coordinator.public, "coordinator")
-            ready = workdir / f"ready-{i}.json"
-            command = [sys.executable, "-m", "edge_runtime.cli.main", "--log-level", "WARNING",
-                       "agent", "--listen", "tcp://127.0.0.1:0", "--name", f"agent{i}",
-                       "--threads", str(threads), "--cache-dir", str(workdir / f"cache-{i}"),
-                       "--ready-file", str(ready)]  # fmt: skip
-            command += ["--insecure"] if insecure else ["--keys", str(keys)]
-            if pin:
-                command = ["taskset", "-c", str(cores[i % len(cores)]), *command]
-            log_file = (workdir / f"agent-{i}.log").open("wb")
-            procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file))
-            log_file.close()
-            readies.append(ready)
-        deadline = time.monotonic() + AGENT_START_S
-        while not all(r.exists() for r in readies):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                logs = [
-                    (workdir / f"agent-{i}.log").read_text(errors="replace") for i in range(count)
-                ]
-                tail = "\n".join(text.strip().splitlines()[-1] for text in logs if text.strip())
-                raise AgentUnavailableError(f"an agent of the benchmark did not start: {tail}")
-            time.sleep(0.05)
-        infos = [json.loads(r.read_text()) for r in readies]
-        addresses = [i["address"] for i in infos]
-        if insecure:
-            cluster = er.connect(addresses, insecure=True)
-        else:
-            cluster = er.connect(addresses, keys=workdir / "coordinator",
-                                 server_keys=[i["public_key"] for i in infos])  # fmt: skip
-        with cluster:
-            yield cluster
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-# --- measuring ------------------------------------------------------------------
-
-
-def _median_ms(samples: list[float]) -> float:
-    return float(np.median(samples) * 1e3)
-
-
-def _alternate(
-    variants: dict[str, Callable[[], None]], rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each variant, calls interleaved so noise hits all alike."""
-    for _ in range(warmup):
-        for call in variants.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, call in variants.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return times
-
-
-def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n{title}")
-    line = "  ".join(
-        f"{h:>{w}}" if i else f"{h:<{w}}"
-        for i, (h, w) in enumerate(zip(header, widths, strict=True))
-    )
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print(
-            "  ".join(
-                f"{c:>{w}}" if i else f"{c:<{w}}"
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-
-
 # --- the three parts --------------------------------------------------------------
 
 
@@ -220,19 +122,19 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
         def on_agent() -> None:
             compute.append(deployment.run({"x": x}).compute_s)
 
-        times = _alternate(
+        times = alternate(
             {
                 "onnxruntime": lambda: session.run(None, {"x": x}),
                 "agent": on_agent,
-                "insecure": _caller(unencrypted, {"x": x}),
+                "insecure": caller(unencrypted, {"x": x}),
             },
             args.requests,
             args.warmup,
         )
-    plain, agent = _median_ms(times["onnxruntime"]), _median_ms(times["agent"])
-    insecure = _median_ms(times["insecure"])
+    plain, agent = median_ms(times["onnxruntime"]), median_ms(times["agent"])
+    insecure = median_ms(times["insecure"])
     agent_compute = float(np.median(compute[args.warmup :]) * 1e3)
-    _print_table(
+    print_table(
         f"1. overhead: one agent vs plain onnxruntime ({args.requests} alternating requests, "
         f"{args.threads} thread(s))",
         ["variant", "median ms", "ratio"],
@@ -251,75 +153,6 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
             "insecure_agent_median_ms": insecure, "insecure_ratio": insecure / plain,
             "agent_compute_median_ms": agent_compute, "ratio": agent / plain,
             "overhead_ms": agent - plain, "max_abs_error": error}  # fmt: skip
-
-
-def equal_flop_cuts(graph: Any, parts: int) -> list[int]:
-    """Cut positions that split the model's FLOPs into `parts` nearly equal shares."""
-    flops = np.array([node.flops for node in graph.nodes], dtype=np.float64)
-    cumulative = np.concatenate([[0.0], np.cumsum(flops)])
-    allowed = np.flatnonzero(graph.cuttable()[1:-1]) + 1
-    cuts: list[int] = []
-    for k in range(1, parts):
-        target = cumulative[-1] * k / parts
-        best = int(allowed[np.argmin(np.abs(cumulative[allowed] - target))])
-        if best not in cuts and (not cuts or best > cuts[-1]):
-            cuts.append(best)
-    return cuts
-
-
-def _caller(deployment: Any, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-    def call() -> None:
-        deployment.run(feeds)
-
-    return call
-
-
-def measure_throughput(args: argparse.Namespace, model: Path, workdir: Path) -> dict[str, Any]:
-    """Part 2: N equal-FLOP stages on N agents vs the whole model on one, both with run_many."""
-    from partitioner.graph import ModelGraph
-    from partitioner.pipeline import plan_cuts
-
-    x = np.random.default_rng(2).standard_normal((args.rows, args.width)).astype(np.float32)
-    with started_agents(args.agents, args.threads, args.pin, workdir, args.insecure) as cluster:
-        graph = ModelGraph.from_onnx(model)
-        cuts = equal_flop_cuts(graph, args.agents)
-        plan = plan_cuts(graph, [a.profile for a in cluster.agents], cuts, cluster.links())
-        pipeline = cluster.deploy(model, plan=plan)
-        single = cluster.deploy(model, strategy="single", devices=[cluster.agents[0].name])
-        variants = {f"{len(plan.stages)} stages on {args.agents} agents": pipeline,
-                    "whole model on 1 agent": single}  # fmt: skip
-        block = max(10, args.requests // 5)
-        rates: dict[str, list[float]] = {name: [] for name in variants}
-        for deployment in variants.values():  # warm-up
-            for _ in deployment.run_many([{"x": x}] * args.warmup):
-                pass
-        for _ in range(5):
-            for name, deployment in variants.items():
-                started = time.perf_counter()
-                for _ in deployment.run_many([{"x": x}] * block):
-                    pass
-                rates[name].append(block / (time.perf_counter() - started))
-        latency = _alternate(
-            {name: _caller(d, {"x": x}) for name, d in variants.items()},
-            max(10, args.requests // 5),
-            0,
-        )
-    names = list(variants)
-    medians = {name: float(np.median(r)) for name, r in rates.items()}
-    base = medians[names[1]]
-    _print_table(
-        f"2. throughput: run_many (8 in flight), 5 alternating blocks of {block}; "
-        f"{args.threads} thread(s) per agent{', pinned' if args.pin else ''}"
-        f"{', no CURVE' if args.insecure else ', CURVE'}",
-        ["variant", "requests/s", "ratio", "latency p50 ms"],
-        [[name, f"{medians[name]:.1f}", f"{medians[name] / base:.2f}×",
-          f"{_median_ms(latency[name]):.2f}"] for name in names],
-    )  # fmt: skip
-    return {"cuts": cuts, "stage_devices": [s.device for s in plan.stages],
-            "requests_per_s": medians, "ratio": medians[names[0]] / base,
-            "latency_p50_ms": {n: _median_ms(latency[n]) for n in names},
-            "cpu_count": os.cpu_count(), "threads_per_agent": args.threads,
-            "pinned": args.pin, "curve": not args.insecure}  # fmt: skip
 
 
 def measure_exits(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,7 +187,7 @@ def measure_exits(args: argparse.Namespace) -> dict[str, Any]:
         latencies = [r.latency_s for r in results[name]]
         summary[name] = {"accuracy": accuracy(predictions, test.labels),
                          "mean_ms": float(np.mean(latencies) * 1e3),
-                         "p50_ms": _median_ms(latencies)}  # fmt: skip
+                         "p50_ms": median_ms(latencies)}  # fmt: skip
     a, b = summary["calibrated exits"], summary["always the last exit"]
     summary["mean_latency_speedup"] = b["mean_ms"] / a["mean_ms"]
     summary["accuracy_change_points"] = (a["accuracy"] - b["accuracy"]) * 100
@@ -362,7 +195,7 @@ def measure_exits(args: argparse.Namespace) -> dict[str, Any]:
         row = summary[name]
         rows.append([name, f"{row['mean_ms']:.2f}", f"{row['p50_ms']:.2f}",
                      f"{row['accuracy'] * 100:.2f}%"])  # fmt: skip
-    _print_table(
+    print_table(
         f"3. early exit: digits on {', '.join(presets)} (emulated), {len(test)} test images "
         f"alternating; mean latency {summary['mean_latency_speedup']:.2f}× lower, accuracy "
         f"{summary['accuracy_change_points']:+.2f} points",

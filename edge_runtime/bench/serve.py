@@ -45,21 +45,24 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bench.llm import pin_agents, print_row, variant_formats
+from edge_runtime.bench.llm import pin_agents, print_row
+from edge_runtime.bench.serve_variants import PLAIN_Q4, plain_q4_budgets
+from edge_runtime.bench.serve_variants import formats as formats_of
 
 # Issue 11's targets, tokens/s and per-stream ms/token at 4 streams over 1 stream.
 TPS_RATIO_TARGET = 3.0
 LATENCY_RATIO_TARGET = 1.3
 # How long a reader waits for a stream's next token before the measurement fails.
 TOKEN_TIMEOUT_S = 300.0
-# One configuration: (agents, quantize: None = fp32 or "q4").
+# One configuration: (agents, quantize: None = fp32, "q4" or PLAIN_Q4).
 Config = tuple[int, str | None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agents", default="1,2", help="agent counts to compare")
     parser.add_argument("--variants", default="fp32,q4",
-                        help="weight formats to compare side by side: fp32, q4 or fp32,q4")
+                        help="weight formats to compare side by side: fp32, q4, q4-plain "
+                        "(4-bit with a budget that holds no int8 prefill twins), e.g. fp32,q4")
     parser.add_argument("--streams", default="1,2,4,8",
                         help="concurrent streams to measure; max_batch is the largest")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per stream")
@@ -202,8 +205,14 @@ def _deploy(cluster: Any, ckpt_dir: Path, fmt: str | None, prompts: list[list[in
     from edge_runtime.llm.engine import Generation
     from edge_runtime.sdk.scheduler import GenerationScheduler
 
+    budgets = (plain_q4_budgets(cluster, ckpt_dir, max_context, max_batch)
+               if fmt == PLAIN_Q4 else None)
     llm = cluster.deploy_llm(ckpt_dir, max_context=max_context, max_batch=max_batch,
-                             threads=args.threads, quantize=fmt)
+                             threads=args.threads, memory_budget=budgets,
+                             quantize=None if fmt is None else "q4")
+    kernels = {name: bool(st.get("packed_kernels")) for name, st in llm.status().items()}
+    print(f"  batching kernels (packed fp32 / int8 prefill twins) per agent: {kernels}",
+          flush=True)
     alone: list[tuple[int, ...]] = []
     for prompt in prompts:  # before any scheduler: each prompt alone, greedy
         generation = llm.generate(prompt, args.new_tokens, stop=[])
@@ -229,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.new_tokens, args.rounds = min(args.new_tokens, 8), 1
     agent_counts = _counts(args.agents, "--agents")
     stream_counts = _counts(args.streams, "--streams")
-    formats = variant_formats(args.variants)
+    formats = formats_of(args.variants)
     if args.new_tokens < 2 or args.rounds < 1 or args.prompt_tokens < 1:
         raise ConfigError("--new-tokens must be ≥ 2 (a decode after the first token), "
                           "--rounds and --prompt-tokens ≥ 1")

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="no encryption or authentication (local experiments only)")
     parser.add_argument("--ready-file", type=Path, default=None,
                         help="write {address, public_key, name, pid} as JSON here once listening")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                             "(default: none; 0 = any free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address the metrics port binds (default 127.0.0.1: this "
+                             "machine only)")
     parser.add_argument("--announce", action="store_true",
                         help="announce this agent on the local network over mDNS (needs "
                              "edge-runtime[discovery]); coordinators still connect only to "
@@ -66,7 +72,21 @@ def run(args: argparse.Namespace) -> int:
         profile_cache=None if args.profile_cache is None else args.profile_cache.expanduser(),
         allowed_checkpoint_dirs=_checkpoint_dirs(args.allow_checkpoint_dirs),
     )
+    if args.metrics_port is not None:
+        _serve_metrics(args.metrics_host, args.metrics_port)
     return run_agent(config, ready_file=args.ready_file, announce=args.announce)
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """Start the agent's Prometheus exporter as soon as the agent serves."""
+    from functools import partial
+
+    from edge_runtime.agent.daemon import on_serve
+    from edge_runtime.metrics import start_agent_exporter
+    from edge_runtime.metrics.exporter import check_port
+
+    check_port(port)  # a bad port fails before the agent profiles and listens
+    on_serve(partial(start_agent_exporter, port=port, host=host))
 
 
 def _checkpoint_dirs(given: list[Path]) -> tuple[Path, ...]:

@@ -21,13 +21,16 @@ SUITES: dict[str, str] = {
     "llm": "tensor-parallel decoding with and without a sliding layer window",
     "faults": "agent loss: detection, failover, throughput, nothing lost or answered twice",
     "serve": "continuous batching: tokens/s, ms/token and TTFT at 1-8 concurrent streams",
+    "all": "every suite with short settings: a markdown report with plots (--report DIR)",
 }
+MODULES: dict[str, str] = {"all": "report"}
+"""Suites whose module is not named after them (`edge_runtime.bench.<module>`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
     for name, help_text in SUITES.items():
-        if importlib.util.find_spec(f"edge_runtime.bench.{name}") is None:
+        if importlib.util.find_spec(f"edge_runtime.bench.{MODULES.get(name, name)}") is None:
             continue  # a suite whose module is not part of this build
         suite_parser = sub.add_parser(name, help=help_text, description=help_text)
         suite_parser.add_argument(
@@ -36,12 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help="where to write the JSON results (default: bench-results/<suite>-<time>.json)",
         )
-        module = importlib.import_module(f"edge_runtime.bench.{name}")
+        module = importlib.import_module(f"edge_runtime.bench.{MODULES.get(name, name)}")
         module.add_arguments(suite_parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"edge_runtime.bench.{args.suite}")
+    module = importlib.import_module(f"edge_runtime.bench.{MODULES.get(args.suite, args.suite)}")
     results = module.run(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or Path("bench-results") / f"{args.suite}-{stamp}.json"

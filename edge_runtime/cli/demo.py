@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_runtime.cli.trace import add_trace_argument
+
 DEFAULT_PRESETS = "raspberry-pi-4,jetson-orin-nano,phone"
 
 
@@ -41,10 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also write the report's numbers as JSON",
     )
+    add_trace_argument(parser)  # a burst of pipelined digits requests, with a PNG beside it
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.demo import DemoOptions, run_demo
+    from edge_runtime.demo import DemoOptions, default_steps, run_demo
     from edge_runtime.demo.assets import find_assets
     from edge_runtime.errors import ConfigError
 
@@ -57,4 +60,9 @@ def run(args: argparse.Namespace) -> int:
     options = DemoOptions(
         presets=presets, assets=args.assets, limit=args.limit, report_json=args.report_json
     )
-    return run_demo(options)
+    steps = default_steps()
+    if args.trace is not None:
+        from edge_runtime.demo.tracing import TraceRequests
+
+        steps.insert(-1, TraceRequests(args.trace))  # before the summary
+    return run_demo(options, steps)

@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("edge_runtime.cli.generate", "generate text with an LLM across agents"),
     "serve": ("edge_runtime.cli.serve", "serve an LLM over an OpenAI-compatible HTTP API"),
     "bench": ("edge_runtime.cli.bench", "run a benchmark suite and write its JSON"),
+    "status": ("edge_runtime.cli.status", "show the agents: health, memory, deployments"),
+    "dashboard": ("edge_runtime.cli.dashboard", "serve the live dashboard over agents"),
+    "trace": ("edge_runtime.cli.trace", "summarise a trace file and draw its timeline"),
     "keys": ("edge_runtime.cli.keys", "create, show and trust CURVE keys"),
 }
 

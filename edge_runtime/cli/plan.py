@@ -27,11 +27,24 @@ _SINGLE_INPUT_KEYS = ("images", "x", "inputs", "input", "data")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="the ONNX model to split")
+    parser.add_argument("model", type=Path, nargs="?", default=None,
+                        help="the ONNX model to split (not with --llm)")
+    parser.add_argument("--llm", type=Path, default=None,
+                        help="an LLM checkpoint (or its config.json, or a .gguf): predict "
+                             "single, tensor, pipeline and hybrid layouts and print the choice "
+                             "(plan_llm.py)")
+    parser.add_argument("--link", default="wifi",
+                        help="--llm: the link between every pair of devices without a measured "
+                             "one: wifi, ethernet, loopback or RTT_MS:MBIT (default wifi)")
+    parser.add_argument("--streams", type=int, default=4,
+                        help="--llm: concurrent streams for the tokens/s prediction (default 4)")
+    parser.add_argument("--max-context", type=int, default=2048,
+                        help="--llm: context the KV caches hold (default 2048)")
     parser.add_argument(
         "--devices",
         required=True,
-        help="comma-separated preset names (e.g. pi4,jetson-orin-nano,phone) or a profiles.json",
+        help="comma-separated preset names (e.g. pi4,jetson-orin-nano,phone; NAMExN for N of "
+        "one) or a profiles.json",
     )
     parser.add_argument(
         "--objective",
@@ -67,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-exits", action="store_true", help="ignore the model's exit heads")
     parser.add_argument(
-        "--out", type=Path, required=True, help="directory for plan.json and the shards"
+        "--out", type=Path, default=None,
+        help="directory for plan.json and the shards (--llm: for llm_plan.json)"
     )
 
 
@@ -177,6 +191,7 @@ def print_plan(plan: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.cli.plan_llm import expand_devices, run_llm
     from edge_runtime.errors import ConfigError
     from edge_runtime.units import parse_size
     from partitioner import (
@@ -189,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         plan_with_slo,
     )
 
-    devices, links = load_devices(args.devices)
+    devices, links = load_devices(expand_devices(args.devices))
     budgets: list[int | None] | None = None
     if args.memory_budget:
         sizes = [parse_size(s) for s in args.memory_budget.split(",")]
@@ -198,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
                 f"--memory-budget gives {len(sizes)} sizes for {len(devices)} devices"
             )
         budgets = list(sizes * len(devices) if len(sizes) == 1 else sizes)
+    if args.llm is not None:
+        from edge_runtime.llm.gguf import resolve_config
+
+        args.llm = resolve_config(args.llm)  # a .gguf: a config.json of its metadata
+        return run_llm(args, devices, links, budgets)
+    if args.model is None or args.out is None:
+        raise ConfigError("plan needs MODEL.onnx and --out DIR (or --llm CHECKPOINT)")
     if args.slo_ms is not None and args.calibration is None:
         raise ConfigError("--slo-ms needs --calibration (exit accuracies come from labelled data)")
     graph = ModelGraph.from_onnx(args.model, args.batch_size)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_runtime.cli.trace import add_trace_argument
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -85,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", type=Path, default=None, metavar="DIR", help="write each output as DIR/NAME.npy"
     )
+    add_trace_argument(parser)  # traces the last run
 
 
 def parse_exit_args(values: Sequence[str]) -> dict[str, float] | None:
@@ -233,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
             exit_text = f", exit {stage.exit}" if stage.exit else ""
             nodes = f"nodes {stage.node_start}-{stage.node_end - 1}"
             print(f"  stage {stage.index}: {stage.device}, {nodes}{exit_text}")
-        results = [model.run(feeds) for _ in range(args.repeat)]
+        results = [model.run(feeds, trace=args.trace is not None and i == args.repeat - 1)
+                   for i in range(args.repeat)]
     last = results[-1]
     print("outputs:")
     width = max(len(name) for name in last.outputs)
@@ -250,9 +254,27 @@ def run(args: argparse.Namespace) -> int:
     for agent, row in last.per_device().items():
         compute, transfer = row["compute_s"] * 1e3, row["transfer_s"] * 1e3
         print(f"  {agent}: {compute:.2f} ms compute, {transfer:.2f} ms transfer")
+    _print_predicted(plan, last)
+    if last.trace is not None:
+        from edge_runtime.cli.trace import write_trace
+
+        write_trace(last.trace, args.trace)
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         for name, array in last.outputs.items():
             np.save(args.output / output_file_name(name), np.asarray(array), allow_pickle=False)
         print(f"outputs written to {args.output}/")
     return 0
+
+
+def _print_predicted(plan: Any, result: Any) -> None:
+    """The plan's compute+transfer per stage next to the last run's (stages that ran)."""
+    from edge_runtime.trace.compare import Comparison, format_rows
+
+    measured = {t.stage: t.compute_s + t.transfer_s for t in result.stages}
+    rows = [Comparison(f"stage {i} ({stage.device})", predicted, measured[i])
+            for i, (stage, predicted) in enumerate(zip(plan.stages, result.predicted_stages,
+                                                       strict=False)) if i in measured]
+    if rows:
+        print("predicted vs measured (last run, compute + transfer):")
+        print("\n".join(format_rows(rows)))

@@ -157,8 +157,16 @@ class TensorInfo:
 
 
 def expected_tensors(config: LlmConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name a checkpoint of `config` must hold, with its shape."""
+    """Every tensor name a checkpoint of `config` must hold, with its shape.
+
+    The names are Hugging Face's for each architecture: Phi-3 fuses q/k/v into
+    `qkv_proj` and gate/up into `gate_up_proj`; Qwen3 and Gemma 3 add `q_norm`/`k_norm`
+    over one head; Gemma 2/3 add `pre_feedforward_layernorm` and
+    `post_feedforward_layernorm` (their `post_attention_layernorm` normalises the
+    attention output rather than the MLP input). A mixture of experts (Qwen3-MoE,
+    Mixtral) holds a router and every expert's gate/up/down in place of the MLP."""
     h, q, kv = config.hidden, config.heads * config.head_dim, config.kv_heads * config.head_dim
+    inter = config.intermediate
     out: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (config.vocab, h),
         "model.norm.weight": (h,),
@@ -169,19 +177,39 @@ def expected_tensors(config: LlmConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         out[p + "input_layernorm.weight"] = (h,)
         out[p + "post_attention_layernorm.weight"] = (h,)
-        out[p + "self_attn.q_proj.weight"] = (q, h)
-        out[p + "self_attn.k_proj.weight"] = (kv, h)
-        out[p + "self_attn.v_proj.weight"] = (kv, h)
+        if config.sandwich_norms:
+            out[p + "pre_feedforward_layernorm.weight"] = (h,)
+            out[p + "post_feedforward_layernorm.weight"] = (h,)
+        if config.fused_projections:
+            out[p + "self_attn.qkv_proj.weight"] = (q + 2 * kv, h)
+        else:
+            out[p + "self_attn.q_proj.weight"] = (q, h)
+            out[p + "self_attn.k_proj.weight"] = (kv, h)
+            out[p + "self_attn.v_proj.weight"] = (kv, h)
         out[p + "self_attn.o_proj.weight"] = (h, q)
+        if config.qk_norm:
+            out[p + "self_attn.q_norm.weight"] = (config.head_dim,)
+            out[p + "self_attn.k_norm.weight"] = (config.head_dim,)
         if config.qkv_bias:
             out[p + "self_attn.q_proj.bias"] = (q,)
             out[p + "self_attn.k_proj.bias"] = (kv,)
             out[p + "self_attn.v_proj.bias"] = (kv,)
         if config.o_bias:
             out[p + "self_attn.o_proj.bias"] = (h,)
-        out[p + "mlp.gate_proj.weight"] = (config.intermediate, h)
-        out[p + "mlp.up_proj.weight"] = (config.intermediate, h)
-        out[p + "mlp.down_proj.weight"] = (h, config.intermediate)
+        if config.experts:  # a router and each expert's matrices, in place of the MLP
+            out[config.router_tensor(i)] = (config.experts, h)
+            width = config.expert_intermediate
+            for e in range(config.experts):
+                gate, up, down = config.expert_tensors(i, e)
+                out[gate] = out[up] = (width, h)
+                out[down] = (h, width)
+            continue
+        if config.fused_projections:
+            out[p + "mlp.gate_up_proj.weight"] = (2 * inter, h)
+        else:
+            out[p + "mlp.gate_proj.weight"] = (inter, h)
+            out[p + "mlp.up_proj.weight"] = (inter, h)
+        out[p + "mlp.down_proj.weight"] = (h, inter)
     return out
 
 

@@ -3,7 +3,11 @@
 Why separate from the workers: generation logic (what to feed, when to stop, what to
 stream) is the same whether the forward pass runs in threads of this process
 (`local.LocalRunner`) or in agent processes behind ZeroMQ; a runner only has to
-implement `forward(token_ids, start, last_only=...) -> logits`.
+implement `forward(token_ids, start, last_only=...) -> logits`. A runner that can
+sample where the logits are (`SamplingRunner`: agents whose hub samples, instead of
+shipping a vocabulary of logits per token) is handed each step's sampling settings and
+the generation's generator (`Draw`), and returns the token; it draws exactly what
+`Decoding.accept` would, so a seed gives the same tokens either way.
 
 Prefill feeds the whole prompt at once (matrix-matrix per layer) and computes logits
 of the last position only; decode feeds one token at a time at the next position.
@@ -15,13 +19,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from edge_runtime.errors import ContextLengthError, GenerationError
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.sampling import SamplingParams, sample
+from edge_runtime.llm.sampling import Draw, SamplingParams, sample
 from edge_runtime.llm.tokenizer import LlmTokenizer, StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,15 @@ class Runner(Protocol):
     def forward(
         self, token_ids: Sequence[int], start: int, *, last_only: bool = True
     ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SamplingRunner(Runner, Protocol):
+    """A runner that samples where the logits are: one token per item, drawn with the
+    item's `Draw` (its generator advanced in place) exactly as `sample` would."""
+
+    def forward_sampled(self, items: Sequence[BatchItem],
+                        draws: Sequence[Draw]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -186,9 +199,15 @@ class LlmEngine:
         return Decoding(ids, max_new_tokens, params, stops, decoder)
 
     def _loop(self, decoding: Decoding, finish: list[str]) -> Iterator[TokenEvent]:
+        runner = self.runner
+        sampler = runner if isinstance(runner, SamplingRunner) else None
         while not decoding.finished:
             feed, start = decoding.feed, decoding.start
-            logits = self.runner.forward(feed, start, last_only=True)
+            if sampler is not None:  # sampled where the logits are: a token comes back
+                item = BatchItem(0, tuple(feed), start)
+                yield decoding.take(sampler.forward_sampled([item], [decoding.draw()])[0])
+                continue
+            logits = runner.forward(feed, start, last_only=True)
             yield decoding.accept(logits[-1])
         if decoding.finish_reason == "stop":
             finish.append("stop")
@@ -220,9 +239,17 @@ class Decoding:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def draw(self) -> Draw:
+        """What a `SamplingRunner` needs to sample this generation's next token."""
+        return Draw(self.params, self.rng)
+
     def accept(self, logits: np.ndarray) -> TokenEvent:
         """Sample the next token from the last fed position's logits; set the next feed."""
-        token = sample(logits, self.params, self.rng)
+        return self.take(sample(logits, self.params, self.rng))
+
+    def take(self, token: int) -> TokenEvent:
+        """The next token, sampled elsewhere with `draw()`; set the next feed."""
+        token = int(token)
         piece = self.decoder.push(token) if self.decoder is not None else ""
         self.text += piece
         index = len(self.produced)
@@ -236,4 +263,5 @@ class Decoding:
         return TokenEvent(index, token, piece, time.perf_counter() - self.t0)
 
 
-__all__ = ["BatchItem", "Decoding", "Generation", "LlmEngine", "Runner", "TokenEvent"]
+__all__ = ["BatchItem", "Decoding", "Generation", "LlmEngine", "Runner", "SamplingRunner",
+           "TokenEvent"]

@@ -1,9 +1,10 @@
-"""The numeric kernels of a Llama-family layer, in fp32 numpy.
+"""The numeric kernels of a decoder layer (Llama family, Qwen3, Gemma 2/3, Phi-3), in fp32 numpy.
 
 Why numpy: decode is a vector times a matrix per weight, bound by memory bandwidth;
 numpy's BLAS streams fp32 weights at about 17 GB/s on one core here (NOTES.md), the
 same as onnxruntime's fp32 MatMul, without a graph per layer. Each function matches
-the Hugging Face reference (`modeling_llama`) operation for operation, in fp32.
+the Hugging Face reference (`modeling_llama`, `modeling_gemma2`, ...) operation for
+operation, in fp32.
 """
 
 from __future__ import annotations
@@ -35,6 +36,34 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     sig *= gate
     sig *= up
     return sig
+
+
+def gelu_tanh_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu(gate, approximate="tanh") * up: Gemma's GeGLU (`gelu_pytorch_tanh`)."""
+    inner: np.ndarray = gate * gate
+    inner *= F32(0.044715)
+    inner += F32(1.0)
+    inner *= gate
+    inner *= F32(math.sqrt(2.0 / math.pi))
+    np.tanh(inner, out=inner)
+    inner += F32(1.0)
+    inner *= F32(0.5)
+    inner *= gate
+    inner *= up
+    return inner
+
+
+GATED_ACTIVATIONS = {"silu": silu_mul, "gelu_pytorch_tanh": gelu_tanh_mul}
+
+
+def soft_cap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """cap * tanh(x / cap) in place (Gemma 2's attention and final-logit soft-capping)."""
+    if cap is None:
+        return x
+    x *= F32(1.0 / cap)
+    np.tanh(x, out=x)
+    x *= F32(cap)
+    return x
 
 
 def inv_freq(head_dim: int, rope: RopeConfig) -> np.ndarray:
@@ -83,17 +112,23 @@ def attention(
     v_cache: np.ndarray,
     positions: np.ndarray,
     sliding_window: int | None,
+    *,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> np.ndarray:
     """Causal GQA attention of T new queries against the first L cached keys.
 
     q: [T, kv, g, d]; k_cache, v_cache: [kv, L, d] (L = last position + 1);
     returns [T, kv * g * d] in head order (head h uses KV head h // g, as in HF).
+    Scores are q.k times `scale` (default 1/sqrt(d)), then soft-capped (`softcap`),
+    then masked, as in HF's eager attention.
     """
     t, kv, g, d = q.shape
     length = k_cache.shape[1]
     qg = q.transpose(1, 2, 0, 3).reshape(kv, g * t, d)
     scores = np.matmul(qg, k_cache.transpose(0, 2, 1))  # [kv, g*T, L]
-    scores *= F32(1.0 / math.sqrt(d))
+    scores *= F32(1.0 / math.sqrt(d) if scale is None else scale)
+    soft_cap(scores, softcap)
     if t > 1 or sliding_window is not None:
         keys = np.arange(length)
         masked = keys[None, :] > positions[:, None]
@@ -111,4 +146,5 @@ def attention(
     return result
 
 
-__all__ = ["Rope", "attention", "inv_freq", "rms_norm", "silu_mul"]
+__all__ = ["GATED_ACTIVATIONS", "Rope", "attention", "gelu_tanh_mul", "inv_freq", "rms_norm",
+           "silu_mul", "soft_cap"]

@@ -5,8 +5,15 @@ attention of layer i, MLP of layer i, then the LM head's vocabulary rows in chun
 larger than a layer block — so each block is one file read
 sequentially in one pass (`window.read_block`). Weights are stored fp32, transposed to
 [in, out] so a decode step `x @ W` streams each matrix contiguously, with q/k/v fused
-into one matrix and gate/up into another (one BLAS call each). The embedding table is
-one fp32 file read by memory map, row by row, so it is never resident as a whole.
+into one matrix and gate/up into another (one BLAS call each) — checkpoints that store
+them fused (Phi-3) are cut by head group and column like the others. Norm weights are
+stored as the factor the kernel multiplies by (Gemma's 1 + w added once, here). A
+mixture of experts' MLP block holds the whole router, flat (`router`: [hidden, experts]
+read as one vector, so no weight format ever rounds it — a flipped top-k choice would
+change which experts run), and for each expert of the share its gate/up and down
+matrices (`expert{e}.wgu_t`, `expert{e}.wdown_t`: each becomes a kernel of its own). The
+embedding table is one fp32 file read by memory map, row by row, so it is never
+resident as a whole.
 
 Layout of a block file: arrays back to back, each at a 64-byte aligned offset; the
 `manifest.json` next to them names every array's offset and shape and the sha256 of
@@ -83,9 +90,52 @@ def share_key(checkpoint_digest: str, share: TensorShare) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _projections(ckpt: Checkpoint, p: str) -> tuple[np.ndarray, ...]:
+    """Layer `p`'s q, k, v, gate and up matrices as [out, in] views, whether the
+    checkpoint stores them apart or fused (Phi-3's qkv_proj rows are all q heads, then
+    all k heads, then all v heads; gate_up_proj rows are all gate, then all up). A
+    mixture of experts has no dense MLP: its gate and up are empty."""
+    c = ckpt.config
+    t = ckpt.tensor
+    if c.experts:
+        none = np.zeros((0, c.hidden), dtype=np.float32)
+        return (t(p + "self_attn.q_proj.weight"), t(p + "self_attn.k_proj.weight"),
+                t(p + "self_attn.v_proj.weight"), none, none)
+    if not c.fused_projections:
+        return (t(p + "self_attn.q_proj.weight"), t(p + "self_attn.k_proj.weight"),
+                t(p + "self_attn.v_proj.weight"), t(p + "mlp.gate_proj.weight"),
+                t(p + "mlp.up_proj.weight"))
+    nq, nkv = c.heads * c.head_dim, c.kv_heads * c.head_dim
+    qkv = t(p + "self_attn.qkv_proj.weight")
+    gate_up = t(p + "mlp.gate_up_proj.weight")
+    return (qkv[:nq], qkv[nq : nq + nkv], qkv[nq + nkv :], gate_up[: c.intermediate],
+            gate_up[c.intermediate :])
+
+
+def _expert_arrays(ckpt: Checkpoint, share: TensorShare, layer: int) -> dict[str, np.ndarray]:
+    """Layer `layer`'s router (whole, flat) and the share's experts, transposed."""
+    c = ckpt.config
+    out = {"router": np.ascontiguousarray(ckpt.tensor(c.router_tensor(layer)).T).reshape(-1)}
+    for e in range(*share.experts):
+        gate, up, down = (ckpt.tensor(n) for n in c.expert_tensors(layer, e))
+        out[f"expert{e}.wgu_t"] = np.concatenate([gate, up], axis=0).T
+        out[f"expert{e}.wdown_t"] = down.T
+    return out
+
+
+def _norm(ckpt: Checkpoint, name: str) -> np.ndarray:
+    """An RMSNorm weight as the engine multiplies by it: Gemma's (1 + w) is added here,
+    once, in fp32 as transformers does, so every kernel multiplies by the stored weight."""
+    w = ckpt.tensor(name)
+    offset = ckpt.config.norm_offset
+    return w + np.float32(offset) if offset else w
+
+
 def _layer_arrays(
     ckpt: Checkpoint, share: TensorShare, i: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Layer i's attention and MLP blocks of `share`: its KV-head groups (with their
+    query heads) and its intermediate columns, plus every norm (replicated)."""
     c = ckpt.config
     t = ckpt.tensor
     p = f"model.layers.{i}."
@@ -93,12 +143,10 @@ def _layer_arrays(
     k0, k1 = share.kv_heads
     q_rows = slice(k0 * c.group_size * hd, k1 * c.group_size * hd)
     kv_rows = slice(k0 * hd, k1 * hd)
-    attn: dict[str, np.ndarray] = {"norm": t(p + "input_layernorm.weight")}
+    wq, wk, wv, gate, up = _projections(ckpt, p)
+    attn: dict[str, np.ndarray] = {"norm": _norm(ckpt, p + "input_layernorm.weight")}
     if k1 > k0:
-        wq = t(p + "self_attn.q_proj.weight")[q_rows]
-        wk = t(p + "self_attn.k_proj.weight")[kv_rows]
-        wv = t(p + "self_attn.v_proj.weight")[kv_rows]
-        attn["wqkv_t"] = np.concatenate([wq, wk, wv], axis=0).T
+        attn["wqkv_t"] = np.concatenate([wq[q_rows], wk[kv_rows], wv[kv_rows]], axis=0).T
         if c.qkv_bias:
             attn["bqkv"] = np.concatenate(
                 [
@@ -108,15 +156,23 @@ def _layer_arrays(
                 ]
             )
         attn["wo_t"] = t(p + "self_attn.o_proj.weight")[:, q_rows].T
+        if c.qk_norm:
+            attn["q_norm"] = _norm(ckpt, p + "self_attn.q_norm.weight")
+            attn["k_norm"] = _norm(ckpt, p + "self_attn.k_norm.weight")
     if c.o_bias:
         attn["bo"] = t(p + "self_attn.o_proj.bias")
+    if c.sandwich_norms:  # Gemma: this norm is of the attention output
+        attn["post_norm"] = _norm(ckpt, p + "post_attention_layernorm.weight")
     c0, c1 = share.mlp_columns
-    mlp: dict[str, np.ndarray] = {"norm": t(p + "post_attention_layernorm.weight")}
-    if c1 > c0:
-        gate = t(p + "mlp.gate_proj.weight")[c0:c1]
-        up = t(p + "mlp.up_proj.weight")[c0:c1]
-        mlp["wgu_t"] = np.concatenate([gate, up], axis=0).T
+    pre_mlp = "pre_feedforward_layernorm" if c.sandwich_norms else "post_attention_layernorm"
+    mlp: dict[str, np.ndarray] = {"norm": _norm(ckpt, p + pre_mlp + ".weight")}
+    if c.experts:
+        mlp.update(_expert_arrays(ckpt, share, i))
+    elif c1 > c0:
+        mlp["wgu_t"] = np.concatenate([gate[c0:c1], up[c0:c1]], axis=0).T
         mlp["wdown_t"] = t(p + "mlp.down_proj.weight")[:, c0:c1].T
+    if c.sandwich_norms:
+        mlp["post_norm"] = _norm(ckpt, p + "post_feedforward_layernorm.weight")
     return attn, mlp
 
 
@@ -195,7 +251,7 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     largest = max(b["nbytes"] for b in blocks)
     rows_per_chunk = max(1, largest // (c.hidden * 4))
     head = ckpt.tensor(ckpt.lm_head_name())
-    norm = ckpt.tensor("model.norm.weight")
+    norm = _norm(ckpt, "model.norm.weight")
     starts = list(range(v0, v1, rows_per_chunk)) or [v0]
     for j, r0 in enumerate(starts):
         r1 = min(v1, r0 + rows_per_chunk)
@@ -218,6 +274,7 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
             "kv_heads": share.kv_heads,
             "mlp_columns": share.mlp_columns,
             "vocab_rows": share.vocab_rows,
+            **({"experts": share.experts} if share.experts != (0, 0) else {}),
         },
         "vocab": c.vocab,
         "hidden": c.hidden,
@@ -254,7 +311,8 @@ def load_slices(directory: str | Path, *, verify: bool = True,
         if expect is not None:
             digest, share = expect
             ranges = {"kv_heads": list(share.kv_heads), "mlp_columns": list(share.mlp_columns),
-                      "vocab_rows": list(share.vocab_rows)}
+                      "vocab_rows": list(share.vocab_rows),
+                      **({"experts": list(share.experts)} if share.experts != (0, 0) else {})}
             if doc["checkpoint_digest"] != digest or doc["share"] != ranges:
                 raise CheckpointError(f"{directory}: manifest names another checkpoint or share")
         blocks = []

@@ -42,6 +42,7 @@ from edge_runtime.protocol.data import (
     Activation,
     LlmConnect,
     LlmConnectReply,
+    LlmHidden,
     LlmPut,
     LlmPutReply,
     LlmReady,
@@ -52,6 +53,7 @@ from edge_runtime.protocol.data import (
     RunResult,
     SetExit,
     SetExitReply,
+    StepSampling,
 )
 from edge_runtime.protocol.decode import MESSAGES, decode_message
 from edge_runtime.protocol.kinds import ACT_PREFIX, OUT_PREFIX, PROTOCOL_VERSION
@@ -63,18 +65,21 @@ from edge_runtime.protocol.records import (
     ExitRule,
     Gone,
     Hop,
+    LlmStageSpec,
     Peer,
     ShardSpec,
     StageSpec,
     StageTiming,
     TensorSpec,
 )
+from edge_runtime.protocol.trace import LANES, TraceGet, TraceReply, TraceSpan
 
 __all__ = [
     "ACT_PREFIX",
     "COLLECTIVE_TIMEOUT_S",
     "DEPLOYMENT_MESSAGES",
     "DEPLOYMENT_SPECS",
+    "LANES",
     "MESSAGES",
     "OUT_PREFIX",
     "PROTOCOL_VERSION",
@@ -94,10 +99,12 @@ __all__ = [
     "JoinReply",
     "LlmConnect",
     "LlmConnectReply",
+    "LlmHidden",
     "LlmPut",
     "LlmPutReply",
     "LlmReady",
     "LlmReadyReply",
+    "LlmStageSpec",
     "LlmStep",
     "LlmStepReply",
     "Message",
@@ -125,7 +132,11 @@ __all__ = [
     "StageTiming",
     "Status",
     "StatusReply",
+    "StepSampling",
     "TensorSpec",
+    "TraceGet",
+    "TraceReply",
+    "TraceSpan",
     "Unload",
     "UnloadReply",
     "decode_message",

@@ -36,6 +36,7 @@ from edge_runtime.protocol.record import Record
 from edge_runtime.protocol.records import (
     MAX_MEMBERS,
     Gone,
+    LlmStageSpec,
     Peer,
     ShardSpec,
     StageSpec,
@@ -52,7 +53,8 @@ MAX_SHARDS = 1024
 _profile = converted(DeviceProfile.from_dict, "device profile")
 _link = converted(LinkProfile.from_dict, "link profile")
 
-DEPLOYMENT_SPECS: dict[str, type[Record]] = {k.ONNX_STAGE: StageSpec, k.LLM_SHARD: ShardSpec}
+DEPLOYMENT_SPECS: dict[str, type[Record]] = {k.ONNX_STAGE: StageSpec, k.LLM_SHARD: ShardSpec,
+                                              k.LLM_STAGE: LlmStageSpec}
 """Deployment type -> the record of its `deploy` spec (`register_spec` adds one)."""
 
 
@@ -89,6 +91,9 @@ class HelloReply(Record):
     public_key: str | None = field(metadata=wire(optional(public_key)))
     # the lease this agent granted the session (the request clamped to its bounds)
     lease_s: float = field(metadata=wire(_lease))
+    # the agent's wall clock as it answered: one sample of its offset from the
+    # coordinator's clock, so traced spans of several devices line up (trace/clock.py)
+    clock: float | None = field(default=None, metadata=wire(optional(number(0.0, 1e12))))
 
 
 @dataclass(frozen=True)

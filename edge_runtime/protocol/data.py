@@ -37,6 +37,9 @@ MAX_BATCH = 256
 
 _timings = seq(StageTiming.parse, MAX_STAGES)
 _sent_at = number()
+_trace_id = integer(0, 2**63 - 1)
+"""A request's trace id (`protocol/trace.py`): 0 = not traced, else every agent on its
+path records spans under this id."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Run(Record):
     KIND = k.RUN
     deployment_id: str = field(metadata=wire(ident))
     sent_at: float = field(metadata=wire(_sent_at))
+    trace_id: int = field(default=0, metadata=wire(_trace_id))  # 0: not traced
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Activation(Record):
     stage: int = field(metadata=wire(integer(0, MAX_STAGES - 1)))
     timings: tuple[StageTiming, ...] = field(metadata=wire(_timings))
     sent_at: float = field(metadata=wire(_sent_at))
+    trace_id: int = field(default=0, metadata=wire(_trace_id))  # the run's, passed on
 
 
 @dataclass(frozen=True)
@@ -123,12 +128,29 @@ class LlmConnectReply(Record):
     connected: int = field(metadata=wire(integer(0, MAX_MEMBERS)))
 
 
+MAX_RNG_STATE_BYTES = 64
+"""A sampler's generator state (numpy's PCG64: 37 bytes) travels as an opaque blob."""
+
+
+@dataclass(frozen=True)
+class StepSampling(Record):
+    """How the hub samples one sequence's next token: the engine's settings and its
+    generator's state (empty when greedy: no draw is made)."""
+
+    temperature: float = field(default=0.0, metadata=wire(number()))
+    top_k: int = field(default=0, metadata=wire(integer(0, MAX_POSITION)))
+    top_p: float = field(default=1.0, metadata=wire(number(0.0, 1.0, above=True)))
+    rng: bytes = field(default=b"", metadata=wire(blob(MAX_RNG_STATE_BYTES)))
+
+
 @dataclass(frozen=True)
 class LlmStep(Record):
     """One forward step for one or more sequences: tensor `ids` (int64) holds each
     sequence's tokens in turn; sequence i has `lengths[i]` of them, placed at positions
     `starts[i]`.. of KV slot `slots[i]`. The hub answers with one row of logits per
-    sequence (its last token) with `last_only`, else one per token."""
+    sequence (its last token) with `last_only`, else one per token — or, when the step
+    carries `sampling` (one per sequence, with `last_only`), with each sequence's next
+    token sampled where the logits are, and no logits."""
 
     KIND = k.LLM_STEP
     deployment_id: str = field(metadata=wire(ident))
@@ -139,6 +161,9 @@ class LlmStep(Record):
     lengths: tuple[int, ...] = field(default=(1,), metadata=wire(
         seq(integer(1, MAX_POSITION), MAX_BATCH)))
     last_only: bool = field(default=True, metadata=wire(flag()))
+    trace_id: int = field(default=0, metadata=wire(_trace_id))  # 0: not traced
+    sampling: tuple[StepSampling, ...] = field(default=(), metadata=wire(
+        seq(StepSampling.parse, MAX_BATCH)))  # empty: answer logits
 
     def _checked(self, where: str) -> LlmStep:
         if not len(self.slots) == len(self.starts) == len(self.lengths) >= 1:
@@ -146,17 +171,29 @@ class LlmStep(Record):
                         f"{len(self.lengths)} lengths; give one of each per sequence")
         if len(set(self.slots)) != len(self.slots):
             fail(f"{where}.slots", "names a KV slot twice")
+        if self.sampling and (len(self.sampling) != len(self.slots) or not self.last_only):
+            fail(f"{where}.sampling", "needs one entry per sequence and last_only")
         return self
 
 
 @dataclass(frozen=True)
 class LlmStepReply(Record):
-    """The hub's answer: tensor `logits` (float32), and where the step's time went."""
+    """The hub's answer: tensor `logits` (float32), or for a step with `sampling` each
+    sequence's sampled token and its generator's state after the draw; and where the
+    step's time went."""
 
     KIND = k.REPLY
     deployment_id: str = field(metadata=wire(ident))
     compute_s: float = field(metadata=wire(number()))
     comm_s: float = field(metadata=wire(number()))
+    tokens: tuple[int, ...] = field(default=(), metadata=wire(seq(integer(0), MAX_BATCH)))
+    rngs: tuple[bytes, ...] = field(default=(), metadata=wire(
+        seq(blob(MAX_RNG_STATE_BYTES), MAX_BATCH)))
+
+    def _checked(self, where: str) -> LlmStepReply:
+        if len(self.rngs) != len(self.tokens):
+            fail(f"{where}.rngs", "needs one generator state per token")
+        return self
 
 
 @dataclass(frozen=True)
@@ -177,6 +214,30 @@ class LlmPutReply(Record):
     complete: bool = field(metadata=wire(flag()))
 
 
+@dataclass(frozen=True)
+class LlmHidden(Record):
+    """A pipeline stage's hub -> each agent of the next stage ("llm-stage"): the step's
+    tensors `ids` (int64) and `hidden` (float32 [tokens, hidden]) after stage `stage`;
+    the sequences as in `llm_step`. `client` is the coordinator's routing identity, to
+    which the last stage's hub answers (`LlmStepReply` with the step's request id)."""
+
+    KIND = k.LLM_HIDDEN
+    deployment_id: str = field(metadata=wire(ident))
+    client: bytes = field(metadata=wire(blob(MAX_IDENTITY_BYTES)))
+    stage: int = field(metadata=wire(integer(0, MAX_STAGES - 1)))
+    slots: tuple[int, ...] = field(metadata=wire(seq(integer(0, MAX_BATCH - 1), MAX_BATCH)))
+    starts: tuple[int, ...] = field(metadata=wire(seq(integer(0, MAX_POSITION), MAX_BATCH)))
+    lengths: tuple[int, ...] = field(metadata=wire(seq(integer(1, MAX_POSITION), MAX_BATCH)))
+    last_only: bool = field(metadata=wire(flag()))
+    compute_s: float = field(default=0.0, metadata=wire(number()))  # the stages' so far
+    comm_s: float = field(default=0.0, metadata=wire(number()))
+
+    def _checked(self, where: str) -> LlmHidden:
+        if not len(self.slots) == len(self.starts) == len(self.lengths) >= 1:
+            fail(where, "needs one slot, start and length per sequence")
+        return self
+
+
 DEPLOYMENT_MESSAGES: tuple[type[Record], ...] = (Run, Activation, SetExit, LlmReady,
-                                                 LlmConnect, LlmStep, LlmPut)
+                                                 LlmConnect, LlmStep, LlmPut, LlmHidden)
 """Messages the agent hands to the deployment their `deployment_id` names."""

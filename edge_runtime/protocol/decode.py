@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edge_runtime.protocol import control as c
 from edge_runtime.protocol import data as d
+from edge_runtime.protocol import trace as t
 from edge_runtime.protocol.kinds import REPLY
 from edge_runtime.protocol.record import Message, Record
 from edge_runtime.protocol.records import ErrorInfo
@@ -15,7 +16,7 @@ MESSAGES: dict[str, type[Record]] = {
         c.Hello, c.Ping, c.Profile, c.Join, c.ProbeLink, c.HasShards, c.PutChunk, c.Deploy,
         c.Unload, c.Status, c.Shutdown, c.Renew,
         d.Run, d.Activation, d.RunResult, d.SetExit,
-        d.LlmReady, d.LlmConnect, d.LlmStep, d.LlmPut, ErrorInfo,
+        d.LlmReady, d.LlmConnect, d.LlmStep, d.LlmPut, d.LlmHidden, ErrorInfo, t.TraceGet,
     )
 }
 """Frame kind -> the record its meta must be (every kind but "reply")."""

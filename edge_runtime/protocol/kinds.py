@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from transports.wire import ERROR_KIND
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """The vocabulary's version, reported in hello. 2: every meta is one typed record (the
 timings of a result are maps, the stage signature holds TensorSpec maps, ShardSpec's
 plan is `plan_json`, hello/join/deploy carry the coordinator's session, `renew` added,
-the `load` and `heartbeat` aliases removed)."""
+the `load` and `heartbeat` aliases removed). 4: tracing (`trace_id` on run, activation and
+llm_step; the `trace` request; `clock` in the hello reply), hub sampling (`sampling` on
+llm_step, tokens in its reply), sealed LLM groups, the `llm-stage` deploy type and the
+`llm_hidden` hop (docs/PROTOCOL.md)."""
 
 # coordinator -> agent requests
 HELLO = "hello"
@@ -28,6 +31,7 @@ UNLOAD = "unload"
 STATUS = "status"
 SHUTDOWN = "shutdown"
 RENEW = "renew"
+TRACE = "trace"  # the spans an agent recorded for traced requests
 SET_EXIT = "set_exit"  # to the stage holding an exit: replace its rule in place
 # pipeline data path (no reply)
 RUN = "run"  # coordinator -> first stage
@@ -38,6 +42,8 @@ LLM_READY = "llm_ready"
 LLM_CONNECT = "llm_connect"
 LLM_STEP = "llm_step"
 LLM_PUT = "llm_put"
+# llm-stage deployments (pipeline): a stage's hidden states to the next stage's agents
+LLM_HIDDEN = "llm_hidden"
 # answers
 REPLY = "reply"
 ERROR = ERROR_KIND
@@ -50,3 +56,4 @@ OUT_PREFIX = "o/"  # model outputs collected so far
 # Deployment types an agent serves out of the box.
 ONNX_STAGE = "onnx-stage"
 LLM_SHARD = "llm-shard"
+LLM_STAGE = "llm-stage"

@@ -202,6 +202,32 @@ class ShardSpec(Record):
 
 
 @dataclass(frozen=True)
+class LlmStageSpec(Record):
+    """One agent's part of a pipelined LLM ("llm-stage"): `shard` is its share within
+    its stage's tensor-parallel group (the plan is the stage's, its shares hold the
+    stage's layers; rank, names and keys are the group's); `next_hops` are the agents of
+    the next stage (empty for the last), to which the group's hub sends hidden states."""
+
+    shard: ShardSpec = field(metadata=wire(ShardSpec.parse))
+    stage: int = field(metadata=wire(integer(0, MAX_STAGES - 1)))
+    n_stages: int = field(metadata=wire(integer(1, MAX_STAGES)))
+    next_hops: tuple[Hop, ...] = field(default=(), metadata=wire(seq(Hop.parse, MAX_MEMBERS)))
+    # Benchmarks only: emulate the links of everything this agent sends for the
+    # deployment (its group's collectives, hidden states, the answer) with this one-way
+    # delay (s) and bandwidth (bytes/s, None: unlimited); `transports.linkemu`.
+    emulate_delay_s: float = field(default=0.0, metadata=wire(number(0.0, 10.0)))
+    emulate_bandwidth: float | None = field(
+        default=None, metadata=wire(optional(number(1.0, 1e13, above=True))))
+
+    def _checked(self, where: str) -> LlmStageSpec:
+        if self.stage >= self.n_stages:
+            fail(f"{where}.stage", f"{self.stage} of {self.n_stages} stages")
+        if (self.stage == self.n_stages - 1) != (not self.next_hops):
+            fail(f"{where}.next_hops", "only the last stage has no next hop")
+        return self
+
+
+@dataclass(frozen=True)
 class Peer(Record):
     """One agent of a cluster as `join` introduces it."""
 

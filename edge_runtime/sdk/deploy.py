@@ -21,7 +21,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from edge_runtime.protocol.kinds import ONNX_STAGE
 from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import CHUNK_BYTES
 from edge_runtime.sdk.exits import exit_rules, exit_thresholds
+from edge_runtime.sdk.progress import AnyProgress, ProgressMeter, as_callback
 from edge_runtime.sdk.whole_file import WHOLE_FILE_SUFFIXES, whole_file_plan
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ def _forced_split(graph: Any, profiles: list[Any], links: list[Any], budgets: li
 
 
 def upload(cluster: Agents, agent: str, shard: Path, sha256: str,
-           progress: Callable[[str, int, int], None] | None) -> int:
-    """Send `shard` to `agent` unless its cache has it; returns bytes sent."""
+           progress: AnyProgress | None) -> int:
+    """Send `shard` to `agent` unless its cache has it; returns bytes sent. `progress`
+    gets a `ProgressEvent` (bytes done, rate, time left) as chunks are acknowledged."""
     ext = shard.suffix
     missing = cluster.call(agent, HasShards((ShardRef(sha256, ext),)), HasShardsReply).missing
     if sha256 not in missing:
@@ -161,13 +163,14 @@ def upload(cluster: Agents, agent: str, shard: Path, sha256: str,
     data = np.fromfile(shard, dtype=np.uint8)
     total = int(data.size)
     sent = 0
+    meter = ProgressMeter(f"sending shard {shard.name}", total, as_callback(progress),
+                          agent=agent)
     while True:
         chunk = data[sent:sent + CHUNK_BYTES]
         reply = cluster.call(agent, PutChunk(sha256, ext, sent, total), PutChunkReply,
                              {"data": chunk}, timeout_s=cluster.timeouts.chunk_s)
         sent += int(chunk.size)
-        if progress is not None:
-            progress(agent, sent, total)
+        meter.update(sent)
         log.info("sent %s to %s: %d / %d bytes", shard.name, agent, sent, total)
         if reply.complete:
             break
@@ -227,7 +230,7 @@ class Placement:
 
 
 def place(cluster: Agents, source: DeploySource, devices: Sequence[str] | None,
-          plan: Any = None, progress: Callable[[str, int, int], None] | None = None) -> Placement:
+          plan: Any = None, progress: AnyProgress | None = None) -> Placement:
     """Plan (unless `plan` is given), extract, upload what the agents' caches lack, load."""
     from partitioner.extract import extract_shards
 

@@ -25,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result
 from edge_runtime.sdk.retune import retune_exits
 from edge_runtime.sdk.tickets import Ledger, Ticket
+from edge_runtime.sdk.tracing import TraceCapture, traced
 from transports.wire import Frame
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class Deployment:
         self._ledger = Ledger(journal, self.model_sha256, "pipeline")
         self._failover = Failover(cluster, source, placement, self.model.name)
         self._unloaded = False
+        self.tracer: TraceCapture | None = None  # requests sent while set are traced
         self._install()
 
     # --- the current placement ---
@@ -138,15 +141,27 @@ class Deployment:
 
     def run(self, inputs: Mapping[str, Any], timeout_s: float | None = None, *,
             key: str | None = None, deadline_s: float | None = None,
-            fallback: Sequence[ChainItem] | FallbackPolicy | None = None) -> Result:
+            fallback: Sequence[ChainItem] | FallbackPolicy | None = None,
+            trace: bool = False) -> Result:
         """One inference, answered by the cluster (failing over if an agent is lost) or by
         the fallback chain. Raises `InputError` before sending anything if inputs do not
         match; `ClusterUnavailableError` listing every path tried when none answered;
         `DeadlineError` past `deadline_s`. `key`: the request's journal key (default: a
-        new one); `fallback`: this request's chain or policy instead of the cluster's."""
-        return next(self.run_many([inputs], max_in_flight=1, timeout_s=timeout_s,
-                                  keys=None if key is None else [key], deadline_s=deadline_s,
-                                  fallback=fallback))
+        new one); `fallback`: this request's chain or policy instead of the cluster's;
+        `trace`: record spans on every agent, returned aligned as `Result.trace`."""
+        if not trace:
+            return next(self.run_many([inputs], max_in_flight=1, timeout_s=timeout_s,
+                                      keys=None if key is None else [key],
+                                      deadline_s=deadline_s, fallback=fallback))
+        with self.tracing() as capture:
+            result = self.run(inputs, timeout_s, key=key, deadline_s=deadline_s,
+                              fallback=fallback)
+        return dataclasses.replace(result, trace=capture.trace)
+
+    def tracing(self) -> AbstractContextManager[TraceCapture]:
+        """`with model.tracing() as t: model.run_many(...)`: every request inside is traced
+        on every agent; `t.trace` (an aligned `Trace`) is set when the block ends."""
+        return traced(self.cluster, self, self.agents, title=f"run {self.model.name}")
 
     def run_many(self, inputs: Iterable[Mapping[str, Any]], *,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
@@ -231,7 +246,8 @@ class Deployment:
         hub = self.cluster.hub
         self._ledger.attempt(ticket)
         request_id = hub.next_id()
-        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time())
+        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time(),
+                  trace_id=0 if self.tracer is None else self.tracer.trace_id)
         ticket.request_id = request_id
         hub.send(self._first, run.frame(request_id, tensors=ticket.arrays),
                  timeout_s=self.cluster.timeouts.hello_s)
@@ -344,6 +360,10 @@ class Deployment:
         if frame.kind != RESULT:
             raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
         result = parse_reply(RunResult, frame.meta, agent, RESULT)
+        if self.tracer is not None:
+            self.tracer.received(agent, result.sent_at, frame.request_id, "result")
+            self.tracer.record("request", "run", time.time() - (time.perf_counter()
+                               - ticket.started), request_id=frame.request_id)
         outputs = {name: np.array(value) for name, value in frame.tensors.items()}
         return Result(
             outputs=outputs, exit=result.exit, stage=result.stage,

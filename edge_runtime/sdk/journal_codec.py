@@ -103,8 +103,9 @@ class LazyArrays(Mapping[str, np.ndarray]):
 # --- records ------------------------------------------------------------------------
 
 def encode_result(result: Result) -> tuple[bytes, dict[str, np.ndarray]]:
-    """`result` as msgpack meta (every field but the outputs) and its output arrays."""
-    fields = _to_fields(result, skip=("outputs",))
+    """`result` as msgpack meta (every field but the outputs, and the trace: a diagnosis of
+    that attempt, not part of the answer) and its output arrays."""
+    fields = _to_fields(result, skip=("outputs", "trace"))
     fields["outputs"] = list(result.outputs)
     return _pack("Result", fields), dict(result.outputs)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,13 @@ from edge_runtime.sdk.journal_codec import (
 )
 from edge_runtime.sdk.llm_failover import LlmFailover
 from edge_runtime.sdk.llm_files import Progress
+from edge_runtime.sdk.llm_pipeline import (
+    LLM_STRATEGIES,
+    PipelineRunner,
+    describe_stages,
+    place_strategy,
+)
+from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import (
     LlmPlacement,
     LlmSource,
@@ -53,9 +61,11 @@ from edge_runtime.sdk.llm_place import (
 from edge_runtime.sdk.llm_plan import Budget, budgets_for, check_quantize
 from edge_runtime.sdk.llm_runner import AgentRunner
 from edge_runtime.sdk.tickets import Ledger, Ticket
+from edge_runtime.sdk.tracing import TraceCapture, traced
 
 if TYPE_CHECKING:
     from edge_runtime.llm import LlmConfig, LlmTokenizer
+    from partitioner.llm_layout import LlmLayout
     from partitioner.tensor import TensorPlan
 
 log = logging.getLogger(__name__)
@@ -83,7 +93,10 @@ class LlmDeployment:
         self._targets = targets or Targets()
         self._ledger = Ledger(journal, source.digest, "llm")
         self.bytes_sent = placement.bytes_sent  # checkpoint bytes the first deploy sent
-        self.runner = AgentRunner(cluster, placement, source.max_context, timeout_s)
+        # steps a pipelined placement stage to stage, any other as tensor-parallel
+        self.runner: AgentRunner = PipelineRunner(cluster, placement, source.max_context,
+                                                  timeout_s)
+        self.layout: LlmLayout | None = getattr(placement, "layout", None)  # strategy choice
         self._failover = LlmFailover(cluster, source, self.runner, self.policy.failover)
         self.runner.recover = self._failover.recover
         self.engine = LlmEngine(self.runner, source.config, tokenizer)
@@ -127,16 +140,21 @@ class LlmDeployment:
 
     @property
     def hub_agent(self) -> str:
+        placement = self.runner.placement
+        if isinstance(placement, PipelinePlacement):  # the last stage's hub answers
+            return placement.answering_agent
         return self.agents[self.plan.hub]
 
     def describe(self) -> str:
-        shares = ", ".join(
-            f"{name}: {s.n_kv_heads} kv heads, {s.n_columns} mlp cols, "
-            f"{s.weight_bytes / 1e6:.1f} MB{' (streaming)' if s.streaming else ''}"
-            for name, s in zip(self.agents, self.plan.shares, strict=True))
+        if isinstance(self.runner.placement, PipelinePlacement):
+            return f"{self.checkpoint.name} {describe_stages(self.runner.placement)}"
+        moe = self.plan.shape.experts > 0  # experts are named, not mlp columns
+        shares = "; ".join(replace(s, device=name).summary(moe)
+                           for name, s in zip(self.agents, self.plan.shares, strict=True))
         weights = "4-bit" if self.quantize == "q4" else "fp32"
+        notes = "".join(f"; {note}" for note in self.plan.notes)  # e.g. int8 streaming
         return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), "
-                f"{weights} weights, hub {self.hub_agent}: {shares}")
+                f"{weights} weights, hub {self.hub_agent}: {shares}{notes}")
 
     # --- requests ---
 
@@ -319,6 +337,11 @@ class LlmDeployment:
             events = list(self._delivered(ticket, request, self.policy))  # journal kept
             yield entry.key, self._collect(events, request)
 
+    def tracing(self) -> AbstractContextManager[TraceCapture]:
+        """`with llm.tracing() as t: llm.generate(...)`: every step inside is traced on
+        every agent; `t.trace` (an aligned `Trace`) is set when the block ends."""
+        return traced(self.cluster, self.runner, self.agents, title=f"generate {self.id}")
+
     def logits(self, ids: Sequence[int]) -> Any:
         """Logits [len(ids), vocab] of a fresh sequence at positions 0.. (for verification)."""
         return self.engine.logits(ids)
@@ -347,10 +370,20 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                plan: TensorPlan | None = None, send_checkpoint: bool = False,
                progress: Progress | None = None, threads: int | None = None,
                quantize: str | None = None, max_batch: int = 1,
+               objective: str | None = None, layout: LlmLayout | None = None,
                policy: FallbackPolicy | None = None,
                targets: Targets | None = None, journal: Journal | None = None,
                ) -> LlmDeployment:
-    """Split the checkpoint at `path` tensor-parallel over the cluster's agents.
+    """Split the checkpoint at `path` over the cluster's agents.
+
+    `strategy`: "tensor" (every agent a slice of every layer), "pipeline" (each agent a
+    range of layers, activations agent to agent), "hybrid" (tensor groups inside
+    pipeline stages), "single" (the best one agent), or "auto": the planner predicts
+    each strategy's ms/token (one stream) and tokens/s (many streams) from the agents'
+    profiles, measured links and budgets, and takes the best for `objective`
+    ("latency", or "throughput"; default "throughput" when `max_batch` > 1). The choice,
+    every prediction and the reason are in `.layout` (and in `describe()`). `layout`:
+    deploy a ready `partitioner.llm_layout.LlmLayout` whose devices are agent names.
 
     `memory_budget`: bytes or "512MB" for every agent, or one per agent (None = the
     agent's own budget, unlimited if it has none); a share above its budget streams
@@ -362,25 +395,32 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     plans anew).
     `send_checkpoint`: send the checkpoint's files even to agents that could read
     `path` (an agent that cannot read it is always sent the files its cache lacks);
-    `progress(agent, bytes_sent, total)` is called per chunk.
+    `progress`: a callback of `sdk.progress.ProgressEvent`s (bytes done, rate, time
+    left), or the older `progress(agent, bytes_sent, total)`; called at most ten times
+    a second and at the end.
     `threads`: BLAS threads per agent; default: all of its cores, or its share of them
     when several of the agents run on one host (a local cluster).
     `quantize`: None (fp32) or "q4": every matrix as a 4-bit onnxruntime kernel
-    (`MatMulNBits`, int8 activations; ~6x fewer bytes per token), shares resident
-    only; the plan's bytes, predicted time and memory are the 4-bit ones.
+    (`MatMulNBits`, int8 activations; ~6x fewer bytes per token) where the budget
+    holds the share resident (with onnxruntime's packed copy and the load peak);
+    below that the share streams int8 blocks through the layer window
+    (`MatMulInteger`; the plan's notes say which blocks stay and the MB read per
+    token). The plan's bytes, predicted time and memory are the quantized ones.
     `max_batch`: sequences decoded together in one step (a `GenerationScheduler` batches
     concurrent generations up to it); every agent keeps a KV cache slot per sequence, so
     the plan's memory counts max_batch × max_context tokens of cache.
     `policy`, `targets`, `journal`: the cluster's fallback chain and request journal.
     Errors before any agent loads anything: `ConfigError` (strategy, devices,
-    quantize, a budget that cannot hold a 4-bit share resident),
+    quantize, a budget that can neither hold a 4-bit share nor stream it),
     `CheckpointError` (unsupported config, missing shards, tensors that do not match
     the config), `InfeasiblePlanError` (a budget below one block plus the KV cache).
     """
     from edge_runtime.llm import Checkpoint, LlmTokenizer
+    from edge_runtime.llm.gguf import resolve_checkpoint
 
-    if strategy != "tensor":
-        raise ConfigError(f"LLM strategy {strategy!r} is not supported; use strategy='tensor'")
+    if strategy not in LLM_STRATEGIES:
+        raise ConfigError(f"LLM strategy {strategy!r} is not supported; use one of "
+                          f"{list(LLM_STRATEGIES)}")
     if max_context < 1:
         raise ConfigError(f"max_context must be at least 1, got {max_context}")
     if not 1 <= max_batch <= MAX_BATCH:
@@ -388,9 +428,12 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     check_quantize(quantize)
     if plan is not None and not devices:
         devices = [share.device for share in plan.shares]
+    if layout is not None and not devices:
+        devices = list(layout.devices)
     names = list(devices) if devices else cluster.usable()
     check_names(cluster, names)
     checkpoint = Path(path).expanduser().resolve()
+    checkpoint = resolve_checkpoint(checkpoint)  # a .gguf becomes its converted directory
     ckpt = Checkpoint(checkpoint)
     config, digest = ckpt.config, ckpt.digest
     del ckpt
@@ -405,9 +448,16 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     source = LlmSource(checkpoint, config, digest, by_name, max_context, quantize, max_batch,
                        send_checkpoint, threads, collective_timeout_s,
                        tuple(devices) if devices else None)
-    placement = place_llm(cluster, source, names, plan=plan, progress=progress)
-    return LlmDeployment(cluster, source, placement, tokenizer, timeout_s=timeout_s,
-                         policy=policy, targets=targets, journal=journal)
+    if (strategy == "tensor" and layout is None) or plan is not None:
+        placement = place_llm(cluster, source, names, plan=plan, progress=progress)
+    else:
+        placement, layout = place_strategy(cluster, source, names, strategy,
+                                           objective=objective, progress=progress,
+                                           layout=layout)
+    deployment = LlmDeployment(cluster, source, placement, tokenizer, timeout_s=timeout_s,
+                               policy=policy, targets=targets, journal=journal)
+    deployment.layout = layout or deployment.layout
+    return deployment
 
 
 __all__ = ["DEFAULT_MAX_CONTEXT", "AgentRunner", "LlmDeployment", "deploy_llm"]

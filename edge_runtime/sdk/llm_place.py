@@ -105,7 +105,7 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
     else:
         check_plan(plan, source.config, names)
         if source.quantize == "q4":
-            plan = quantize_plan(plan, [cluster.info(n).profile for n in names])
+            plan = quantize_plan(plan, [cluster.info(n).profile for n in names], budgets)
             check_q4_budgets(plan, budgets)
     deployment_id = f"llm-{uuid.uuid4().hex[:10]}"
     keys = tuple(cluster.info(n).public_key for n in names)

@@ -3,13 +3,19 @@
 Why a Runner: the generation logic (prefill, decode loop, sampling, stop tokens,
 streaming) is `edge_runtime.llm.LlmEngine`'s and is the same for in-process workers
 and agents; this module only moves one forward step at a time to the agents. So
-sampling happens at the coordinator, and `generate(stream=True)` yields each token as
-soon as the hub's logits arrive.
+`generate(stream=True)` yields each token as soon as the hub's answer arrives.
 
 One step: the same small frame (`llm_step`: per sequence its KV slot, start and
-length, then int64 token ids) to every agent over the coordinator's persistent
-sockets; the hub answers with the logits. Several sequences in one step (a batch)
-share every matrix product and allreduce on the agents.
+length, then int64 token ids), encoded once, to every agent over the coordinator's
+persistent sockets. Several sequences in one step (a batch) share every matrix product
+and allreduce on the agents. The engine's generation steps are sampled where the
+logits are (`forward_sampled`): the step carries each sequence's sampling settings and
+generator state, the group's hub samples with the engine's own `sample` and answers
+the token and the advanced state — not a vocabulary of logits per token, which the
+members no longer gather in full either when the sampler is greedy or top-k
+(`agent/llm_sampler.py`). `logits()` (verification) and replays ask for logits.
+A pipelined placement's last stage answers logits; its tokens are sampled here, with
+the same draw.
 
 Replay: the runner remembers, per KV slot, the token ids whose keys and values the
 agents hold. When an agent is lost mid-generation, the deployment is placed again over
@@ -33,13 +39,18 @@ from edge_runtime.errors import (
     ConfigError,
     DeadlineError,
     DeploymentGoneError,
+    GenerationError,
 )
 from edge_runtime.llm.engine import BatchItem
-from edge_runtime.protocol import LlmStep, LlmStepReply
+from edge_runtime.llm.sampling import Draw, rng_state, sample, set_rng_state
+from edge_runtime.protocol import LlmStep, LlmStepReply, StepSampling
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink
+from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import LlmPlacement
+from edge_runtime.sdk.tracing import TraceCapture
+from transports.wire import Frame
 
 # A failure during a replay is recovered again, at most this many times per step.
 MAX_RECOVERIES_PER_STEP = 4
@@ -59,6 +70,7 @@ class AgentRunner:
         self.deadline: float | None = None  # time.monotonic() the current request ends by
         self.replays = 0  # steps re-run as a prefill after a failover
         self.last_step: dict[str, float] = {}
+        self.tracer: TraceCapture | None = None  # steps sent while set are traced (tracing.py)
         self.closed = False
         self.install(placement)
 
@@ -92,6 +104,26 @@ class AgentRunner:
         """One step for several sequences (one KV slot each): logits of each one's last
         token (or of every token), in item order. After a failover every sequence the
         agents held is replayed onto the new placement in one step."""
+        logits = self._forward(items, last_only, None)
+        assert isinstance(logits, np.ndarray)
+        return logits
+
+    def forward_sampled(self, items: Sequence[BatchItem], draws: Sequence[Draw]) -> list[int]:
+        """One step for several sequences: each one's next token, drawn with its `Draw`
+        (the generator advanced in place) where the logits are — the group's hub; here,
+        from logits, for a pipelined placement or a replay after a failover."""
+        if len(draws) != len(items):
+            raise GenerationError(f"{len(draws)} draws for {len(items)} sequences")
+        if isinstance(self.placement, PipelinePlacement):
+            logits = self.forward_batch(items, last_only=True)
+            return [sample(row, d.params, d.rng) for row, d in zip(logits, draws, strict=True)]
+        tokens = self._forward(items, True, draws)
+        assert isinstance(tokens, list)
+        return tokens
+
+    def _forward(self, items: Sequence[BatchItem], last_only: bool,
+                 draws: Sequence[Draw] | None) -> np.ndarray | list[int]:
+        """A step's logits, or with `draws` its tokens; failover and replay on the way."""
         if self.closed:
             raise ConfigError(f"LLM deployment {self.placement.deployment_id} was unloaded; "
                               "deploy it again")
@@ -101,6 +133,10 @@ class AgentRunner:
         send, send_last, replayed = list(items), last_only, False
         for _ in range(MAX_RECOVERIES_PER_STEP + 1):
             try:
+                if draws is not None and not replayed:
+                    tokens = self._sampled_step(send, draws)
+                    self._history = after
+                    return tokens
                 logits = self._step(send, send_last)
             except (AgentUnavailableError, DeploymentGoneError) as error:
                 if self.recover is None or isinstance(error, ClusterUnavailableError):
@@ -114,6 +150,9 @@ class AgentRunner:
             if replayed:
                 logits = self._rows_of(items, send, logits, last_only)
             self._history = after
+            if draws is not None:  # a replay answered logits: the same draw, here
+                return [sample(row, d.params, d.rng) for row, d in zip(logits, draws,
+                                                                       strict=True)]
             return logits
         raise ClusterUnavailableError("agents kept failing while replaying a step of "
                                       f"{sum(len(i) for i in after.values())} tokens")
@@ -135,6 +174,31 @@ class AgentRunner:
         return np.concatenate(rows, axis=0)
 
     def _step(self, items: Sequence[BatchItem], last_only: bool) -> np.ndarray:
+        """One step answered with logits."""
+        frame, _ = self._exchange(items, last_only, ())
+        return self._logits_of(frame)
+
+    def _sampled_step(self, items: Sequence[BatchItem], draws: Sequence[Draw]) -> list[int]:
+        """One step answered with each sequence's token, sampled by the hub with the
+        state of its generator sent along; the generators take the hub's new state."""
+        sampling = tuple(StepSampling(d.params.temperature, d.params.top_k, d.params.top_p,
+                                      b"" if d.params.greedy else rng_state(d.rng))
+                         for d in draws)
+        frame, reply = self._exchange(items, True, sampling)
+        if not reply.tokens:  # an agent that does not sample answers logits: sample here
+            logits = self._logits_of(frame)
+            return [sample(row, d.params, d.rng) for row, d in zip(logits, draws, strict=True)]
+        if len(reply.tokens) != len(items):
+            raise AgentError(f"answered {len(reply.tokens)} tokens for {len(items)} sequences",
+                             agent=frame.sender)
+        for draw, state in zip(draws, reply.rngs, strict=True):
+            if not draw.params.greedy:
+                set_rng_state(draw.rng, state)
+        return list(reply.tokens)
+
+    def _exchange(self, items: Sequence[BatchItem], last_only: bool,
+                  sampling: tuple[StepSampling, ...]) -> tuple[Frame, LlmStepReply]:
+        """Send one step to every agent (encoded once); the hub's answer, checked."""
         hub = self._cluster.hub
         timeouts = self._cluster.timeouts
         deployment_id = self.placement.deployment_id
@@ -143,8 +207,9 @@ class AgentRunner:
             [np.asarray(item.token_ids, dtype=np.int64) for item in items]))
         step = LlmStep(deployment_id, tuple(i.slot for i in items),
                        tuple(i.start for i in items), tuple(len(i.token_ids) for i in items),
-                       bool(last_only))
-        started = time.perf_counter()
+                       bool(last_only), 0 if self.tracer is None else self.tracer.trace_id,
+                       sampling)
+        started, began = time.perf_counter(), time.time()
         timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
@@ -152,8 +217,7 @@ class AgentRunner:
                 raise DeadlineError("the generation passed its deadline")
             timeout = min(timeout, left)
         try:
-            for link in self._links:
-                hub.send(link, step.frame(request_id, tensors={"ids": ids}),
+            hub.send_all(self._links, step.frame(request_id, tensors={"ids": ids}),
                          timeout_s=timeouts.hello_s)
             frame = hub.wait({request_id}, timeout, self._links, "logits")
         except AgentUnavailableError:
@@ -167,6 +231,13 @@ class AgentRunner:
         reply = parse_reply(LlmStepReply, frame.meta, frame.sender, step.KIND)
         self.last_step = {"wall_s": time.perf_counter() - started,
                           "compute_s": reply.compute_s, "comm_s": reply.comm_s}
+        if self.tracer is not None:
+            name = f"step ({len(ids)} token{'s' * (len(ids) != 1)})"
+            self.tracer.record("request", name, began, request_id=request_id)
+        return frame, reply
+
+    @staticmethod
+    def _logits_of(frame: Frame) -> np.ndarray:
         logits = frame.tensors.get("logits")
         if logits is None:
             raise AgentError("answered a step without logits", agent=frame.sender)

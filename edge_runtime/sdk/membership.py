@@ -9,11 +9,13 @@ session, and the others must accept it again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
 from edge_runtime.errors import AgentError
 from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, JoinReply, Peer
+from edge_runtime.sdk.clocks import clock_offsets
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.info import AgentInfo, parse_reply
@@ -23,9 +25,14 @@ from transports.wire import Frame
 def hello(hub: Hub, link: AgentLink, timeout_s: float | None = None) -> HelloReply:
     """The agent's hello, which also opens this coordinator's session (and lease) there."""
     request = hello_request(hub)
+    sent = time.time()
     frame = hub.request(link, request.KIND, request.to_meta(),
                         timeout_s=hub.timeouts.hello_s if timeout_s is None else timeout_s)
-    return hello_reply(hub, link, frame)
+    received = time.time()
+    reply = hello_reply(hub, link, frame)
+    # the round trip is a clock-offset sample: traced spans of this agent line up (trace/)
+    clock_offsets(hub).observe(link.address, sent, reply.clock, received)
+    return reply
 
 
 def hello_request(hub: Hub) -> Hello:

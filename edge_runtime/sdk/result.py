@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.protocol import StageTiming
+from edge_runtime.trace.model import Trace
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Result:
     attempts: int = 1  # 1 + the times a failover re-sent it
     key: str = ""  # the request's key (journal / idempotency), "" when not journaled
     notes: tuple[str, ...] = ()  # why degraded or how it was recovered, in words
+    trace: Trace | None = None  # spans on every device, with `run(..., trace=True)`
 
     @property
     def fallback(self) -> bool:

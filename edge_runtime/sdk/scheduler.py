@@ -237,7 +237,9 @@ class GenerationScheduler:
             slots = list(decodings)
             items = [BatchItem(s, tuple(decodings[s].feed), decodings[s].start) for s in slots]
             try:
-                logits = runner.forward_batch(items, last_only=True)
+                # sampled where the logits are (the hub): one token per sequence comes
+                # back, not a vocabulary row
+                tokens = runner.forward_sampled(items, [decodings[s].draw() for s in slots])
             except ClusterUnavailableError as error:  # the fallback chain finishes them
                 for slot in slots:
                     self._serve_elsewhere(self._active[slot], decodings[slot], str(error),
@@ -252,9 +254,9 @@ class GenerationScheduler:
                     self._active[slot]._finish(None, error)
                     self._free(slot, decodings, free)
                 continue
-            for row, slot in zip(logits, slots, strict=True):
+            for token, slot in zip(tokens, slots, strict=True):
                 decoding = decodings[slot]
-                self._active[slot]._emit(decoding.accept(row))
+                self._active[slot]._emit(decoding.take(token))
                 if decoding.finished:
                     self._close(slot, entries)
                     self._active[slot]._finish(decoding.finish_reason)

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from edge_runtime.dashboard.wiring import observe_server
 from edge_runtime.errors import (
     USER_ERRORS,
     AgentUnavailableError,
@@ -51,10 +52,12 @@ from edge_runtime.errors import (
     is_user_error,
 )
 from edge_runtime.llm.engine import TokenEvent
+from edge_runtime.metrics.serve_stats import ServeStats
 from edge_runtime.serve import schemas as s
 from edge_runtime.serve.served import Inflight, ServedModel
 
 if TYPE_CHECKING:
+    from edge_runtime.metrics.monitor import ClusterMonitor
     from edge_runtime.sdk.handles import GenerationHandle
     from edge_runtime.sdk.scheduler import GenerationScheduler
 
@@ -139,6 +142,7 @@ class _Api:
         self.model = model
         self._key = None if api_key is None else api_key.encode()
         self.inflight = inflight
+        self.stats = ServeStats()  # replaced by `observe_server`'s, read by /metrics
         self._limiter: anyio.CapacityLimiter | None = None
         self._boot = uuid.uuid4().hex[:8]
 
@@ -228,6 +232,8 @@ class _Api:
                 return None
             try:
                 event: TokenEvent | None = await self._thread(handle.next_event, POLL_S)
+                if event is not None:
+                    self.stats.token(handle.id, event.seconds, event.served_by)
                 return event
             except queue.Empty:
                 continue
@@ -237,12 +243,17 @@ class _Api:
         handle: GenerationHandle = await self._thread(self._submit, prompt, sampling, chat)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._boot}-{handle.id}"
         self.inflight.add(rid, handle)
+        self.stats.started(handle.id, rid, "chat" if chat else "completions",
+                           handle.prompt_tokens)
         job = _Job(rid, handle, chat, sampling, self.model.name, int(time.time()))
 
         def close() -> None:
             if not handle.done():
                 handle.cancel()
             self.inflight.end(rid)
+            error = getattr(handle, "error", None)
+            self.stats.ended(handle.id, getattr(handle, "finish_reason", None),
+                             None if error is None else type(error).__name__)
 
         try:
             first = await self._next(handle, request)  # errors before any token: a status
@@ -316,7 +327,9 @@ async def _body(request: Request) -> bytes:
 
 
 async def _on_api_error(request: Request, error: Exception) -> Response:
-    return _error_response(api_error(error))
+    answer = api_error(error)
+    request.app.state.serve_stats.error(type(error).__name__, answer.status)
+    return _error_response(answer)
 
 
 async def _on_http_error(request: Request, error: Exception) -> Response:
@@ -329,10 +342,13 @@ async def _on_http_error(request: Request, error: Exception) -> Response:
 
 
 def create_app(scheduler: GenerationScheduler, model: ServedModel, *,
-               api_key: str | None = None) -> Starlette:
+               api_key: str | None = None, monitor: ClusterMonitor | None = None
+               ) -> Starlette:
     """The ASGI app serving `scheduler`'s deployment as `model.name`; with `api_key`,
     every request must carry `Authorization: Bearer <api_key>`. `app.state.inflight`
-    is the `Inflight` registry of the generations being answered."""
+    is the `Inflight` registry of the generations being answered. `/metrics` is served
+    always; with a `monitor` of the agents, also the dashboard (/dashboard) and the
+    agents' own series (`edge_runtime.dashboard.observe_server`)."""
     inflight = Inflight()
     api = _Api(scheduler, model, api_key or None, inflight)
     app = Starlette(
@@ -346,7 +362,17 @@ def create_app(scheduler: GenerationScheduler, model: ServedModel, *,
                             Exception: _on_api_error})
     app.state.inflight = inflight
     app.state.model = model
+    api.stats = observe_server(
+        app, api._authorize, model=model.name, queued=lambda: scheduler.queued,
+        running=lambda: scheduler.running, slots=getattr(scheduler.llm, "max_batch", 1),
+        monitor=monitor,
+        chat=model.tokenizer is not None, plan_text=_describe(scheduler)).stats
     return app
+
+
+def _describe(scheduler: GenerationScheduler) -> str | None:
+    describe = getattr(scheduler.llm, "describe", None)
+    return describe() if callable(describe) else None
 
 
 __all__ = ["DEFAULT_COMPLETION_TOKENS", "Inflight", "ServedModel", "api_error", "create_app"]

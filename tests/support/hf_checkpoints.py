@@ -6,6 +6,18 @@ pass. Each kind covers one architecture feature: GQA, llama3 RoPE scaling, atten
 biases (Llama `attention_bias`, Qwen2 q/k/v biases), Mistral's sliding window, tied
 embeddings, bf16 weights and a sharded checkpoint with an index. The init range is
 wider than the default so logits are peaked and greedy choices are not near-ties.
+
+`ARCH_KINDS` are the architectures beyond the Llama family: Qwen3 (per-head q/k norms,
+head_dim != hidden/heads), Gemma 2 (GeGLU, sandwich norms with +1, soft-capping,
+query_pre_attn_scalar, alternating sliding/global layers), Gemma 3 (q/k norms, its own
+RoPE theta on local layers, linear scaling on global ones) and Phi-3 (fused qkv and
+gate/up, sliding window). Their norm weights are perturbed after initialisation (HF
+initialises them to exactly 1, or 0 for Gemma's 1+w), so a norm the engine drops, or a
++1 it forgets, changes the logits.
+
+`MOE_KINDS` are mixtures of experts: Qwen3-MoE (q/k norms, top-k weights not
+renormalised) and Mixtral (its own tensor names, weights always renormalised, sliding
+window). Their widths are multiples of 32 so every expert matrix has a 4-bit kernel.
 """
 
 from __future__ import annotations
@@ -52,11 +64,70 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _config(kind: str) -> Any:
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+ARCH_KINDS: dict[str, dict[str, Any]] = {
+    "qwen3": {"model_type": "qwen3", "head_dim": 24, "tie_word_embeddings": True},
+    "gemma2": {
+        "model_type": "gemma2",
+        "head_dim": 24,
+        "query_pre_attn_scalar": 20,
+        "sliding_window": 4,
+        "num_hidden_layers": 3,
+        "attn_logit_softcapping": 3.0,
+        "final_logit_softcapping": 8.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "pad_token_id": 0,
+        "tie_word_embeddings": True,
+    },
+    "gemma3": {
+        "model_type": "gemma3_text",
+        "head_dim": 32,
+        "query_pre_attn_scalar": 24,
+        "sliding_window": 4,
+        "num_hidden_layers": 3,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        },
+        "hidden_activation": "gelu_pytorch_tanh",
+        "pad_token_id": 0,
+        "tie_word_embeddings": True,
+    },
+    "phi3": {"model_type": "phi3", "sliding_window": 5, "pad_token_id": 0},
+}
 
-    spec = {**COMMON, **KINDS[kind]}
-    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+
+MOE_KINDS: dict[str, dict[str, Any]] = {
+    "qwen3_moe": {"model_type": "qwen3_moe", "num_experts": 6, "num_experts_per_tok": 2,
+                  "moe_intermediate_size": 32, "norm_topk_prob": False},
+    "mixtral": {"model_type": "mixtral", "num_local_experts": 5, "num_experts_per_tok": 2,
+                "intermediate_size": 64, "sliding_window": 6},
+}
+
+
+def spec_of(kind: str) -> dict[str, Any]:
+    """The transformers config arguments of checkpoint `kind` (any of the tables)."""
+    table = KINDS if kind in KINDS else ARCH_KINDS if kind in ARCH_KINDS else MOE_KINDS
+    return {**COMMON, **table[kind]}
+
+
+def _config(kind: str) -> Any:
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        MixtralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
+
+    spec = spec_of(kind)
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config,
+               "qwen3": Qwen3Config, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig,
+               "phi3": Phi3Config, "qwen3_moe": Qwen3MoeConfig, "mixtral": MixtralConfig}
     cls = classes[spec.pop("model_type")]
     spec.pop("shard", None)
     spec.pop("dtype", None)
@@ -73,9 +144,15 @@ def build(kind: str, directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_config(kind), attn_implementation="eager")
     model.eval()
-    if KINDS[kind].get("dtype") == "bfloat16":
+    if kind in ARCH_KINDS or kind in MOE_KINDS:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.3)
+    spec = spec_of(kind)
+    if spec.get("dtype") == "bfloat16":
         model = model.to(torch.bfloat16)
-    shard = KINDS[kind].get("shard")
+    shard = spec.get("shard")
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(directory, safe_serialization=True, **kwargs)
     return directory

@@ -72,7 +72,7 @@ def test_budget_too_small_for_one_block(cluster: er.LocalCluster,
 def test_bad_arguments(cluster: er.LocalCluster, checkpoint: Callable[[str], Path],
                        tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="strategy"):
-        cluster.deploy_llm(checkpoint("llama"), strategy="pipeline")
+        cluster.deploy_llm(checkpoint("llama"), strategy="ring")
     with pytest.raises(ConfigError, match="no agent named"):
         cluster.deploy_llm(checkpoint("llama"), devices=["nope"])
     with pytest.raises(CheckpointError, match="not a directory"):

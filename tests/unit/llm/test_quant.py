@@ -62,7 +62,7 @@ def test_4bit_needs_a_resident_share(tmp_path: Path) -> None:
         load_local_engine(
             TINYLM, cache_dir=tmp_path, memory_budgets=[small], max_context=64, quantize="q4"
         )
-    roomy = ACTIVATION_RESERVE_BYTES + (4 << 20)
+    roomy = ACTIVATION_RESERVE_BYTES + (48 << 20)  # measured: 34 MiB with onnxruntime's own
     _, runner = load_local_engine(
         TINYLM, cache_dir=tmp_path, memory_budgets=[roomy], max_context=64, quantize="q4"
     )

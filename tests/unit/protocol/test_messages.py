@@ -81,6 +81,22 @@ def put_chunks(draw: Any) -> P.PutChunk:
 PROFILE = DeviceProfile("pi", "aarch64", "Linux", 4, 1500.0, 10.0, 20.0, 4 << 30, 2 << 30,
                         4.0, 0.1, ("onnxruntime",))
 gone = st.builds(P.Gone, names, texts)
+trace_spans = st.builds(P.TraceSpan, st.integers(1, 2**40), counts, st.sampled_from(P.LANES),
+                        names, seconds, seconds, st.just("") | names,
+                        st.none() | seconds, counts)
+
+def small_n(strategy: Any, n: int) -> Any:
+    return st.lists(strategy, min_size=n, max_size=n).map(tuple)
+
+
+@st.composite
+def llm_stage_specs(draw: Any) -> P.LlmStageSpec:
+    n = draw(st.integers(1, 8))
+    k = draw(st.integers(0, n - 1))
+    next_hops = () if k == n - 1 else draw(st.lists(hops, min_size=1, max_size=3).map(tuple))
+    return P.LlmStageSpec(draw(shard_specs()), k, n, next_hops, draw(st.floats(0, 10)),
+                          draw(st.one_of(st.none(), st.floats(2, 1e12))))
+
 
 STRATEGIES: dict[type[P.Record], Any] = {
     P.TensorSpec: tensor_specs, P.ExitRule: exit_rules, P.Hop: hops, P.StageTiming: timings,
@@ -119,7 +135,7 @@ STRATEGIES: dict[type[P.Record], Any] = {
     P.Shutdown: st.just(P.Shutdown()), P.ShutdownReply: st.builds(P.ShutdownReply, st.booleans()),
     P.Renew: st.builds(P.Renew, sessions, small(names), leases),
     P.RenewReply: st.builds(P.RenewReply, small(gone)),
-    P.Run: st.builds(P.Run, names, seconds),
+    P.Run: st.builds(P.Run, names, seconds, counts),  # with a trace id (0: not traced)
     P.Activation: st.builds(P.Activation, names, st.binary(max_size=255), st.integers(0, 255),
                             small(timings), seconds),
     P.RunResult: st.builds(P.RunResult, names, st.one_of(st.none(), names),
@@ -135,8 +151,19 @@ STRATEGIES: dict[type[P.Record], Any] = {
         st.tuples(*[st.integers(0, 1 << 24)] * n), st.tuples(*[st.integers(1, 1 << 24)] * n),
         st.booleans())),
     P.LlmStepReply: st.builds(P.LlmStepReply, names, seconds, seconds),
+    P.LlmHidden: st.integers(1, 4).flatmap(lambda n: st.builds(
+        P.LlmHidden, names, st.binary(min_size=1, max_size=40), st.integers(0, 255),
+        st.lists(st.integers(0, 255), min_size=n, max_size=n, unique=True).map(tuple),
+        small_n(st.integers(0, 2**20), n), small_n(st.integers(1, 2**20), n),
+        st.booleans(), seconds, seconds)),
+    P.LlmStageSpec: llm_stage_specs(),
+    P.StepSampling: st.builds(P.StepSampling, st.floats(0, 10), st.integers(0, 100),
+                              st.floats(0.01, 1), st.binary(max_size=64)),
     P.LlmPut: st.builds(P.LlmPut, names, names, counts, sha),
     P.LlmPutReply: st.builds(P.LlmPutReply, names, st.booleans()),
+    P.TraceSpan: trace_spans,
+    P.TraceGet: st.builds(P.TraceGet, small(st.integers(1, 2**40))),
+    P.TraceReply: st.builds(P.TraceReply, names, seconds, small(trace_spans), counts),
 }
 RECORDS = sorted(STRATEGIES, key=lambda cls: cls.__name__)
 

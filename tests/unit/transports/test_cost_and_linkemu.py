@@ -6,10 +6,13 @@ import pytest
 
 from transports.cost import (
     all_to_all_time,
+    allreduce_schedule,
     best_allreduce,
     best_hub,
     broadcast_time,
     gather_time,
+    pick,
+    recursive_doubling_time,
     ring_allreduce_time,
     star_allreduce_time,
     uniform,
@@ -38,9 +41,13 @@ def test_ring_and_all_to_all_on_uniform_links() -> None:
     assert all_to_all_time(1 * MB, lat, bw, 0.001) == pytest.approx(2 * (0.002 + 0.075 + 0.006))
 
 
-def test_small_messages_favour_star_big_ones_favour_ring() -> None:
+def test_small_messages_favour_few_messages_per_member_big_ones_favour_chunks() -> None:
     lat, bw = uniform(8, 50e-6, 1e9)  # loopback-like links, 30 µs per message
-    assert best_allreduce(4096, lat, bw, overhead_s=30e-6)[0] == "star"
+    # 3 hops of one message each way beat 2 hops plus the hub's 14 messages
+    assert best_allreduce(4096, lat, bw, overhead_s=30e-6)[0] == "recursive_doubling"
+    # on slow-latency links the star's 2 hops beat recursive doubling's 3
+    far_lat, far_bw = uniform(8, 5e-3, 1e9)
+    assert best_allreduce(4096, far_lat, far_bw, overhead_s=30e-6)[0] == "star"
     # big tensors: the hub's link would carry (n-1)× the bytes, so star loses
     assert best_allreduce(64 * MB, lat, bw, overhead_s=30e-6)[0] in ("ring", "all_to_all")
     # on the same links, a ring beats star for big tensors, and loses for small ones
@@ -60,8 +67,12 @@ def test_best_hub_is_the_member_with_the_lowest_summed_latency() -> None:
     # the fast 1<->2 link makes 1 (or 2) the better hub: 0 has only slow links
     assert star_allreduce_time(1000, 0, lat, bw) > star_allreduce_time(1000, 1, lat, bw)
     name, seconds, hub = best_allreduce(1000, lat, bw, overhead_s=1e-3)
-    assert name == "star" and hub == 1
-    assert seconds == pytest.approx(star_allreduce_time(1000, 1, lat, bw, 1e-3))
+    # every algorithm must cross member 0's slow links; recursive doubling crosses them
+    # twice with one message each (fold 2 -> 0, then 0 <-> 1), the star twice plus the
+    # hub's 4 messages, so it wins here by the star's extra message costs
+    assert name == "recursive_doubling" and hub is None
+    assert seconds == pytest.approx(recursive_doubling_time(1000, lat, bw, 1e-3))
+    assert seconds < star_allreduce_time(1000, 1, lat, bw, 1e-3)
 
 
 def test_broadcast_gather_and_single_member_groups() -> None:
@@ -163,3 +174,28 @@ def test_outbox_sends_in_due_order() -> None:
 def test_bad_link_specs_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         LinkSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_recursive_doubling_takes_log2_rounds_and_one_more_hop_off_powers_of_two() -> None:
+    lat, bw = uniform(8, 0.002, 10 * MB)
+    # 3 rounds of (2 ms + 1 MB / 10 MB/s), 2 messages handled per round
+    assert recursive_doubling_time(1 * MB, lat, bw) == pytest.approx(3 * (0.002 + 0.1))
+    assert recursive_doubling_time(1 * MB, lat, bw, 0.001) == pytest.approx(3 * 0.104)
+    lat6, bw6 = uniform(6, 0.002, 10 * MB)
+    assert recursive_doubling_time(1 * MB, lat6, bw6) == pytest.approx(3 * (0.002 + 0.1))
+    one_lat, one_bw = uniform(1, 0.002, 10 * MB)
+    assert recursive_doubling_time(1 * MB, one_lat, one_bw) == 0.0
+
+
+def test_a_schedule_names_the_best_algorithm_per_payload_range() -> None:
+    lat, bw = uniform(8, 50e-6, 1e9)
+    sizes = [8192 * 2**k for k in range(10)]  # 8 KB .. 4 MB
+    schedule = allreduce_schedule(sizes, lat, bw, 30e-6)
+    assert [name for _, name in schedule] == ["recursive_doubling", "all_to_all"]
+    for size in sizes:  # the ranges agree with best_allreduce at every size
+        assert pick(schedule, size) == best_allreduce(size, lat, bw, 30e-6)[0]
+    assert pick(schedule, 1) == "recursive_doubling"
+    assert pick(schedule, 10**12) == "all_to_all"  # past the last bound: the last name
+    assert pick((), 4096) == "star"
+    with pytest.raises(ValueError):
+        allreduce_schedule([], lat, bw)
