@@ -29,7 +29,12 @@ class DeviceProfile:
 
     `gflops_*` are sustained matmul throughputs through the engine that runs the
     work (onnxruntime; `compute_engine` says if numpy stood in), using all `cores`.
-    `mem_*` honour cgroup limits. `disk_read_gbps` is a sequential read of the
+    `mem_*` honour cgroup limits. `decode_gbps` is the rate at which a numpy
+    matrix-vector product streams fp32 weights — what an LLM decode step achieves, often
+    half of `mem_bandwidth_gbps` (a bare read); 0 where unmeasured (older profiles,
+    presets), and the cost model then assumes a typical fraction. `host_decode_gbps`:
+    the same on every core at once, each its own matrix — what agents sharing this
+    machine stream together. `disk_read_gbps` is a sequential read of the
     cache directory that bypasses the page cache; `disk_read_method` says how
     ("O_DIRECT", "fadvise" or "unmeasured").
     """
@@ -54,9 +59,12 @@ class DeviceProfile:
     disk_read_method: str = "unmeasured"
     compute_engine: str = "onnxruntime"
     source: str = "measured"  # "measured", "preset" or "emulated"
+    decode_gbps: float = 0.0
+    host_decode_gbps: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("gflops_fp32", "gflops_int8", "mem_bandwidth_gbps", "disk_read_gbps"):
+        for name in ("gflops_fp32", "gflops_int8", "mem_bandwidth_gbps", "disk_read_gbps",
+                     "decode_gbps", "host_decode_gbps"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ProfileFormatError(f"{name} must be a finite number >= 0, got {value!r}")

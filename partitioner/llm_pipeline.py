@@ -30,7 +30,10 @@ from partitioner.llm_cost import (
     LinkTable,
     LlmCostModel,
     activation_hop,
+    decode_rate,
     group_time,
+    host_decode_rate,
+    stage_schedule,
     step_time,
 )
 from partitioner.llm_layout import LlmLayout, LlmStage, strategy_of
@@ -110,12 +113,16 @@ def plan_llm_layout(shape: DecoderShape, devices: Sequence[DeviceLike],
                              "each stage at least one")
     budgets = list(memory_budgets) if memory_budgets is not None else [None] * n
     table = links or LinkTable.uniform(n, DEFAULT_RTT_S, DEFAULT_BANDWIDTH, coordinator=False)
-    speeds = [sum(float(devices[i].mem_bandwidth_gbps) for i in g) for g in groups]
+    rates = [decode_rate(d, model) for d in devices]
+    host_rates = [host_decode_rate(d, model) for d in devices]
+    top = max(rates) or 1.0  # relative speeds, rounded: equal stages tie exactly
+    speeds = [round(sum(rates[i] for i in g) / top, 9) for g in groups]
     caps = [_capacity(shape, [budgets[i] for i in g]) for g in groups]
     ranges = split_layers(shape, speeds, caps)
     digest = model_digest or shape.digest()
-    plans = [plan_stage(shape, r, [devices[i] for i in g], [budgets[i] for i in g],
-                        table.rtts(g) if len(g) > 1 else None, digest)
+    plans = [replace(plan_stage(shape, r, [devices[i] for i in g], [budgets[i] for i in g],
+                                table.rtts(g) if len(g) > 1 else None, digest),
+                     allreduce=stage_schedule(shape, g, table, model))
              for r, g in zip(ranges, groups, strict=True)]
     gflops = [float(d.gflops_fp32) for d in devices]
     members = [list(g) for g in groups]
@@ -124,11 +131,13 @@ def plan_llm_layout(shape: DecoderShape, devices: Sequence[DeviceLike],
         hop = (activation_hop(shape, members[k][plan.hub], members[k + 1], table, 1, model)
                if k + 1 < len(plans) else 0.0)
         stages.append(LlmStage(k, r, plan, group_time(plan, members[k], gflops, table, 1, 1,
-                                                      model), hop))
-    s_token = step_time(plans, members, gflops, table, 1, 1, model=model)
+                                                      model, rates, host_rates), hop))
+    s_token = step_time(plans, members, gflops, table, 1, 1, model=model, rates=rates,
+                        host_rates=host_rates)
     # micro-batches pay where a stage's time grows with its tokens (compute-bound steps);
     # a memory-bound decode step reads the weights once whatever it carries
-    many, micro = min((step_time(plans, members, gflops, table, streams, m, model=model), m)
+    many, micro = min((step_time(plans, members, gflops, table, streams, m, model=model,
+                                 rates=rates, host_rates=host_rates), m)
                       for m in range(1, max(1, min(streams, len(plans))) + 1))
     strategy = strategy_of([len(g) for g in groups])
     return LlmLayout(shape=shape, strategy=strategy, stages=tuple(stages),

@@ -174,10 +174,10 @@ def _reason(chosen: str, best: dict[str, LlmLayout], objective: str, auto: bool)
                 else f"{layout.predicted_tokens_per_s:.1f} tokens/s at {layout.streams} streams")
 
     layout = best[chosen]
-    compute = sum(max(s.compute_s_per_token for s in st.plan.shares) for st in layout.stages)
-    rest = max(0.0, layout.predicted_s_per_token - compute)
-    where = (f"per token {compute * 1e3:.2f} ms of weight reads/compute and "
-             f"{rest * 1e3:.2f} ms of links and overheads over {len(layout.stages)} stage(s)")
+    stages = sum(st.compute_s for st in layout.stages)  # weights, collectives, overheads
+    rest = max(0.0, layout.predicted_s_per_token - stages)
+    where = (f"per token {stages * 1e3:.2f} ms in {len(layout.stages)} stage(s) (weights, "
+             f"collectives) and {rest * 1e3:.2f} ms of hops and the coordinator")
     if not auto:
         return f"{chosen} as asked: {figure(layout)}; {where}"
     others = sorted((s for s in best if s != chosen), key=lambda s: _value(best[s], objective))

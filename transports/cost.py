@@ -216,6 +216,23 @@ def best_allreduce(
     return name, seconds, best
 
 
+def allreduce_time(
+    algorithm: str, nbytes: float, hub: int, latency_s: Matrix, bandwidth: Matrix,
+    overhead_s: float = 0.0,
+) -> float:
+    """Predicted seconds of one allreduce by the named algorithm (`hub`: the star's)."""
+    if algorithm == "star":
+        return star_allreduce_time(nbytes, hub, latency_s, bandwidth, overhead_s)
+    if algorithm == "ring":
+        return ring_allreduce_time(nbytes, latency_s, bandwidth, overhead_s)
+    if algorithm == "all_to_all":
+        return all_to_all_time(nbytes, latency_s, bandwidth, overhead_s)
+    if algorithm == "recursive_doubling":
+        return recursive_doubling_time(nbytes, latency_s, bandwidth, overhead_s)
+    raise ValueError(f"unknown allreduce algorithm {algorithm!r}; use star, ring, "
+                     "all_to_all or recursive_doubling")
+
+
 Schedule = tuple[tuple[int, str], ...]
 """(largest payload in bytes, algorithm) in ascending payload order; see `schedule`."""
 

@@ -13,17 +13,15 @@ hostile, can only ever earn its sender an error frame — any exception raised w
 handling it is caught here. Leases (`sessions.py`) are swept here: a deployment
 whose coordinator went silent is unloaded and the keys it introduced are revoked.
 
-The request handlers (hello, deploy, …) live in `handlers.py`; this module is
-the socket plumbing, the outbox and the lifecycle (SIGTERM → clean shutdown).
+The request handlers (hello, deploy, …) live in `handlers.py`, the queue other
+threads hand frames to in `loop_outbox.py`, the signal handlers in `startup.py`; this
+module is the socket plumbing and the lifecycle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.handlers import Handlers
 from edge_runtime.agent.lanes import Lane
+from edge_runtime.agent.loop_outbox import LoopOutbox, Outgoing
 from edge_runtime.agent.peers import PeerLinks
 from edge_runtime.agent.reaper import LeaseReaper
 from edge_runtime.agent.sessions import LeaseLimits, Sessions
@@ -80,13 +79,6 @@ def _clip(text: object) -> str:
 
 
 @dataclass
-class _Outgoing:
-    identity: bytes | None  # set: a client of our ROUTER; None: a peer agent (hop)
-    hop: Hop | None
-    frame: Frame
-
-
-@dataclass
 class AgentState:
     """What handlers may read and change; owned by the control-loop thread."""
 
@@ -121,11 +113,7 @@ class Agent:
             config.cache_dir, UploadQuota(ttl_s=timeouts.partial_upload_ttl_s))
         self.state = AgentState()
         self._stop = threading.Event()
-        self._outbox: queue.Queue[_Outgoing] = queue.Queue()
-        self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._outbox = LoopOutbox()  # what other threads hand the loop to send
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.security = self._security(config)
         self._authorizer: Authorizer | None = None
@@ -197,18 +185,10 @@ class Agent:
         return self._handlers.status(Status(), {}).to_meta()
 
     def send_to_client(self, identity: bytes, frame: Frame) -> None:
-        self._outbox.put(_Outgoing(identity, None, frame))
-        self._wake()
+        self._outbox.put(Outgoing(identity, None, frame))
 
     def send_to_peer(self, hop: Hop, frame: Frame) -> None:
-        self._outbox.put(_Outgoing(None, hop, frame))
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._closed:  # a late worker after close(): the fd number may be reused
-            return
-        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the loop
-            os.write(self._wake_w, b"x")
+        self._outbox.put(Outgoing(None, hop, frame))
 
     def dilate(self, busy_s: float) -> None:
         if self._dilate_fn is not None:
@@ -229,7 +209,7 @@ class Agent:
 
     def request_stop(self) -> None:
         self._stop.set()
-        self._wake()
+        self._outbox.wake()
 
     # --- the loop ---
 
@@ -242,7 +222,7 @@ class Agent:
         while not self._stop.is_set():
             poller = zmq.Poller()
             poller.register(self._router, zmq.POLLIN)
-            poller.register(self._wake_r, zmq.POLLIN)
+            poller.register(self._outbox.wake_fd, zmq.POLLIN)
             for sock in self._peers.waiting():
                 poller.register(sock, zmq.POLLOUT)
             events = dict(poller.poll(self._poll_ms()))
@@ -254,12 +234,8 @@ class Agent:
                         break
                     self._on_message(parts)
                     del parts  # a refused oversized message must not outlive its turn
-            if self._wake_r in events:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+            if self._outbox.wake_fd in events:
+                self._outbox.drain_wake()
             for step in (self._flush_outbox, self._peers.pump, self._reaper.sweep):
                 try:
                     step()
@@ -353,11 +329,7 @@ class Agent:
             log.error("cannot encode %s frame: %s", frame.kind, error)
 
     def _flush_outbox(self) -> None:
-        while True:
-            try:
-                item = self._outbox.get_nowait()
-            except queue.Empty:
-                return
+        for item in self._outbox.pending():
             if item.identity is not None:
                 self._reply(item.identity, item.frame)
                 continue
@@ -416,18 +388,4 @@ class Agent:
             self._authorizer.release()
             self._authorizer = None
         self._context.term()
-        self._closed = True
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def install_signal_handlers(agent: Agent) -> None:
-    """SIGTERM and SIGINT stop the loop cleanly (deployments closed, sockets flushed)."""
-
-    def _stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        agent.request_stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+        self._outbox.close()

@@ -8,20 +8,14 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
    it; otherwise the deploy reply lists the files it lacks in its content-addressed
    cache, and the coordinator sends them (`llm_put`, acknowledged 1 MiB chunks, each
    file sha256-checked, then the set checked against the digest; `llm_files.py`).
-   `load` only checks the spec and queues the real work, because the control loop
-   must keep answering heartbeats while a share is converted (seconds to minutes
-   for a real model). The worker thread then checks the checkpoint against the
-   digest (every byte), converts this share ONCE into `<cache>/llm/` (keyed by
-   checkpoint digest and share ranges, so a restart or a redeploy reuses it after
-   re-hashing the slices; a changed slice is converted again),
-   builds the `TensorWorker` (KV cache preallocated for `max_context`, window sized
-   by the memory budget; with `quantize="q4"` every matrix becomes a 4-bit kernel,
-   built in memory from the cached fp32 slices at each load; a share whose budget
-   cannot take that streams int8 blocks, converted once next to the slices) and
-   binds its collective listener with every member's key admitted before anyone dials
-   (the listener and the group: `llm_group.py`).
-2. `llm_ready`: answered once loading finished (the listener's address) or failed
-   (the typed error). Jobs run in order on one thread, so no extra signalling.
+   `load` queues the real work on the share's job thread (`llm_jobs.py`), which
+   checks the checkpoint against the digest (every byte), converts this share ONCE
+   into `<cache>/llm/` (keyed by digest and share ranges: a redeploy reuses it after
+   re-hashing), builds the `TensorWorker` (KV cache for `max_context`, window sized by
+   the budget; `quantize="q4"`: 4-bit kernels built from the cached fp32 slices at
+   each load, or int8 blocks streamed when the budget cannot take them) and binds its
+   collective listener (`llm_group.py`). Progress: `status` (`llm_status.py`).
+2. `llm_ready`: answered once loading finished (the listener's address) or failed.
 3. `llm_connect`: the coordinator sends every member's endpoint; the agent joins the
    `CollectiveGroup` (one DEALER per peer, kept for the deployment's life).
 4. `llm_step` (no per-token setup, msgpack header + one int64 tensor): every agent
@@ -43,10 +37,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +47,10 @@ from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.heap import return_free_memory
 from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
 from edge_runtime.agent.llm_group import ShardGroup
+from edge_runtime.agent.llm_jobs import Job, JobThread, limit_blas
 from edge_runtime.agent.llm_sampler import HubSampler
-from edge_runtime.agent.llm_timing import reset_peak_rss, rss_bytes
+from edge_runtime.agent.llm_status import LoadProgress, share_status
+from edge_runtime.agent.llm_timing import reset_peak_rss
 from edge_runtime.agent.tracing import ShareTracer
 from edge_runtime.errors import (
     CheckpointError,
@@ -80,7 +73,6 @@ from edge_runtime.protocol import (
     Message,
     ShardSpec,
 )
-from edge_runtime.protocol.kinds import LLM_SHARD
 from transports.cost import pick
 from transports.errors import CollectiveError
 from transports.wire import Frame, error_frame
@@ -91,6 +83,10 @@ log = logging.getLogger(__name__)
 WORKER_JOIN_TIMEOUT_S = 5.0
 # Sub-directory of the agent's cache holding converted shares (one per digest+share).
 CACHE_SUBDIR = "llm"
+# Task names in the status map's progress list (the CLI's progress line shows them).
+CONVERT_TASK = "converting the share"
+QUANTIZE_TASK = "quantizing to 4 bits"
+
 
 
 def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
@@ -129,16 +125,6 @@ def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
     return LlmShard(deployment_id, shard, ctx, inbox)
 
 
-@dataclass
-class _Job:
-    kind: str  # "load", or the kind of `message`
-    request_id: int = 0
-    client: bytes = b""
-    message: Message | None = None
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
-    arrived: float = field(default_factory=time.time)  # wall clock: a traced step's queue span
-
-
 class LlmShard:
     """A loaded (or loading) share with its worker thread and collective group."""
 
@@ -159,17 +145,16 @@ class LlmShard:
         self._blas_threads: int | None = None
         self._group = ShardGroup(spec, ctx, deployment_id)
         self._tracer = ShareTracer(ctx)  # spans of traced steps (agent/tracing.py)
+        self._progress = LoadProgress()  # conversion, quantization: polled via `status`
         self._failed: EdgeRuntimeError | None = None
+        # sampled: steps answered with tokens; trace_id: the last traced step's (dashboard)
         self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
-                          "load_s": 0.0, "sampled": 0}  # sampled: steps answered with tokens
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+                          "load_s": 0.0, "sampled": 0, "trace_id": 0}
         self._inbox = inbox
         self._load_queued = False
+        self._jobs = JobThread(f"llm-{deployment_id}", self._do, self._release)
         if inbox is None or inbox.complete:
             self._queue_load()
-        self._thread = threading.Thread(target=self._loop, name=f"llm-{deployment_id}",
-                                        daemon=True)
-        self._thread.start()
 
     @property
     def memory_bytes(self) -> int:
@@ -189,7 +174,7 @@ class LlmShard:
     def _queue_load(self) -> None:
         if not self._load_queued:
             self._load_queued = True
-            self._queue.put(_Job("load"))
+            self._jobs.put(Job("load"))
 
     # --- control loop side: queue only, never block ---
 
@@ -200,7 +185,7 @@ class LlmShard:
             return
         if not isinstance(message, LlmReady | LlmConnect | LlmStep):
             raise InputError(f"an llm-shard deployment does not take {message.KIND!r} messages")
-        self._queue.put(_Job(message.KIND, request_id, sender, message, dict(tensors)))
+        self._jobs.put(Job(message.KIND, request_id, sender, message, dict(tensors)))
 
     def _put(self, request_id: int, message: LlmPut, tensors: dict[str, np.ndarray]) -> Frame:
         """One chunk of a checkpoint file (off the control loop: a 1 MiB append)."""
@@ -216,28 +201,23 @@ class LlmShard:
 
     # --- worker thread ---
 
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                self._release()
-                return
-            try:
-                answer = self._run(job)
-            except Exception as error:
-                if not is_user_error(error):
-                    log.exception("llm-shard %s: %s job failed", self.id, job.kind)
-                if job.kind == "load":
-                    self._failed = error if isinstance(error, EdgeRuntimeError) else DeployError(
-                        f"loading the share failed: {type(error).__name__}: {error}")
-                    log.error("llm-shard %s failed to load: %s", self.id, error)
-                    continue
+    def _do(self, job: Job) -> None:
+        try:
+            answer = self._run(job)
+        except Exception as error:
+            if not is_user_error(error):
+                log.exception("llm-shard %s: %s job failed", self.id, job.kind)
+            if job.kind != "load":
                 self._answer_error(job, error)
-                continue
-            if answer is not None:
-                self._ctx.send_to_client(job.client, answer)
+                return
+            self._failed = error if isinstance(error, EdgeRuntimeError) else DeployError(
+                f"loading the share failed: {type(error).__name__}: {error}")
+            log.error("llm-shard %s failed to load: %s", self.id, error)
+            return
+        if answer is not None:
+            self._ctx.send_to_client(job.client, answer)
 
-    def _run(self, job: _Job) -> Frame | None:
+    def _run(self, job: Job) -> Frame | None:
         if job.kind == "load":
             self._load()
             return None
@@ -258,7 +238,7 @@ class LlmShard:
         assert isinstance(message, LlmStep)  # `handle` queues nothing else
         return self._step(job, message)
 
-    def _answer_error(self, job: _Job, error: BaseException) -> None:
+    def _answer_error(self, job: Job, error: BaseException) -> None:
         error_type, agent = type(error).__name__, self._ctx.name
         message = str(error)
         if isinstance(error, CollectiveError):
@@ -277,7 +257,8 @@ class LlmShard:
         from edge_runtime.llm.worker import TensorWorker
 
         started = time.perf_counter()
-        self._limit_blas()
+        self._blas_limit, self._blas_threads = limit_blas(self.spec.blas_threads,
+                                                          self._ctx.threads)
         ckpt = Checkpoint(self.checkpoint_dir, hashes=_hashes(self._ctx))
         if ckpt.digest != self.spec.checkpoint_digest:
             if self._inbox is not None:  # changed on disk since it was verified
@@ -288,7 +269,8 @@ class LlmShard:
             raise CheckpointError(
                 f"the checkpoint at {self.checkpoint_dir} on agent {self._ctx.name} differs "
                 "from the coordinator's (digest mismatch); copy the same checkpoint here")
-        slices = convert_share(ckpt, self.share, self._ctx.cache.root / CACHE_SUBDIR)
+        slices = convert_share(ckpt, self.share, self._ctx.cache.root / CACHE_SUBDIR,
+                               progress=self._progress.hook(CONVERT_TASK, "blocks"))
         config = ckpt.config
         del ckpt  # unmap the checkpoint before serving: only the slices stay
         gc.collect()
@@ -301,7 +283,8 @@ class LlmShard:
                                     max_context=self.spec.max_context,
                                     window_budget_bytes=window, quantize=self.spec.quantize,
                                     slots=self.spec.max_batch, stream_quantized=True,
-                                    read_bps=_disk_read_bps(self._ctx))
+                                    read_bps=_disk_read_bps(self._ctx),
+                                    progress=self._progress.hook(QUANTIZE_TASK, "blocks"))
         resident = self._worker.window
         self._tracer.watch(resident)  # window block reads and waits of traced steps
         if resident is None:  # 4-bit: kernels built; the fp32 temporaries are gone
@@ -320,25 +303,7 @@ class LlmShard:
                  self.spec.rank, self._counters["load_s"], self.spec.quantize or "fp32",
                  "all resident" if window is None else f"{window} B")
 
-    def _limit_blas(self) -> None:
-        """Cap numpy's BLAS pool: the spec's count, never above the agent's own thread cap.
-
-        Why: several agents on one host each start a pool as large as the machine;
-        multi-token steps (the prefill) then oversubscribe the cores and run 20x slower.
-        """
-        threads = self.spec.blas_threads
-        own = self._ctx.threads
-        if own is not None:
-            threads = own if threads is None else min(threads, own)
-        if threads is None:
-            return
-        from threadpoolctl import threadpool_limits
-
-        self._blas_limit = threadpool_limits(limits=threads, user_api="blas")
-        self._blas_threads = threads
-        log.info("llm-shard %s: BLAS limited to %d thread(s)", self.id, threads)
-
-    def _step(self, job: _Job, message: LlmStep) -> Frame | None:
+    def _step(self, job: Job, message: LlmStep) -> Frame | None:
         if self._group.group is None:
             raise InputError("llm_step before llm_connect; redeploy the model")
         ids = job.tensors.get("ids")
@@ -381,6 +346,7 @@ class LlmShard:
         counters["tokens"] += len(ids)
         counters["compute_s"] += clock.compute_s
         counters["comm_s"] += clock.comm_s
+        counters["trace_id"] = message.trace_id or counters["trace_id"]
         if logits is None:
             return None
         if message.sampling:
@@ -393,32 +359,12 @@ class LlmShard:
                            {"logits": np.ascontiguousarray(logits, dtype=np.float32)})
 
     def status(self) -> dict[str, Any]:
-        current, peak = rss_bytes()
-        window: dict[str, Any] = {}
-        if self._worker is not None:
-            window = dataclasses.asdict(self._worker.stats())
-        return {
-            "type": LLM_SHARD,
-            "rank": self.spec.rank,
-            "hub": self.plan.hub,
-            "ready": self._worker is not None,
-            "missing": [] if self._inbox is None else self._inbox.missing(),
-            "failed": None if self._failed is None else str(self._failed),
-            "share": {"kv_heads": list(self.share.kv_heads),
-                      "mlp_columns": list(self.share.mlp_columns),
-                      "vocab_rows": list(self.share.vocab_rows),
-                      "experts": list(self.share.experts),  # (0, 0): dense, or none here
-                      "weight_bytes": self.share.weight_bytes},
-            "memory_bytes": self.memory_bytes,
-            "packed_kernels": self._worker is not None and self._worker.packed,
-            "quantize": self.spec.quantize,
-            "blas_threads": self._blas_threads,
-            "rss_bytes": current,
-            "peak_rss_bytes": peak,
-            "window": window,
-            "collective": self._group.status(),
-            **self._counters,
-        }
+        return share_status(
+            spec=self.spec, plan=self.plan, share=self.share, worker=self._worker,
+            missing=[] if self._inbox is None else self._inbox.missing(),
+            failed=self._failed, memory_bytes=self.memory_bytes,
+            blas_threads=self._blas_threads, collective=self._group.status(),
+            counters=self._counters, progress=self._progress)
 
     def close(self) -> None:
         """Stop the worker; it releases the group, window and BLAS limit as it exits, so a
@@ -427,9 +373,7 @@ class LlmShard:
         if self._inbox is not None:  # files still in transit are this deployment's alone
             self._inbox.close()
         self._group.cancel()  # a step stuck waiting on a lost member ends now
-        self._queue.put(None)
-        self._thread.join(WORKER_JOIN_TIMEOUT_S)
-        if self._thread.is_alive():
+        if not self._jobs.stop(WORKER_JOIN_TIMEOUT_S):
             log.warning("llm-shard %s: still busy after %.0f s; it releases its share when "
                         "the running job ends", self.id, WORKER_JOIN_TIMEOUT_S)
 

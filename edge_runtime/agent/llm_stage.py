@@ -34,7 +34,8 @@ import numpy as np
 from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
 from edge_runtime.agent.llm_group import ShardGroup
-from edge_runtime.agent.llm_shard import CACHE_SUBDIR, LlmShard, _hashes, _Job
+from edge_runtime.agent.llm_jobs import Job
+from edge_runtime.agent.llm_shard import CACHE_SUBDIR, LlmShard, _hashes
 from edge_runtime.agent.llm_stage_links import (
     DelayedSender,
     EmulatedShardGroup,
@@ -44,6 +45,7 @@ from edge_runtime.agent.llm_stage_links import (
 from edge_runtime.agent.llm_timing import StepClock
 from edge_runtime.errors import DeployError, InputError
 from edge_runtime.protocol import LlmHidden, LlmStageSpec, LlmStep, LlmStepReply, Message
+from transports.cost import pick
 from transports.wire import Frame
 
 
@@ -140,7 +142,7 @@ class LlmStage(LlmShard):
         if isinstance(message, LlmHidden):
             if self.first:
                 raise InputError("the first stage takes llm_step, not hidden states")
-            self._queue.put(_Job(message.KIND, request_id, message.client, message,
+            self._jobs.put(Job(message.KIND, request_id, message.client, message,
                                  dict(tensors)))
             return
         if isinstance(message, LlmStep) and not self.first:
@@ -148,17 +150,17 @@ class LlmStage(LlmShard):
                              "stage before it, not llm_step; send steps to the first stage")
         super().handle(sender, request_id, message, tensors)
 
-    def _run(self, job: _Job) -> Frame | None:
+    def _run(self, job: Job) -> Frame | None:
         if isinstance(job.message, LlmHidden):
             if self._failed is not None:
                 raise self._failed
             return self._stage_step(job, job.message)
         return super()._run(job)
 
-    def _step(self, job: _Job, message: LlmStep) -> Frame | None:
+    def _step(self, job: Job, message: LlmStep) -> Frame | None:
         return self._stage_step(job, message)
 
-    def _stage_step(self, job: _Job, message: LlmStep | LlmHidden) -> Frame | None:
+    def _stage_step(self, job: Job, message: LlmStep | LlmHidden) -> Frame | None:
         from edge_runtime.llm.worker import Span
 
         if self._group.group is None:
@@ -179,10 +181,11 @@ class LlmStage(LlmShard):
                  for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
                                                  bounds[1:], strict=True)]
         group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
+        schedule = self.plan.allreduce  # per payload size, as the planner priced it
 
         def allreduce(x: np.ndarray) -> np.ndarray:
             clock.sync()
-            out = group.star_allreduce(x, hub)
+            out = group.allreduce(x, pick(schedule, x.nbytes), hub)
             clock.synced()
             return np.array(out)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import edge_runtime
 from edge_runtime.agent.config import AgentConfig
-from edge_runtime.agent.daemon import Agent, install_signal_handlers
+from edge_runtime.agent.daemon import Agent
 from edge_runtime.backends import backend_kinds
 from edge_runtime.errors import ConfigError
 from transports.keys import DEFAULT_KEYS_DIR, FINGERPRINT_CHARS, key_fingerprint, load_keypair
@@ -189,3 +190,14 @@ def run_agent(config: AgentConfig, ready_file: Path | None = None,
                 log.exception("withdrawing the mDNS announcement failed")
         agent.close()
     return 0
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    """SIGTERM and SIGINT stop the loop cleanly (deployments closed, sockets flushed)."""
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        agent.request_stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)

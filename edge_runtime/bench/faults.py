@@ -18,7 +18,8 @@ busy machine still gets all three windows); N is the number of requests it sent.
 
 Faults (`--faults`), injected by a timer thread `--phase-s` after the stream starts,
 wherever the stream then is — mostly while the coordinator waits on the agents, so
-mid-request (mid-step for the LLM) with requests in flight:
+mid-request (mid-step for the LLM) with requests in flight (`fault_timing.py` injects
+them and says how detection, recovery and throughput are taken from the stream):
 
 - kill: SIGKILL to a middle-stage agent (a non-hub member for the LLM), with the
   coordinator's process handles dropped so it must find the loss on the wire, exactly as
@@ -27,20 +28,8 @@ mid-request (mid-step for the LLM) with requests in flight:
 - kill-local: SIGKILL with `local_cluster`'s process handle kept (a child's exit is seen
   within one heartbeat interval): the floor of detection, so recovery stands alone.
 
-How each figure is taken (all on `time.monotonic()`):
+What is checked (the figures of time are `fault_timing.py`'s):
 
-- detect: from the signal to the moment the coordinator marked the victim lost — the
-  loss time `cluster.health` records (`Health.lost` stamps it with the same clock when the
-  deployment's failover calls `cluster.lost`); "-" when the victim was never marked;
-- recover: from that mark to the first result (token, for the LLM) handed to the app
-  after the failover: re-plan over the survivors, deploy what their caches lack, re-send
-  what was in flight (replay the sequence so far, for the LLM), and its answer;
-- throughput (requests/s or tokens/s as the app receives them): before = stream start to
-  the signal; during = the window containing the fault, from the signal to `--window-s`
-  later (default heartbeat timeout + 2 s) or to the first result after recovery if that
-  is later, so it holds the whole outage; after = the rest of the stream;
-- max gap after: the longest pause between two results after the failover (it shows the
-  coordinator knocking on the lost agent between requests, see docs/RESILIENCE.md);
 - lost / duplicated: by request key — every key sent must come back exactly once
   (in order for `run_many`); wrong: answers that differ from onnxruntime running the
   whole model; for the LLM, per generation: stream positions missing or repeated, and
@@ -61,13 +50,10 @@ import contextlib
 import dataclasses
 import difflib
 import itertools
-import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -75,13 +61,14 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bench.fault_timing import Fault, stream_timing
+
 FAULTS = ("kill", "stop", "kill-local")
 WORKLOADS = ("pipeline", "llm")
 AGENTS = 3
 PROMPTS = ("Permission is hereby granted", "THE SOFTWARE IS PROVIDED",
            "The above copyright notice", "This program is free software")
 LLM_MAX_CONTEXT = 128
-GIVE_UP_S = 60.0  # a stream that has not resumed this long after the window ends anyway
 WARMUP = 20  # pipeline requests before the measured stream (sessions warm, sockets up)
 QUICK_TIMEOUTS = "heartbeat_interval_s=0.25,heartbeat_timeout_s=1.0,request_s=10"
 
@@ -143,108 +130,7 @@ def _choices(text: str, allowed: Sequence[str], flag: str) -> list[str]:
     return chosen
 
 
-# --- measuring a stream --------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Fault:
-    """One injected fault: what, to whom, when."""
-
-    kind: str
-    victim: str
-    signalled_at: float = math.nan
-    resumed_at: float | None = None  # the first result received after the victim was marked
-    _timer: threading.Timer = dataclasses.field(init=False, repr=False)
-
-    def inject(self, cluster: Any) -> None:
-        proc = next(p for p in cluster.processes if p.name == self.victim)
-        self.signalled_at = time.monotonic()
-        if self.kind == "stop":
-            proc.process.send_signal(signal.SIGSTOP)
-        else:
-            proc.process.send_signal(signal.SIGKILL)
-
-    def received(self, cluster: Any, now: float) -> None:
-        """A result arrived at `now`: the first one after the victim was marked lost is the
-        stream resuming."""
-        if (self.resumed_at is None and not math.isnan(self.signalled_at)
-                and _detected_at(cluster, self) is not None):
-            self.resumed_at = now
-
-    def window_end(self, window_s: float) -> float:
-        """The end of the window containing the fault: `window_s` after the signal, or the
-        stream resuming if that is later (so the window holds the whole outage)."""
-        return max(self.signalled_at + window_s, self.resumed_at or -math.inf)
-
-    def over(self, phase_s: float, window_s: float) -> bool:
-        """Whether the stream ran `phase_s` past the window (or past `GIVE_UP_S` without
-        resuming), so it may end; False before the fault."""
-        end = (self.window_end(window_s) if self.resumed_at is not None
-               else self.signalled_at + window_s + GIVE_UP_S)
-        return time.monotonic() >= end + phase_s  # False while signalled_at is NaN
-
-    def arm(self, cluster: Any, after_s: float) -> float:
-        """Inject the fault `after_s` from now, from a timer thread, so it lands wherever
-        the stream then is — mostly while the coordinator waits on the agents (mid-request,
-        mid-step), as a real fault does; the app's thread is never the one to signal.
-        Returns now (the stream's start)."""
-        self._timer = threading.Timer(after_s, self.inject, args=(cluster,))
-        self._timer.daemon = True
-        started = time.monotonic()
-        self._timer.start()
-        return started
-
-    def disarm(self, cluster: Any) -> None:
-        """Cancel a fault not yet injected; SIGKILL the victim of one that was (a stopped
-        agent would ignore teardown's SIGTERM for its whole grace period)."""
-        self._timer.cancel()
-        self._timer.join()
-        if not math.isnan(self.signalled_at):
-            next(p for p in cluster.processes if p.name == self.victim).kill()
-
-
-def _detected_at(cluster: Any, fault: Fault) -> float | None:
-    """When the coordinator marked the victim lost (Health's loss stamp), if it did."""
-    losses = cluster.health.record(fault.victim).losses
-    after = [t for t in losses if t >= fault.signalled_at]
-    return after[0] if after else None
-
-
-def _rate(times: Sequence[float], start: float, end: float) -> float | None:
-    """Results (or tokens) received in [start, end) per second; None for an empty window."""
-    if end - start <= 1e-6:
-        return None
-    count = sum(1 for t in times if start <= t < end)
-    return count / (end - start)
-
-
-def _timing(cluster: Any, fault: Fault, started: float, times: list[float],
-            window_s: float) -> dict[str, Any]:
-    if math.isnan(fault.signalled_at):  # the stream ended before the fault was due
-        return {"victim": fault.victim, "fault_injected": False,
-                "marked_lost": cluster.health.down(), "detect_s": None, "recover_s": None,
-                "outage_s": None, "max_gap_after_s": None,
-                "throughput": {"before": _rate(times, started, times[-1] + 1e-9)
-                               if times else None, "during": None, "after": None}}
-    detected = _detected_at(cluster, fault)
-    first = fault.resumed_at
-    end = times[-1] if times else started
-    window_end = fault.window_end(window_s)
-    after = [t for t in times if first is not None and t >= first]
-    return {
-        "victim": fault.victim, "fault_injected": True,
-        "marked_lost": cluster.health.down(),
-        "detect_s": None if detected is None else detected - fault.signalled_at,
-        "recover_s": None if detected is None or first is None else first - detected,
-        "outage_s": None if first is None else first - fault.signalled_at,
-        "throughput": {
-            "before": _rate(times, started, fault.signalled_at),
-            "during": _rate(times, fault.signalled_at, min(window_end, end + 1e-9)),
-            "after": _rate(times, window_end, end + 1e-9) if end > window_end else None,
-        },
-        "max_gap_after_s": max((b - a for a, b in itertools.pairwise(after)),
-                               default=None),
-    }
+# --- a cluster for one scenario -------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -316,7 +202,7 @@ def _pipeline(args: argparse.Namespace, timeouts: Any, kind: str, window_s: floa
                         not np.allclose(value[0], want[name][i], rtol=1e-4, atol=1e-4)
                         for name, value in result.outputs.items()):
                     wrong += 1
-            timing = _timing(cluster, fault, started, times, window_s)
+            timing = stream_timing(cluster, fault, started, times, window_s)
             journal = _journal_counts(cluster)
         finally:
             fault.disarm(cluster)
@@ -386,7 +272,7 @@ def _llm(args: argparse.Namespace, timeouts: Any, kind: str, window_s: float,
                 generations_differing += any(diff.values())
                 for name, value in diff.items():
                     stats[name] += value
-            timing = _timing(cluster, fault, started, times, window_s)
+            timing = stream_timing(cluster, fault, started, times, window_s)
             journal = _journal_counts(cluster)
         finally:
             fault.disarm(cluster)

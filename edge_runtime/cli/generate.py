@@ -69,6 +69,7 @@ def summary_line(ttft_s: float, s_per_token: float, tokens: int,
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_runtime.cli.progress_line import ProgressLine
     from edge_runtime.errors import ConfigError
     from edge_runtime.llm.gguf import resolve_checkpoint, stderr_progress
 
@@ -78,14 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no checkpoint directory at {args.checkpoint}")
     prompt = _prompt(args)
     with open_cluster(args) as cluster:
-        def progress(agent: str, done: int, total: int) -> None:
-            end = "\n" if done >= total else ""
-            print(f"\rsending the checkpoint to {agent}: {done / 1e6:.0f} / "
-                  f"{total / 1e6:.0f} MB", end=end, file=sys.stderr, flush=True)
-
+        # files sent, shares converted and quantized: one line that updates in place
         llm = cluster.deploy_llm(args.checkpoint, args.strategy,
                                  memory_budget=args.memory_budget,
-                                 max_context=args.max_context, progress=progress,
+                                 max_context=args.max_context, progress=ProgressLine(),
                                  quantize=args.quantize)
         print(llm.describe(), file=sys.stderr)
         if isinstance(prompt, str):

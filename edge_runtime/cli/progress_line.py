@@ -27,7 +27,8 @@ def _amount(n: float, unit: str) -> str:
 
 def describe(event: ProgressEvent) -> str:
     """E.g. "sending checkpoint files to agent1: 12.3 MB / 45.6 MB (27%), 5.1 MB/s, 6 s left"."""
-    where = f" to {event.agent}" if event.agent else ""
+    # bytes are sent to an agent; other units count work done on it (a conversion)
+    where = f" {'to' if event.unit == 'B' else 'on'} {event.agent}" if event.agent else ""
     amount = _amount(event.done, event.unit)
     if event.total > 0:
         amount += f" / {_amount(event.total, event.unit)} ({100 * (event.fraction or 0):.0f}%)"

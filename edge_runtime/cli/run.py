@@ -220,6 +220,7 @@ def _open_cluster(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from edge_runtime.cli.progress_line import ProgressLine
     from edge_runtime.demo.stats import LatencyStats, exit_counts
     from edge_runtime.errors import ConfigError
 
@@ -229,7 +230,9 @@ def run(args: argparse.Namespace) -> int:
     if not feeds:
         raise ConfigError("no inputs: give each model input as --input NAME=FILE.npy")
     with _open_cluster(args) as cluster:
-        model = cluster.deploy(str(args.model), strategy=args.strategy, exits=exits)
+        # shards sent: one line that updates in place
+        model = cluster.deploy(str(args.model), strategy=args.strategy, exits=exits,
+                               progress=ProgressLine())
         plan = model.plan
         print(f"plan: {plan.strategy}, {len(plan.stages)} stage(s)")
         for stage in plan.stages:

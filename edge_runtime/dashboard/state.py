@@ -2,7 +2,8 @@
 request's timeline, and whether a chat box has a model to talk to.
 
 Built from the `ClusterMonitor`'s snapshot (what the agents say about themselves) and,
-under `edge-runtime serve`, the server's own numbers (`ServeSources`). The plan is
+under `edge-runtime serve`, the server's own numbers (`ServeSources`); the last
+request's timeline adds the agents' trace spans when they traced it (`timeline.py`). The plan is
 drawn from what each agent holds — its deployments' ranges of stages, KV heads, MLP
 columns, vocabulary rows or layers — so the picture is what runs, not what was meant to.
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime.dashboard.timeline import RequestTraces
 from edge_runtime.metrics.monitor import ClusterMonitor
 from edge_runtime.metrics.serve_collector import ServeSources
 from edge_runtime.metrics.snapshot import AgentSnapshot
@@ -33,6 +35,7 @@ class DashboardContext:
     serve: ServeSources | None = None
     plan_text: str | None = None  # the deployment's own description, e.g. llm.describe()
     links: bool = True  # measure agent-to-agent links (once per `LINKS_MAX_AGE_S`)
+    traces: RequestTraces = field(default_factory=RequestTraces, compare=False, repr=False)
 
 
 def plan_lanes(agents: Sequence[AgentSnapshot]) -> list[dict[str, Any]]:
@@ -55,14 +58,20 @@ def plan_lanes(agents: Sequence[AgentSnapshot]) -> list[dict[str, Any]]:
     return [by_id[k] for k in sorted(by_id)]
 
 
-def _serve_state(sources: ServeSources) -> Mapping[str, Any]:
+def _serve_state(ctx: DashboardContext, sources: ServeSources,
+                 agents: Sequence[AgentSnapshot]) -> Mapping[str, Any]:
     tokens_per_s, requests_per_s = sources.stats.rates()
     last = sources.stats.last()
+    last_request = None
+    if last is not None:
+        # "trace": per device and activity, the spans the agents recorded for it (None:
+        # they were not tracing); the token times stay the server's own view
+        last_request = {**last.to_dict(), "trace": ctx.traces.lanes(ctx.monitor, agents, last)}
     return {
         "rates": {"tokens_per_s": tokens_per_s, "requests_per_s": requests_per_s,
                   "tokens_total": sources.stats.tokens_total, "queued": sources.queued(),
                   "running": sources.running(), "slots": sources.slots},
-        "last_request": None if last is None else last.to_dict(),
+        "last_request": last_request,
     }
 
 
@@ -78,7 +87,7 @@ def dashboard_state(ctx: DashboardContext) -> dict[str, Any]:
         "links": [row.to_dict() for row in ctx.monitor.links()] if ctx.links else [],
     }
     if ctx.serve is not None:
-        state.update(_serve_state(ctx.serve))
+        state.update(_serve_state(ctx, ctx.serve, snapshot.agents))
     return state
 
 

@@ -28,9 +28,10 @@ from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.engine import BatchItem
 from edge_runtime.llm.local import ThreadCollective
 from edge_runtime.llm.pipeline_batches import assemble, micro_batches
+from edge_runtime.llm.share_weights import stage_blocks
 from edge_runtime.llm.slices import SliceSet, convert_share
 from edge_runtime.llm.window import WindowStats
-from edge_runtime.llm.worker import Span, TensorWorker, stage_blocks
+from edge_runtime.llm.worker import Span, TensorWorker
 from partitioner.llm_layout import LlmLayout
 from partitioner.tensor import ACTIVATION_RESERVE_BYTES, TensorPlan, TensorShare
 

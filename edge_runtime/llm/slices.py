@@ -23,6 +23,13 @@ file changed on disk (same size or not) makes `convert_share` delete the share a
 convert it again from the checkpoint, whose own digest covers every byte of it. The
 directory's name is derived from that content digest, so two checkpoints that differ
 in any byte never share a conversion.
+
+A pipeline stage's share (`TensorShare.layers`) converts and keeps only its layers'
+blocks, and the LM head only if its range ends at the last layer: its key and manifest
+name the range. Its `SliceSet.blocks` stays indexed by layer (block 2i is layer i's
+attention, 2i+1 its MLP, the head's chunks after the last layer) so a stage's blocks are
+found where a whole share's are; the positions of layers it does not hold are empty
+(`BlockSpec.held` false, no file, 0 bytes) and never read.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,11 @@ class BlockSpec:
     nbytes: int
     arrays: dict[str, ArraySpec]
 
+    @property
+    def held(self) -> bool:
+        """False for a layer another pipeline stage holds (no file here)."""
+        return bool(self.arrays)
+
 
 @dataclass(frozen=True)
 class SliceSet:
@@ -85,9 +98,22 @@ class SliceSet:
 
 
 def share_key(checkpoint_digest: str, share: TensorShare) -> str:
-    """Cache key of a share: the checkpoint's content digest and the three ranges."""
-    text = json.dumps([checkpoint_digest, share.kv_heads, share.mlp_columns, share.vocab_rows])
+    """Cache key of a share: the checkpoint's content digest, the three ranges and a
+    pipeline stage's layer range (a whole share's key is unchanged by it)."""
+    parts: list[object] = [checkpoint_digest, share.kv_heads, share.mlp_columns,
+                           share.vocab_rows]
+    if share.layers is not None:
+        parts.append(list(share.layers))
+    text = json.dumps(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _share_doc(share: TensorShare) -> dict[str, Any]:
+    """The share's ranges as its manifest records them."""
+    return {"kv_heads": list(share.kv_heads), "mlp_columns": list(share.mlp_columns),
+            "vocab_rows": list(share.vocab_rows),
+            **({"experts": list(share.experts)} if share.experts != (0, 0) else {}),
+            **({"layers": list(share.layers)} if share.layers is not None else {})}
 
 
 def _projections(ckpt: Checkpoint, p: str) -> tuple[np.ndarray, ...]:
@@ -212,8 +238,13 @@ def _write_block(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict[str, A
     return specs, sha256
 
 
-def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -> SliceSet:
-    """Write (or reuse) the slice files of `share`; returns the loaded manifest."""
+def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path,
+                  progress: Callable[[int, int], None] | None = None) -> SliceSet:
+    """Write (or reuse) the slice files of `share`; returns the loaded manifest.
+
+    `progress(done, total)`: told as a conversion starts and after each block written
+    (2 per layer, the LM head, the embedding), so a long conversion shows it moves;
+    a reuse tells nothing."""
     directory = Path(cache_dir) / share_key(ckpt.digest, share)
     manifest = directory / "manifest.json"
     if manifest.is_file():
@@ -227,6 +258,13 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     c = ckpt.config
     log.info("converting %s share %s into %s", ckpt.directory, share.device, directory)
     blocks: list[dict[str, Any]] = []
+    first, end = share.layer_range(c.layers)
+    if not 0 <= first < end <= c.layers:
+        raise CheckpointError(f"layer range {share.layers} is not within the checkpoint's "
+                              f"{c.layers} layers: plan the stage for this checkpoint")
+    steps = 2 * (end - first) + 2
+    tell = progress or (lambda done, total: None)
+    tell(0, steps)
 
     def add(name: str, arrays: dict[str, np.ndarray]) -> None:
         path = directory / f"{name}.bin"
@@ -241,10 +279,11 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
             }
         )
 
-    for i in range(c.layers):
+    for i in range(first, end):
         attn, mlp = _layer_arrays(ckpt, share, i)
         add(f"layer{i}.attn", attn)
         add(f"layer{i}.mlp", mlp)
+        tell(2 * (i - first) + 2, steps)
     # The LM head is cut into row chunks no larger than the biggest layer block, so the
     # window's smallest useful size is set by the layers, not by the vocabulary.
     v0, v1 = share.vocab_rows
@@ -252,13 +291,15 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     rows_per_chunk = max(1, largest // (c.hidden * 4))
     head = ckpt.tensor(ckpt.lm_head_name())
     norm = _norm(ckpt, "model.norm.weight")
-    starts = list(range(v0, v1, rows_per_chunk)) or [v0]
+    # only the last stage holds the LM head
+    starts = (list(range(v0, v1, rows_per_chunk)) or [v0]) if end == c.layers else []
     for j, r0 in enumerate(starts):
         r1 = min(v1, r0 + rows_per_chunk)
         chunk: dict[str, np.ndarray] = {"norm": norm}
         if r1 > r0:
             chunk["lm_t"] = head[r0:r1].T
         add(f"head{j}", chunk)
+    tell(steps - 1, steps)
     embed_path = directory / "embedding.f32"
     table = ckpt.tensor("model.embed_tokens.weight")
     out = _HashingWriter(embed_path)
@@ -270,12 +311,7 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     doc = {
         "version": MANIFEST_VERSION,
         "checkpoint_digest": ckpt.digest,
-        "share": {
-            "kv_heads": share.kv_heads,
-            "mlp_columns": share.mlp_columns,
-            "vocab_rows": share.vocab_rows,
-            **({"experts": share.experts} if share.experts != (0, 0) else {}),
-        },
+        "share": _share_doc(share),
         "vocab": c.vocab,
         "hidden": c.hidden,
         "embedding": embed_path.name,
@@ -285,6 +321,7 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path) -
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, manifest)
+    tell(steps, steps)
     return load_slices(directory, verify=False)  # hashed as written
 
 
@@ -310,10 +347,7 @@ def load_slices(directory: str | Path, *, verify: bool = True,
             raise CheckpointError(f"{directory}: slice manifest version {doc.get('version')}")
         if expect is not None:
             digest, share = expect
-            ranges = {"kv_heads": list(share.kv_heads), "mlp_columns": list(share.mlp_columns),
-                      "vocab_rows": list(share.vocab_rows),
-                      **({"experts": list(share.experts)} if share.experts != (0, 0) else {})}
-            if doc["checkpoint_digest"] != digest or doc["share"] != ranges:
+            if doc["checkpoint_digest"] != digest or doc["share"] != _share_doc(share):
                 raise CheckpointError(f"{directory}: manifest names another checkpoint or share")
         blocks = []
         for b in doc["blocks"]:
@@ -321,6 +355,12 @@ def load_slices(directory: str | Path, *, verify: bool = True,
             _check_file(path, int(b["nbytes"]), b["sha256"], verify)
             arrays = {k: ArraySpec(int(o), tuple(s)) for k, (o, s) in b["arrays"].items()}
             blocks.append(BlockSpec(b["name"], path, int(b["nbytes"]), arrays))
+        layers = doc["share"].get("layers")
+        if layers is not None:  # a stage: its blocks at their layers' positions
+            first, _ = (int(x) for x in layers)
+            absent = [BlockSpec(f"layer{i // 2}.{'mlp' if i % 2 else 'attn'}",
+                                directory / "absent", 0, {}) for i in range(2 * first)]
+            blocks = absent + blocks
         embedding = directory / doc["embedding"]
         vocab, hidden = int(doc["vocab"]), int(doc["hidden"])
         _check_file(embedding, vocab * hidden * 4, doc["embedding_sha256"], verify)

@@ -20,54 +20,34 @@ them — decode reads the weights once for B tokens instead of B times; only att
 runs per sequence, over that sequence's own KV slot and positions. A sequence's output
 does not depend on what it is batched with.
 
-`quantize="q4"` turns every matrix of a resident share into a 4-bit onnxruntime kernel
-(`quant.Q4MatMul`); norms, biases and the KV cache stay fp32. A "q4" share whose budget
-cannot hold the peak of loading it so (`q4_load_bytes`) streams int8 blocks through the
-window instead when asked (`stream_quantized`; `int8slices.py` says why not 4-bit).
-A batching share whose budget holds it also gets an int8 twin of every matrix for the
-rows of prefills (`quant.RowRoute`: chosen per sequence, so batching does not change a
-sequence's numbers).
+Where the weights live while it serves — pinned or streamed through the sliding window,
+packed batching kernels, 4-bit kernels, int8 blocks streamed — is `share_weights.py`;
+this module asks it for one block at a time.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edge_runtime.errors import ConfigError, GenerationError
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.int8slices import SCALE as INT8_SCALE
-from edge_runtime.llm.int8slices import convert_int8, int8_views
 from edge_runtime.llm.kernels import Rope, attention, rms_norm, soft_cap
 from edge_runtime.llm.moe import feed_forward
-from edge_runtime.llm.packed import PackedMatMul
-from edge_runtime.llm.quant import BLOCK as Q4_BLOCK
-from edge_runtime.llm.quant import Int8Streamed, Q4MatMul, RowRoute, trim_heap
-from edge_runtime.llm.residency import (
-    DISK_READ_BPS,
-    FP32_COMPUTE_BPS,
-    INT8_STREAM_COMPUTE_BPS,
-    ResidencyPlan,
-    plan_residency,
-    q4_resident_bytes,
-)
-from edge_runtime.llm.slices import BlockSpec, SliceSet, block_arrays
-from edge_runtime.llm.window import LayerWindow, WindowStats, read_block
+from edge_runtime.llm.residency import DISK_READ_BPS, ResidencyPlan
+from edge_runtime.llm.share_weights import ShareWeights, Weight, stage_blocks
+from edge_runtime.llm.share_weights import matmul as _mm
+from edge_runtime.llm.share_weights import vector as _vec
+from edge_runtime.llm.slices import SliceSet
+from edge_runtime.llm.window import LayerWindow, WindowStats
 from partitioner.tensor import TensorShare
-
-log = logging.getLogger(__name__)
 
 F32 = np.float32
 AllReduce = Callable[[np.ndarray], np.ndarray]
 # Takes this worker's logits columns [T, rows]; returns [T, vocab] on the hub, None elsewhere.
 GatherLogits = Callable[[np.ndarray], np.ndarray | None]
-Weight = np.ndarray | Q4MatMul | PackedMatMul | Int8Streamed
 
 
 @dataclass(frozen=True)
@@ -94,6 +74,7 @@ class TensorWorker:
         slots: int = 1,
         stream_quantized: bool = False,
         read_bps: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """`stream_quantized`: a "q4" share whose budget cannot hold its 4-bit weights
         streams int8 weights through the window instead of failing (`int8slices`).
@@ -110,48 +91,11 @@ class TensorWorker:
         # a pipeline stage's share holds a layer range: only its blocks are used
         self.layer_range = share.layer_range(config.layers)
         self.blocks = stage_blocks(slices.blocks, self.layer_range, config.layers)
-        self._views: dict[int, dict[str, Weight]] = {}
-        self._q4: dict[int, dict[str, Weight]] = {}
-        self._window_blocks = self.blocks  # what the window reads: fp32, or int8 twins
-        self._int8_stream = False
-        self._route: RowRoute | None = None
-        self.window: LayerWindow | None = None
-        self.residency: ResidencyPlan | None = None  # where the window keeps each block
-        if quantize is None:
-            # keep what fits for good, stream the rest (a sliding window over a cyclic
-            # scan re-reads everything); MemoryBudgetError here, before any read, when
-            # the budget cannot even read one block ahead
-            self._open_window(window_budget_bytes, FP32_COMPUTE_BPS)
-        elif quantize == "q4":
-            # the peak of loading the share as 4-bit kernels (onnxruntime's copies and the
-            # fp32 block being converted: `residency.q4_resident_bytes`, the SDK's rule)
-            need = q4_load_bytes(self.blocks)
-            if window_budget_bytes is not None and window_budget_bytes < need \
-                    and stream_quantized:
-                # 4-bit kernels cannot stream (int8slices.py says why): int8 blocks do
-                self._window_blocks = convert_int8(self.blocks, slices.directory)
-                self._int8_stream = True
-                self._open_window(window_budget_bytes, INT8_STREAM_COMPUTE_BPS)
-            elif window_budget_bytes is not None and window_budget_bytes < need:
-                raise ConfigError(
-                    f"4-bit weights serve resident shares only: this share needs "
-                    f"{need / 1e6:.1f} MB for weights but the budget leaves "
-                    f"{window_budget_bytes / 1e6:.1f} MB; raise the memory budget or use "
-                    "fp32 weights with a sliding window"
-                )
-            # int8 twins for prefill rows take 1 byte per weight more: batching shares
-            # whose budget holds them (as for the packed fp32 kernels)
-            else:
-                twins = sum(b.nbytes for b in self.blocks) // 4  # 1 byte per weight
-                if slots > 1 and (window_budget_bytes is None
-                                  or window_budget_bytes >= need + twins):
-                    self._route = RowRoute()
-                self._load_q4()
-        else:
-            raise ConfigError(f"quantize={quantize!r} is not supported; use None or 'q4'")
-        self._packed: dict[int, dict[str, Weight]] = {}
-        if self.window is not None and slots > 1 and not self._int8_stream:
-            self._pack_if_it_fits(window_budget_bytes)
+        # where the blocks live while serving (resident, windowed, packed, 4-bit, int8)
+        self.weights = ShareWeights(self.blocks, slices.directory,
+                                    budget=window_budget_bytes, quantize=quantize,
+                                    slots=slots, stream_quantized=stream_quantized,
+                                    read_bps=self._read_bps, progress=progress)
         nkv, hd = share.n_kv_heads, config.head_dim
         self.k_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
         self.v_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
@@ -161,98 +105,25 @@ class TensorWorker:
                        if r is not None}
         self._nq = nkv * config.group_size
 
-    def _load_q4(self) -> None:
-        """Read every block once; matrices become 4-bit kernels, vectors stay fp32."""
-        t0 = time.perf_counter()
-        self._q4_bytes = 0
-        for index, block in enumerate(self.blocks):
-            weights: dict[str, Weight] = {}
-            for name, arr in block_arrays(block, read_block(block.path, block.nbytes)).items():
-                if arr.ndim == 2 and arr.shape[0] % Q4_BLOCK == 0:
-                    op = Q4MatMul(arr, self._route)
-                    weights[name] = op
-                    self._q4_bytes += op.nbytes
-                else:
-                    weights[name] = arr.copy()
-                    self._q4_bytes += arr.nbytes
-            self._q4[index] = weights
-            # the fp32 block and the kernels' build copies are freed: hand the pages back
-            # now, so the loading peak stays near the serving size plus one block
-            trim_heap()
-        self._q4_load_s = time.perf_counter() - t0
-        self._q4_uses = 0
-        log.info("4-bit share ready: %.1f MB in %.1f s", self._q4_bytes / 1e6, self._q4_load_s)
+    @property
+    def window(self) -> LayerWindow | None:
+        """The sliding window of a streamed (or pinned fp32) share; None for 4-bit."""
+        return self.weights.window
+
+    @property
+    def residency(self) -> ResidencyPlan | None:
+        """Which blocks the window keeps for good and what streaming costs per token."""
+        return self.weights.residency
 
     @property
     def packed(self) -> bool:
-        """Whether the matrices have batching kernels (a batching share with room): fp32
-        as `PackedMatMul`, 4-bit with int8 twins for prefill rows."""
-        return bool(self._packed) or self._route is not None
+        """Whether the matrices have batching kernels (`ShareWeights.packed`)."""
+        return self.weights.packed
 
     @property
     def packed_bytes(self) -> int:
         """Memory the batching kernels hold beyond the weights themselves."""
-        fp32 = sum(w.packed_bytes for block in self._packed.values() for w in block.values()
-                   if isinstance(w, PackedMatMul))
-        return fp32 + sum(w.twin_bytes for block in self._q4.values() for w in block.values()
-                          if isinstance(w, Q4MatMul))
-
-    def _pack_if_it_fits(self, budget: int | None) -> None:
-        """A batching share whose budget holds its weights twice gets every matrix as a
-        `PackedMatMul` (steps of several rows then cost about one row's); else numpy."""
-        total = sum(b.nbytes for b in self.blocks)
-        if budget is not None and budget < 2 * total:
-            log.info("batching without packed kernels: the budget (%.1f MB) does not hold "
-                     "the weights twice (%.1f MB)", budget / 1e6, 2 * total / 1e6)
-            return
-        assert self.window is not None
-        for index, block in enumerate(self.blocks):
-            with self.window.use(index) as buf:
-                arrays = block_arrays(block, buf)
-                self._packed[index] = {
-                    name: PackedMatMul(arr) if arr.ndim == 2 and name != "embedding" else arr
-                    for name, arr in arrays.items()}
-
-    @contextmanager
-    def _use(self, index: int) -> Iterator[Mapping[str, Weight]]:
-        """The weights of block `index` for the duration of the `with` (declarative)."""
-        packed = self._packed.get(index)
-        if packed is not None:
-            yield packed
-            return
-        if self.window is None:
-            self._q4_uses += 1
-            yield self._q4[index]
-            return
-        with self.window.use(index) as buf:
-            yield self._arrays(index, buf)
-
-    def _open_window(self, budget: int | None, compute_bps: float) -> None:
-        """Plan which blocks stay resident (keep what fits for good, stream the rest: a
-        sliding window over a cyclic scan re-reads everything) and open the window;
-        `MemoryBudgetError` here, before any read, when not even one block fits."""
-        blocks = self._window_blocks
-        self.residency = plan_residency([b.nbytes for b in blocks],
-                                        [b.nbytes / compute_bps for b in blocks],
-                                        budget, self._read_bps)
-        self.window = LayerWindow(blocks, budget, pinned=self.residency.resident)
-
-    def _arrays(self, index: int, buf: np.ndarray) -> dict[str, Weight]:
-        """The weights of a loaded block (views into `buf`), kept for pinned blocks."""
-        assert self.window is not None
-        views = self._views.get(index)
-        if views is None:
-            block = self._window_blocks[index]
-            if self._int8_stream:
-                raw = int8_views(block, buf)
-                views = {name: Int8Streamed(arr, raw[name + INT8_SCALE])
-                         if name + INT8_SCALE in raw else arr
-                         for name, arr in raw.items() if not name.endswith(INT8_SCALE)}
-            else:
-                views = dict(block_arrays(block, buf))
-            if self.window.is_pinned(index):
-                self._views[index] = views
-        return views
+        return self.weights.packed_bytes
 
     def forward(
         self,
@@ -287,8 +158,9 @@ class TensorWorker:
         if not spans:
             raise GenerationError("a batch needs at least one sequence")
         checked = [self._check(span) for span in spans]
-        if self._route is not None:
-            self._route.begin([len(ids) for ids, _ in checked])
+        route = self.weights.route
+        if route is not None:
+            route.begin([len(ids) for ids, _ in checked])
         slots = [span.slot for span in spans]
         if len(set(slots)) != len(slots):
             raise GenerationError(f"a batch names a KV slot twice: {slots}")
@@ -309,7 +181,7 @@ class TensorWorker:
                 raise GenerationError(f"a pipeline stage got hidden states of shape {x.shape}"
                                       f" for {len(ids)} tokens of width {c.hidden}")
         for layer in range(first, end):
-            with self._use(2 * (layer - first)) as a:
+            with self.weights.use(2 * (layer - first)) as a:
                 normed = rms_norm(x, _vec(a, "norm"), c.rms_norm_eps)
                 partial = self._attention(layer, normed, a, slots, checked, bounds)
                 bias = _vec(a, "bo").copy() if "bo" in a else None
@@ -322,7 +194,7 @@ class TensorWorker:
                 x += summed
                 if bias is not None:
                     x += bias
-            with self._use(2 * (layer - first) + 1) as m:
+            with self.weights.use(2 * (layer - first) + 1) as m:
                 partial = self._mlp(rms_norm(x, _vec(m, "norm"), c.rms_norm_eps), m, bounds)
                 post = _vec(m, "post_norm").copy() if "post_norm" in m else None
             summed = allreduce(partial)
@@ -333,7 +205,7 @@ class TensorWorker:
         parts = []
         normed_out: np.ndarray | None = None  # every chunk carries the same final norm
         for index in range(2 * (end - first), len(self.blocks)):  # the LM head's chunks
-            with self._use(index) as h:
+            with self.weights.use(index) as h:
                 if "lm_t" in h:
                     if normed_out is None:
                         normed_out = rms_norm(xs, _vec(h, "norm"), c.rms_norm_eps)
@@ -407,72 +279,14 @@ class TensorWorker:
 
     def _mlp(self, x: np.ndarray, m: Mapping[str, Weight], bounds: np.ndarray) -> np.ndarray:
         """Partial MLP output: this share's columns, or its experts (`moe.py`)."""
-        return feed_forward(x, m, self.config, self.share.experts, _mm, self._route,
+        return feed_forward(x, m, self.config, self.share.experts, _mm, self.weights.route,
                             [int(n) for n in np.diff(bounds)])
 
     def stats(self) -> WindowStats:
-        if self.window is not None:
-            stats = self.window.stats()
-            if self.residency is None:
-                return stats
-            return dataclasses.replace(
-                stats, predicted_s_per_token=self.residency.predicted_s_per_token)
-        n = len(self.blocks)
-        return WindowStats(
-            blocks=n,
-            resident=True,
-            budget_bytes=self._q4_bytes,
-            loads=n,
-            bytes_read=sum(b.nbytes for b in self.blocks),
-            load_seconds=self._q4_load_s,
-            wait_seconds=0.0,
-            uses=self._q4_uses,
-            peak_loaded_bytes=self._q4_bytes,
-        )
+        return self.weights.stats()
 
     def close(self) -> None:
-        if self.window is not None:
-            self.window.close()
+        self.weights.close()
 
 
-def q4_load_bytes(blocks: Sequence[BlockSpec]) -> int:
-    """Peak bytes of loading `blocks` resident as 4-bit kernels: every 2-D array whose
-    input size is a multiple of 32 becomes a `Q4MatMul` of 5/8 byte per weight (codes
-    and block scales), the rest stays fp32 (`residency.q4_resident_bytes`)."""
-    q4 = fp32 = 0
-    for block in blocks:
-        for spec in block.arrays.values():
-            size = int(np.prod(spec.shape))
-            if len(spec.shape) == 2 and spec.shape[0] % Q4_BLOCK == 0:
-                q4 += size * 5 // 8
-            else:
-                fp32 += 4 * size
-    return q4_resident_bytes(q4, fp32, max((b.nbytes for b in blocks), default=0))
-
-
-def stage_blocks(blocks: Sequence[BlockSpec], layers: tuple[int, int],
-                 n_layers: int) -> tuple[BlockSpec, ...]:
-    """The blocks of the layers [start, end) (attention and MLP of each), then the LM
-    head's chunks if the range ends at the last layer; every block when it is all."""
-    first, end = layers
-    if not 0 <= first < end <= n_layers:
-        raise ConfigError(f"layer range {layers} is not within the model's {n_layers} layers")
-    head = tuple(blocks[2 * n_layers:]) if end == n_layers else ()
-    return (*blocks[2 * first: 2 * end], *head)
-
-
-def _mm(x: np.ndarray, w: Weight) -> np.ndarray:
-    """x @ w for an fp32 matrix, a packed fp32 kernel or a 4-bit kernel."""
-    if isinstance(w, Q4MatMul | PackedMatMul | Int8Streamed):
-        return w(x)
-    out: np.ndarray = x @ w
-    return out
-
-
-def _vec(weights: Mapping[str, Weight], name: str) -> np.ndarray:
-    w = weights[name]
-    assert isinstance(w, np.ndarray), name
-    return w
-
-
-__all__ = ["AllReduce", "GatherLogits", "Span", "TensorWorker", "q4_load_bytes", "stage_blocks"]
+__all__ = ["AllReduce", "GatherLogits", "Span", "TensorWorker"]

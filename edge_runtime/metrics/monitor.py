@@ -189,6 +189,21 @@ class ClusterMonitor:
             self._links = (time.time(), result)
             return result
 
+    def ask_each(self, request: Record, timeout_s: float | None = None
+                 ) -> dict[str, tuple[float, dict[str, Any] | str, float]]:
+        """`request` to every agent in turn over the monitor's own sockets (safe from any
+        thread, beside a coordinator using its own): per agent address, the wall clock it
+        was sent, the reply's meta or why there is none, and the wall clock it came."""
+        answers: dict[str, tuple[float, dict[str, Any] | str, float]] = {}
+        with self._lock:
+            if self._closed:
+                raise ConfigError("this ClusterMonitor is closed")
+            for target in self._targets:
+                sent = time.time()
+                answer = self._ask(target, request, timeout_s or self._timeout_s)
+                answers[target.address] = (sent, answer, time.time())
+        return answers
+
     def _probe(self, source: MonitorTarget, target: MonitorTarget, name: str) -> LinkRow:
         request = ProbeLink(address=target.address, public_key=target.public_key, name=name)
         answer = self._ask(source, request, PROBE_TIMEOUT_S)

@@ -24,8 +24,10 @@ from edge_runtime.sdk.deployment import Deployment
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.hub import AgentLink, Hub
 from edge_runtime.sdk.journal import Journal
-from edge_runtime.sdk.llm import LlmDeployment, deploy_llm
+from edge_runtime.sdk.llm import LlmDeployment
+from edge_runtime.sdk.llm_deploy import deploy_llm
 from edge_runtime.sdk.membership import agent_info, hello, introduce
+from edge_runtime.sdk.progress import AnyProgress
 from edge_runtime.sdk.resume import Resumed, open_journal, resume_journal
 from transports.errors import SecurityError
 from transports.keys import DEFAULT_KEYS_DIR, trust_command, trusted_keys_in
@@ -70,7 +72,7 @@ class Cluster(Agents):
     def deploy(self, model: str | os.PathLike[str], strategy: str = "auto", *,
                exits: Any = None, slo_ms: float | None = None, objective: str = "latency",
                batch_size: int = 1, plan: Any = None, devices: Sequence[str] | None = None,
-               progress: Callable[[str, int, int], None] | None = None,
+               progress: AnyProgress | None = None,
                calibration: tuple[Mapping[str, Any], Any] | None = None,
                exit_policy: str = "max_prob") -> Deployment:
         """Plan, extract, send and load `model`; returns a `Deployment` (see deploy.py).
@@ -93,7 +95,7 @@ class Cluster(Agents):
 
     def deploy_llm(self, path: str | os.PathLike[str], strategy: str = "tensor",
                    **options: Any) -> LlmDeployment:
-        """Split an LLM checkpoint tensor-parallel over the agents; see `sdk/llm.py`."""
+        """Split an LLM checkpoint tensor-parallel over the agents; see `sdk/llm_deploy.py`."""
         self.rejoin_lost()
         deployment = deploy_llm(self, Path(path), strategy, policy=self.policy,
                                 targets=self._targets, journal=self.journal, **options)

@@ -4,7 +4,8 @@ survive the loss of agents.
 `run` sends the inputs to the first stage's agent and waits for the `result` frame
 that the last stage (or the stage whose exit fired) sends straight back. `run_many`
 keeps up to `max_in_flight` requests in the pipeline at once and yields results in
-input order.
+input order. What one attempt puts on the wire, and what its answer becomes, is
+`run_wire.py`.
 
 When an agent is lost mid-request (dead, hung past its heartbeat timeout, unreachable
 from the coordinator or from the stage before it) the deployment fails over: it
@@ -28,8 +29,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-import numpy as np
-
 from edge_runtime.errors import (
     AgentError,
     AgentUnavailableError,
@@ -41,9 +40,8 @@ from edge_runtime.errors import (
     FallbackError,
     PartitionError,
 )
-from edge_runtime.protocol import Run, RunResult, TensorSpec
-from edge_runtime.protocol.kinds import RESULT
-from edge_runtime.sdk.agents import Agents, parse_reply
+from edge_runtime.protocol import TensorSpec
+from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
 from edge_runtime.sdk.deploy import DeploySource, Placement, unload_stages
 from edge_runtime.sdk.errors_map import error_from_frame
@@ -56,6 +54,7 @@ from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result
 from edge_runtime.sdk.retune import retune_exits
+from edge_runtime.sdk.run_wire import is_lost, read_result, send_attempt
 from edge_runtime.sdk.tickets import Ledger, Ticket
 from edge_runtime.sdk.tracing import TraceCapture, traced
 from transports.wire import Frame
@@ -243,14 +242,9 @@ class Deployment:
     def _send(self, ticket: Ticket) -> None:
         """Send `ticket`'s next attempt to the current placement's first stage."""
         assert self._placement is not None
-        hub = self.cluster.hub
         self._ledger.attempt(ticket)
-        request_id = hub.next_id()
-        run = Run(deployment_id=self.specs[0].deployment_id, sent_at=time.time(),
-                  trace_id=0 if self.tracer is None else self.tracer.trace_id)
-        ticket.request_id = request_id
-        hub.send(self._first, run.frame(request_id, tensors=ticket.arrays),
-                 timeout_s=self.cluster.timeouts.hello_s)
+        send_attempt(self.cluster, self._first, self.specs[0].deployment_id, ticket,
+                     self.tracer)
 
     def _send_or_recover(self, ticket: Ticket, pending: deque[Ticket],
                          policy: FallbackPolicy) -> None:
@@ -258,7 +252,7 @@ class Deployment:
             self._send(ticket)
         except AgentUnavailableError as error:
             ticket.request_id = None
-            if not policy.failover or not self._is_lost(error):
+            if not policy.failover or not is_lost(self.cluster, error):
                 raise
             self._recover(error.agent, str(error), pending, policy)
 
@@ -279,7 +273,7 @@ class Deployment:
             except AgentUnavailableError as error:
                 if head.deadline is not None and time.monotonic() >= head.deadline:
                     head.left_s(0.0)  # raises DeadlineError: the wait ended at the deadline
-                if not policy.failover or not self._is_lost(error):
+                if not policy.failover or not is_lost(self.cluster, error):
                     raise
                 self._recover(error.agent, str(error), pending, policy)
                 continue
@@ -299,15 +293,6 @@ class Deployment:
                     continue
                 raise failure
             return self._result(frame, head)
-
-    def _is_lost(self, error: AgentUnavailableError) -> bool:
-        """Whether the hub declared `error.agent` lost (dead, stopped, unreachable), as
-        opposed to a request that merely timed out while its agents answer heartbeats."""
-        try:
-            link = self.cluster.link(error.agent)
-        except ConfigError:
-            return False
-        return link.dead or (link.alive is not None and not link.alive())
 
     # --- failover ---
 
@@ -356,22 +341,9 @@ class Deployment:
                                 self._ledger.journal is not None)
 
     def _result(self, frame: Frame, ticket: Ticket) -> Result:
-        agent = frame.sender or self.agents[0]
-        if frame.kind != RESULT:
-            raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
-        result = parse_reply(RunResult, frame.meta, agent, RESULT)
-        if self.tracer is not None:
-            self.tracer.received(agent, result.sent_at, frame.request_id, "result")
-            self.tracer.record("request", "run", time.time() - (time.perf_counter()
-                               - ticket.started), request_id=frame.request_id)
-        outputs = {name: np.array(value) for name, value in frame.tensors.items()}
-        return Result(
-            outputs=outputs, exit=result.exit, stage=result.stage,
-            latency_s=time.perf_counter() - ticket.started, stages=result.timings,
-            predicted_latency_s=float(self.plan.predicted_latency_s),
-            predicted_stages=self._predicted_stages, request_id=frame.request_id,
-            attempts=ticket.attempts, key=ticket.key, notes=tuple(ticket.notes),
-        )
+        return read_result(frame, ticket, default_agent=self.agents[0],
+                           predicted_latency_s=float(self.plan.predicted_latency_s),
+                           predicted_stages=self._predicted_stages, tracer=self.tracer)
 
     # --- management ---
 

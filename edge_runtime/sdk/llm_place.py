@@ -18,13 +18,14 @@ hold are not sent again, and shares converted before are reused.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import AgentUnavailableError, ConfigError
 from edge_runtime.protocol import (
     COLLECTIVE_TIMEOUT_S,
     Deploy,
@@ -39,6 +40,7 @@ from edge_runtime.protocol import (
     UnloadReply,
 )
 from edge_runtime.protocol.kinds import LLM_SHARD
+from edge_runtime.protocol.progress import parse_progress
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
@@ -51,6 +53,7 @@ from edge_runtime.sdk.llm_plan import (
     plan_llm,
     quantize_plan,
 )
+from edge_runtime.sdk.progress import AgentTasks, as_callback
 
 if TYPE_CHECKING:
     from edge_runtime.llm import LlmConfig
@@ -59,6 +62,9 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=Record)
 
 log = logging.getLogger(__name__)
+
+READY_POLL_S = 0.5
+"""While agents load, their status is polled this often for progress (with a callback)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
     blas = (blas_threads(cluster, names) if source.threads is None
             else [source.threads] * len(names))
     sender = FileSender(cluster, source.checkpoint, progress)
+    tasks = None if progress is None else AgentTasks(as_callback(progress))
     plan_json = plan.to_json()
     loaded: list[str] = []
     try:
@@ -134,8 +141,7 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
             reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
             if reply.missing_files:
                 sender.send(name, deployment_id, list(reply.missing_files))
-        ready = _ask_all(cluster, names, LlmReady(deployment_id), LlmReadyReply,
-                         cluster.timeouts.deploy_s)
+        ready = _await_ready(cluster, names, deployment_id, tasks)
         endpoints = tuple(r.address for r in ready)
         _ask_all(cluster, names, LlmConnect(deployment_id, endpoints), LlmConnectReply,
                  cluster.timeouts.hello_s)
@@ -160,16 +166,70 @@ def unload_llm(cluster: Agents, deployment_id: str, names: Sequence[str],
         log.warning("unload of %s incomplete: %s", deployment_id, "; ".join(problems))
 
 
+def _send_all(cluster: Agents, names: Sequence[str], request: Record) -> list[tuple[str, int]]:
+    """Send `request` to each agent at once: (agent, request id) of each."""
+    sent: list[tuple[str, int]] = []
+    for name in names:
+        request_id = cluster.hub.next_id()
+        cluster.hub.send(cluster.link(name), request.frame(request_id),
+                         timeout_s=cluster.timeouts.hello_s)
+        sent.append((name, request_id))
+    return sent
+
+
+def _await_ready(cluster: Agents, names: Sequence[str], deployment_id: str,
+                 tasks: AgentTasks | None) -> list[LlmReadyReply]:
+    """Every agent's `llm_ready` reply. With `tasks`, the agents still loading are asked
+    for their status every `READY_POLL_S` meanwhile, and the tasks they report
+    (conversion, quantization) become progress events; each reply's final list ends
+    them, so a task done between two polls is still told at its total."""
+    timeout_s = cluster.timeouts.deploy_s
+    if tasks is None:
+        return _ask_all(cluster, names, LlmReady(deployment_id), LlmReadyReply, timeout_s)
+    hub, deadline = cluster.hub, time.monotonic() + timeout_s
+    pending = {request_id: name for name, request_id in
+               _send_all(cluster, names, LlmReady(deployment_id))}
+    replies: dict[str, LlmReadyReply] = {}
+    try:
+        while pending:
+            until = min(deadline, time.monotonic() + READY_POLL_S)
+            try:
+                frame = hub.wait(set(pending), max(0.0, until - time.monotonic()),
+                                 [cluster.link(n) for n in pending.values()],
+                                 f"reply to {LlmReady.KIND}")
+            except AgentUnavailableError:
+                now = time.monotonic()
+                if now < until:  # an agent died or stopped answering heartbeats
+                    raise
+                if now >= deadline:
+                    late = ", ".join(pending.values())
+                    raise AgentUnavailableError(
+                        f"no reply to {LlmReady.KIND} within {timeout_s:g} s: {late} still "
+                        "loading (converting or quantizing its share); raise "
+                        "EDGE_RUNTIME_DEPLOY_S (Timeouts.deploy_s) for a model this "
+                        "large on these devices",
+                        agent=next(iter(pending.values()))) from None
+                for name in pending.values():
+                    tasks.update(name, parse_progress(
+                        cluster.deployment_status(name, deployment_id), f"{name} status"))
+                continue
+            name = pending.pop(frame.request_id)
+            if frame.is_error:
+                raise error_from_frame(frame, name)
+            reply = parse_reply(LlmReadyReply, frame.meta, name, LlmReady.KIND)
+            tasks.update(name, parse_progress(reply.status, f"{name} llm_ready status"))
+            replies[name] = reply
+    except BaseException:
+        hub.forget(pending)
+        raise
+    return [replies[name] for name in names]
+
+
 def _ask_all(cluster: Agents, names: Sequence[str], request: Record, reply_type: type[R],
              timeout_s: float) -> list[R]:
     """Send `request` to each agent at once, then collect every reply (typed errors)."""
     hub, kind = cluster.hub, request.KIND
-    sent: list[tuple[str, int]] = []
-    for name in names:
-        request_id = hub.next_id()
-        hub.send(cluster.link(name), request.frame(request_id),
-                 timeout_s=cluster.timeouts.hello_s)
-        sent.append((name, request_id))
+    sent = _send_all(cluster, names, request)
     replies: list[R] = []
     try:
         for name, request_id in sent:

@@ -7,7 +7,12 @@ and the same throttling (a 5 GB transfer in 1 MiB chunks must not call back 5,00
 times a second). `ProgressMeter` does both and always reports the end.
 
 Callbacks take one `ProgressEvent`. A callback written for the earlier form
-`progress(agent, done, total)` still works: `as_callback` adapts it.
+`progress(agent, done, total)` still works: `as_callback` adapts it (and passes it
+byte counts only, as it always had: no conversion steps).
+
+`AgentTasks` turns what agents report about their own long work (an llm-shard's
+conversion and quantization, polled from its status: `protocol.progress`) into the
+same events, one meter per agent and task.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from edge_runtime.protocol.progress import TaskProgress
 
 RATE_WINDOW_S = 3.0
 """The rate is measured over this many recent seconds: a stall shows within them."""
@@ -73,7 +80,8 @@ def as_callback(progress: AnyProgress | None) -> ProgressCallback | None:
         legacy: Any = progress
 
         def adapted(event: ProgressEvent) -> None:
-            legacy(event.agent, event.done, event.total)
+            if event.unit == "B":  # the earlier form was told bytes sent, nothing else
+                legacy(event.agent, event.done, event.total)
 
         return adapted
     callback: ProgressCallback = progress  # type: ignore[assignment]
@@ -130,5 +138,37 @@ class ProgressMeter:
             self._callback(self.event(now))
 
 
-__all__ = ["AnyProgress", "LegacyProgress", "ProgressCallback", "ProgressEvent",
+class AgentTasks:
+    """Events for the tasks agents report (`TaskProgress` lists polled from their status):
+    one `ProgressMeter` per (agent, task), told only when a task moved, so polling the
+    same state twice tells nothing and a task first seen finished is told once, at its
+    total. Each meter runs on the task's own elapsed time, as the agent reports it, so
+    rates and times left hold even for a task first seen late or already done."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self._callback = callback
+        self._meters: dict[tuple[str, str], ProgressMeter] = {}
+        self._elapsed: dict[tuple[str, str], float] = {}
+
+    def update(self, agent: str, tasks: Sequence[TaskProgress]) -> None:
+        for task in tasks:
+            key = (agent, task.task)
+            meter = self._meters.get(key)
+            if meter is None:
+                self._elapsed[key] = 0.0  # the meter starts at the task's start
+
+                def clock(key: tuple[str, str] = key) -> float:
+                    return self._elapsed[key]
+
+                meter = ProgressMeter(task.task, task.total, self._callback, agent=agent,
+                                      unit=task.unit, clock=clock)
+                self._meters[key] = meter
+            elif meter.done == task.done and meter.total == task.total:
+                continue
+            self._elapsed[key] = max(self._elapsed[key], task.elapsed_s)
+            meter.total = task.total
+            meter.update(task.done)
+
+
+__all__ = ["AgentTasks", "AnyProgress", "LegacyProgress", "ProgressCallback", "ProgressEvent",
            "ProgressMeter", "as_callback"]

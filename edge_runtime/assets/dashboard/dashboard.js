@@ -207,12 +207,41 @@ function drawTimeline(state) {
   }
   const decode = last.token_s.length > 1
     ? (last.token_s[last.token_s.length - 1] - last.token_s[0]) / (last.token_s.length - 1) : null;
-  root.append(
+  const spans = last.trace ? traceLanes(last.trace, total, track) : null;
+  root.append(...[
     el("div", {text: last.id + " (" + last.endpoint + "): " + last.prompt_tokens + " prompt tokens, "
       + last.token_s.length + " generated, " + (last.finish || last.error || "?") + ", served by " + last.served_by}),
-    track,
+    spans ? null : track,
     el("div", {class: "muted", text: "first token after " + ms(last.first_token_s) + " (queue + prefill), then "
-      + (decode === null ? "–" : ms(decode)) + " per token; " + ms(last.total_s) + " in all"}));
+      + (decode === null ? "–" : ms(decode)) + " per token; " + ms(last.total_s) + " in all"}),
+    spans].filter(node => node !== null));
+}
+
+// The agents' trace spans of the last request (serve --trace): one row per device and
+// activity, under the server's token track, on one time axis.
+function traceLanes(trace, total, tokens) {
+  const grid = el("div", {class: "trace"},
+    el("div", {class: "timeline-row"}, el("span", {class: "lane-name", text: "server · tokens"}),
+      tokens, el("span", {class: "muted", text: ms(total)})));
+  for (const lane of trace.lanes) {
+    const track = el("div", {class: "track trace-track"});
+    for (const span of lane.spans) {
+      const block = el("div", {class: "span lane-" + lane.lane,
+        title: lane.device + " " + lane.lane + ": " + span.name + (span.count > 1 ? " ×" + span.count : "")
+          + ", " + ms(span.end_s - span.start_s)});
+      block.style.left = (100 * span.start_s / total).toFixed(3) + "%";
+      block.style.width = Math.max(0.15, 100 * (span.end_s - span.start_s) / total).toFixed(3) + "%";
+      track.append(block);
+    }
+    grid.append(el("div", {class: "trace-lane", "data-device": lane.device, "data-lane": lane.lane},
+      el("span", {class: "lane-name", text: lane.device + " · " + lane.lane}),
+      track,
+      el("span", {class: "muted", text: ms(lane.busy_s)})));
+  }
+  const worst = Math.max(0, ...Object.values(trace.clock_error_s));
+  return el("div", {}, grid,
+    el("div", {class: "muted", text: trace.spans + " trace spans on " + trace.devices.length
+      + " device(s), clocks aligned to ±" + ms(worst)}));
 }
 
 function draw(state) {

@@ -5,7 +5,9 @@ an API key. The browser opens /dashboard without the key (the page asks for it),
 given the key through the form, and must then list every agent; opened with the key in
 the URL fragment, the page takes it and removes it from the address bar. A chat
 message typed into the page streams a reply in several chunks, and that reply is the
-model's own answer to the same messages (asked over the API without streaming).
+model's own answer to the same messages (asked over the API without streaming). The
+server traces (`--trace`), so that request's timeline has a lane of real trace spans for
+each agent, as the agents recorded them.
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if missing:
         pytest.skip(missing)
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    trace_path = log_path.with_name("trace.json")
     env = {**os.environ, "EDGE_RUNTIME_API_KEY": KEY}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [*CLI, "serve", str(TINYLM), "--local", "3", "--port", "0", "--max-batch", "2",
-             "--max-context", "256"], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env)
+             "--max-context", "256", "--trace", str(trace_path)], stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
             deadline = time.monotonic() + START_S
             while not (found := re.search(r"serving \S+ at (http://\S+)/v1",
@@ -194,4 +197,22 @@ def test_chat_streams_the_models_reply(server: str, browser: Any) -> None:
     # the request shows up in the live figures and the last request's timeline
     wait_for(browser, lambda d: "prompt tokens" in d.find_element("id", "timeline").text,
              "the last request's timeline")
+    # ... with the agents' own trace spans: a compute lane for every agent, each with spans
+    names = expected_agents(server)
+    wait_for(browser, lambda d: set(names) <= set(texts(
+        d, "#timeline .trace-lane[data-lane='compute']", "data-device")),
+        "a compute lane of trace spans per agent")
+    blocks = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#timeline .trace-lane'), "
+        "e => [e.getAttribute('data-device'), e.querySelectorAll('.span').length])")
+    assert all(count > 0 for _, count in blocks), blocks
+    assert {"allreduce"} <= set(texts(browser, "#timeline .trace-lane", "data-lane"))
+    request = urllib.request.Request(f"{server}/dashboard/state",
+                                     headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        last = json.loads(response.read())["last_request"]
+    assert sorted(last["trace"]["devices"]) == sorted(names)
+    for lane in last["trace"]["lanes"]:  # on the request's own time axis
+        assert all(0 <= b["start_s"] <= b["end_s"] <= last["total_s"] + 1e-6
+                   for b in lane["spans"]), lane
 

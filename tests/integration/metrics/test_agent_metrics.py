@@ -17,6 +17,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 import edge_runtime as er
+from edge_runtime.sdk.llm_files import SEND_TASK
 from edge_runtime.sdk.progress import ProgressEvent
 from support.cli_agent import cli_agent
 
@@ -65,11 +66,13 @@ def test_agent_metrics_move_with_requests(tmp_path: Path) -> None:
                         server_keys=[info["public_key"]]) as cluster:
             events: list[ProgressEvent] = []
             llm = cluster.deploy_llm(TINYLM, max_context=64, progress=events.append)
-            # the files were sent: typed progress, ending with the whole size
+            # the files were sent: typed progress, ending with the whole size (the
+            # agent's conversion follows: tests/integration/llm/test_deploy_progress.py)
             assert events and all(e.agent == "metered" for e in events)
-            assert events[-1].finished and events[-1].done == events[-1].total
-            assert events[-1].total >= TINYLM.joinpath("model.safetensors").stat().st_size
-            assert [e.done for e in events] == sorted(e.done for e in events)
+            sent = [e for e in events if e.task == SEND_TASK]
+            assert sent[-1].finished and sent[-1].done == sent[-1].total
+            assert sent[-1].total >= TINYLM.joinpath("model.safetensors").stat().st_size
+            assert [e.done for e in sent] == sorted(e.done for e in sent)
             llm.generate("Permission is", max_new_tokens=5)
             after = scrape(url)
             deployment = {"agent": "metered", "deployment": llm.id}

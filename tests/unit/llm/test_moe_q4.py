@@ -84,7 +84,7 @@ def test_q4_experts_compute_the_mixture(kind: str, layout: str,
         got = q4.forward(IDS, 0, last_only=False)
         want = fp32.forward(IDS, 0, last_only=False)
         unrounded = exact.forward(IDS, 0, last_only=False)
-        kernels = [(name, w) for worker in q4.workers for block in worker._q4.values()
+        kernels = [(name, w) for worker in q4.workers for block in worker.weights.q4.values()
                    for name, w in block.items()]
     finally:
         for runner in (q4, fp32, exact):

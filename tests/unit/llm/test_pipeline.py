@@ -190,3 +190,34 @@ def test_a_prompt_cut_into_chunks_gives_every_tokens_logits(deep: Path,
     ref = hf.reference_logits(deep, list(IDS))
     assert np.abs(every - ref).max() <= 1e-3
     assert np.abs(last - ref[-1:]).max() <= 1e-3
+
+
+def test_a_stage_converts_and_keeps_only_its_layers(deep: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from edge_runtime.llm.share_weights import stage_blocks
+    from edge_runtime.llm.slices import convert_share, load_slices, share_key
+
+    layout = layout_of(deep, *LAYOUTS["pipeline-3-unequal"])
+    ckpt = Checkpoint(deep)
+    n = ckpt.config.layers
+    keys = set()
+    for stage in layout.stages:
+        share = stage.plan.shares[0]
+        first, end = stage.layers
+        slices = convert_share(ckpt, share, tmp_path)
+        on_disk = {p.name for p in slices.directory.glob("*.bin")}
+        layers = {f"layer{i}.{part}.bin" for i in range(first, end) for part in ("attn", "mlp")}
+        assert {f for f in on_disk if f.startswith("layer")} == layers
+        assert any(f.startswith("head") for f in on_disk) == (end == n)
+        # indexed by layer: the stage's blocks are where a whole share's would be
+        reloaded = load_slices(slices.directory, expect=(ckpt.digest, share))
+        held = stage_blocks(reloaded.blocks, (first, end), n)
+        assert all(b.held and b.path.is_file() for b in held)
+        assert [b.name for b in held[: 2 * (end - first)]] == [
+            f"layer{i}.{part}" for i in range(first, end) for part in ("attn", "mlp")]
+        assert not any(b.held for b in reloaded.blocks[: 2 * first])
+        keys.add(share_key(ckpt.digest, share))
+        # the same ranges over every layer are another conversion
+        assert share_key(ckpt.digest, replace(share, layers=None)) not in keys
+    assert len(keys) == len(layout.stages)

@@ -31,10 +31,15 @@ class Dev:
     mem_bandwidth_gbps: float
     gflops_fp32: float = 50.0
     disk_read_gbps: float = 0.1
+    decode_gbps: float = 0.0  # 0: unmeasured, the model's engine efficiency applies
+    host_decode_gbps: float = 0.0
 
 
 def devs(*bw: float) -> list[Dev]:
-    return [Dev(f"d{i}", b) for i, b in enumerate(bw)]
+    """Devices whose engine decodes at their memory bandwidth (the probe reads that
+    much more than the engine keeps)."""
+    return [Dev(f"d{i}", b, decode_gbps=b / DEFAULT_LLM_COST.engine_efficiency)
+            for i, b in enumerate(bw)]
 
 
 def test_layers_follow_speed_and_memory() -> None:
@@ -85,12 +90,14 @@ def test_the_prediction_is_the_alpha_beta_model() -> None:
 
 
 def test_fast_links_choose_tensor_and_wifi_chooses_a_pipeline() -> None:
-    """Four devices that hold the model only together (1.1 GB budgets each)."""
+    """Four devices that hold the model only together (1.1 GB budgets each). A slow
+    Wi-Fi (20 ms round trip): at 5 ms the groups' allreduces (one exchange between
+    partners, recursive doubling) still cost less than they save on this 3.5 GB model."""
     budgets = [GB + (100 << 20)] * 4
     fast = plan_llm_strategy(SHAPE, devs(8, 8, 8, 8), memory_budgets=budgets,
                              links=LinkTable.uniform(4, 100e-6, 1e9))
     wifi = plan_llm_strategy(SHAPE, devs(8, 8, 8, 8), memory_budgets=budgets,
-                             links=LinkTable.uniform(4, 0.005, 6e6))
+                             links=LinkTable.uniform(4, 0.02, 6e6))
     assert fast.strategy == "tensor"
     assert wifi.strategy == "pipeline"
     assert len(wifi.stages) == 4  # fewer devices cannot hold it resident
@@ -102,7 +109,7 @@ def test_fast_links_choose_tensor_and_wifi_chooses_a_pipeline() -> None:
 
 
 def test_a_device_that_holds_the_model_serves_alone_over_slow_links() -> None:
-    layout = plan_llm_strategy(SHAPE, devs(8, 8, 8), links=LinkTable.uniform(3, 0.005, 6e6))
+    layout = plan_llm_strategy(SHAPE, devs(8, 8, 8), links=LinkTable.uniform(3, 0.02, 6e6))
     assert layout.strategy == "single"
 
 
@@ -174,3 +181,96 @@ def test_agents_sharing_a_machine_share_its_cores() -> None:
     two = dataclasses.replace(links, hosts=("h",) * 3, cores=(4,) * 3)
     assert plan_llm_layout(SHAPE, devs(8, 8, 8), [[0, 1, 2]], links=two) \
         .predicted_s_per_token == pytest.approx(apart.predicted_s_per_token)
+
+
+def test_weights_stream_at_the_measured_decode_rate() -> None:
+    """The engine streams weights slower than its device's probes: the decode probe
+    (or, unmeasured, the bare read) times the engine's efficiency sets the prediction."""
+    from partitioner.llm_cost import LlmCostModel, decode_rate
+
+    links = LinkTable.uniform(1, 0.0, math.inf, coordinator=False)
+    m = DEFAULT_LLM_COST
+    probe = Dev("d0", 8.0, decode_gbps=4.0)
+    bare = Dev("d0", 8.0)
+    assert decode_rate(probe) == pytest.approx(4e9 * m.engine_efficiency)
+    unprobed = 8e9 * m.bare_read_fraction * m.engine_efficiency
+    assert decode_rate(bare) == pytest.approx(unprobed)
+    assert decode_rate(probe, LlmCostModel(engine_efficiency=1.0)) == 4e9
+    for dev, rate in ((probe, 4e9 * m.engine_efficiency), (bare, unprobed)):
+        layout = plan_llm_layout(SHAPE, [dev], [[0]], links=links)
+        weights = layout.stages[0].plan.shares[0].weight_bytes
+        assert layout.predicted_s_per_token == pytest.approx(
+            weights / rate + SHAPE.layers * m.layer_overhead_s + m.step_overhead_s
+            + 4 * m.message_overhead_s)
+    # faster decoders take more layers: the split follows the decode rates
+    split = plan_llm_layout(SHAPE, [Dev("a", 8.0, decode_gbps=6.0),
+                                    Dev("b", 8.0, decode_gbps=2.0)], [[0], [1]])
+    assert [s.layers for s in split.stages] == [(0, 12), (12, 16)]
+
+
+def test_agents_on_one_machine_share_its_memory() -> None:
+    """A tensor group of three agents on one machine reads its weights together no
+    faster than the machine's all-core decode rate; apart, each at its own."""
+    links = LinkTable.uniform(3, 100e-6, 2e9)
+    shared = dataclasses.replace(links, hosts=("h",) * 3, cores=(4,) * 3)
+    group = [Dev(f"d{i}", 8.0, decode_gbps=8.0, host_decode_gbps=12.0) for i in range(3)]
+    own_rate, host_rate = (g * 1e9 * DEFAULT_LLM_COST.engine_efficiency for g in (8, 12))
+    apart = plan_llm_layout(SHAPE, group, [[0, 1, 2]], links=links)
+    together = plan_llm_layout(SHAPE, group, [[0, 1, 2]], links=shared)
+    weights = sum(s.weight_bytes for s in together.stages[0].plan.shares)
+    own = max(s.weight_bytes for s in apart.stages[0].plan.shares) / own_rate
+    assert together.predicted_s_per_token - apart.predicted_s_per_token == pytest.approx(
+        weights / host_rate - own)
+    # a pipeline's stages take turns: one stream never reads two at once
+    pipe = [plan_llm_layout(SHAPE, group, [[0], [1], [2]], links=t) for t in (links, shared)]
+    assert pipe[0].predicted_s_per_token == pytest.approx(pipe[1].predicted_s_per_token)
+
+
+def test_a_stage_records_and_is_priced_by_its_allreduce_choice() -> None:
+    """A tensor stage's plan names the allreduce per payload size the cost model found
+    fastest on its links (its agents run it), and the prediction uses that algorithm:
+    on a 5 ms link a pair exchanges in one one-way hop, not a star's round trip."""
+    from transports.cost import allreduce_time, pick, star_allreduce_time
+
+    links = LinkTable.uniform(2, 0.005, 6e6)
+    layout = plan_llm_layout(SHAPE, devs(8, 8), [[0, 1]], links=links)
+    plan = layout.stages[0].plan
+    vector = SHAPE.hidden * 4
+    name = pick(plan.allreduce, vector)
+    assert plan.allreduce and name != "star"
+    lat, bw = links.matrices([0, 1])
+    m = DEFAULT_LLM_COST
+    chosen = allreduce_time(name, vector, plan.hub, lat, bw, m.message_overhead_s)
+    assert chosen < star_allreduce_time(vector, plan.hub, lat, bw, m.message_overhead_s)
+    starred = dataclasses.replace(plan, allreduce=(((1 << 40), "star"),))
+    from partitioner.llm_cost import group_time
+
+    delta = (group_time(starred, [0, 1], [50.0] * 2, links, 1, 1)
+             - group_time(plan, [0, 1], [50.0] * 2, links, 1, 1))
+    assert delta == pytest.approx(2 * SHAPE.layers * (
+        star_allreduce_time(vector, plan.hub, lat, bw, m.message_overhead_s) - chosen))
+    # one device: no collectives, nothing to choose
+    assert plan_llm_layout(SHAPE, devs(8, 8), [[0], [1]]).stages[0].plan.allreduce == ()
+
+
+def test_a_profile_from_before_the_decode_probe_still_plans() -> None:
+    """A cached profile written before `decode_gbps` existed reads back with 0 (not
+    measured) and is priced from its bare read; a measured one round-trips its probes."""
+    from devices.measure import decode_gbps
+    from devices.presets import get as preset
+    from devices.profile import DeviceProfile
+    from partitioner.llm_cost import decode_rate, host_decode_rate
+
+    old = preset("raspberry-pi-5").to_dict()
+    for field in ("decode_gbps", "host_decode_gbps"):
+        old.pop(field)
+    profile = DeviceProfile.from_dict(old)
+    assert profile.decode_gbps == 0.0 and host_decode_rate(profile) == math.inf
+    m = DEFAULT_LLM_COST
+    assert decode_rate(profile) == pytest.approx(
+        profile.mem_bandwidth_gbps * 1e9 * m.bare_read_fraction * m.engine_efficiency)
+    probed = dataclasses.replace(profile, decode_gbps=round(decode_gbps(budget_s=0.03), 3),
+                                 host_decode_gbps=1.5)
+    assert probed.decode_gbps > 0
+    assert DeviceProfile.from_json(probed.to_json()) == probed
+    assert decode_rate(probed) == pytest.approx(probed.decode_gbps * 1e9 * m.engine_efficiency)
