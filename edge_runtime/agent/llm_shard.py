@@ -108,20 +108,25 @@ def _disk_read_bps(ctx: AgentContext) -> float | None:
     return float(gbps) * 1e9 if isinstance(gbps, int | float) and gbps > 0 else None
 
 
-def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
-    inbox = None
+def checkpoint_source(shard: ShardSpec, ctx: AgentContext
+                      ) -> tuple[ShardSpec, CheckpointInbox | None]:
+    """Where this agent reads the share's checkpoint: in place (the spec rewritten to the
+    allowed, resolved path) or from an inbox the coordinator fills with its files."""
     source = allowed_checkpoint(shard.checkpoint, ctx.config.allowed_checkpoint_dirs)
-    if source is None:
-        if not shard.files:
-            raise DeployError(
-                f"agent {ctx.name} reads checkpoints in place only under the directories its "
-                f"--allow-checkpoint-dir names, not {shard.checkpoint!r}, and was not offered "
-                "the checkpoint's files; deploy with this release's SDK (it sends them)")
-        inbox = CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
-                                shard.checkpoint_digest, list(shard.files), ctx.cache,
-                                _hashes(ctx))
-    else:
-        shard = dataclasses.replace(shard, checkpoint=str(source))
+    if source is not None:
+        return dataclasses.replace(shard, checkpoint=str(source)), None
+    if not shard.files:
+        raise DeployError(
+            f"agent {ctx.name} reads checkpoints in place only under the directories its "
+            f"--allow-checkpoint-dir names, not {shard.checkpoint!r}, and was not offered "
+            "the checkpoint's files; deploy with this release's SDK (it sends them)")
+    return shard, CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
+                                  shard.checkpoint_digest, list(shard.files), ctx.cache,
+                                  _hashes(ctx))
+
+
+def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
+    shard, inbox = checkpoint_source(shard, ctx)
     return LlmShard(deployment_id, shard, ctx, inbox)
 
 

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
-from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
+from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_jobs import Job
-from edge_runtime.agent.llm_shard import CACHE_SUBDIR, LlmShard, _hashes
+from edge_runtime.agent.llm_shard import LlmShard, checkpoint_source
 from edge_runtime.agent.llm_stage_links import (
     DelayedSender,
     EmulatedShardGroup,
@@ -56,20 +56,7 @@ def estimate_memory(spec: LlmStageSpec, ctx: AgentContext) -> int:
 
 
 def load(deployment_id: str, spec: LlmStageSpec, ctx: AgentContext) -> LlmStage:
-    shard = spec.shard
-    inbox = None
-    source = allowed_checkpoint(shard.checkpoint, ctx.config.allowed_checkpoint_dirs)
-    if source is None:
-        if not shard.files:
-            raise DeployError(
-                f"agent {ctx.name} reads checkpoints in place only under the directories its "
-                f"--allow-checkpoint-dir names, not {shard.checkpoint!r}, and was not offered "
-                "the checkpoint's files; deploy with this release's SDK (it sends them)")
-        inbox = CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
-                                shard.checkpoint_digest, list(shard.files), ctx.cache,
-                                _hashes(ctx))
-    else:
-        shard = dataclasses.replace(shard, checkpoint=str(source))
+    shard, inbox = checkpoint_source(spec.shard, ctx)
     return LlmStage(deployment_id, dataclasses.replace(spec, shard=shard), ctx, inbox)
 
 

@@ -122,6 +122,60 @@ class ThreadCollective:
         self._barrier.abort()
 
 
+class WorkerGroup:
+    """Workers of one tensor-parallel group in threads of this process, with their
+    in-process collective: the whole model (`LocalRunner`) or one pipeline stage
+    (`pipeline.PipelineRunner`)."""
+
+    def __init__(self, plan: TensorPlan, workers: list[TensorWorker], thread_prefix: str
+                 ) -> None:
+        self.plan = plan
+        self.workers = workers
+        self._collective = ThreadCollective(len(workers), plan.hub)
+        self._pool = (ThreadPoolExecutor(max_workers=len(workers),
+                                         thread_name_prefix=thread_prefix)
+                      if len(workers) > 1 else None)
+
+    def forward(self, spans: Sequence[Span], hidden: np.ndarray | None,
+                last_only: bool) -> np.ndarray:
+        """The hub's output: logits, or (a pipeline stage before the last) the hidden
+        state of every token; `hidden` is the previous stage's (None: embed the ids)."""
+        if self._pool is None:
+            out = self.workers[0].forward_batch(spans, lambda x: x, lambda x: x,
+                                                last_only=last_only, hidden=hidden)
+            assert out is not None
+            return out
+        coll = self._collective
+
+        def run(rank: int) -> np.ndarray | None:
+            try:
+                return self.workers[rank].forward_batch(
+                    spans, lambda x: coll.allreduce(rank, x), lambda x: coll.gather(rank, x),
+                    last_only=last_only, hidden=hidden)
+            except BaseException:
+                coll.abort()
+                raise
+
+        futures: list[Future[np.ndarray | None]] = [
+            self._pool.submit(run, r) for r in range(len(self.workers))]
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            self._collective = ThreadCollective(len(self.workers), self.plan.hub)
+            real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+            if real:
+                raise real[0]
+            raise AgentUnavailableError("a worker did not reach the collective in time")
+        out = futures[self.plan.hub].result()
+        assert out is not None
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 class LocalRunner:
     """A checkpoint split by a tensor plan over in-process workers; `forward` gives logits."""
 
@@ -171,10 +225,7 @@ class LocalRunner:
             )
             for share, s, w in zip(plan.shares, slices, windows, strict=True)
         ]
-        self._collective = ThreadCollective(n, plan.hub)
-        self._pool = (
-            ThreadPoolExecutor(max_workers=n, thread_name_prefix="tp-worker") if n > 1 else None
-        )
+        self.group = WorkerGroup(plan, self.workers, "tp-worker")
 
     def forward(
         self, token_ids: Sequence[int], start: int, *, last_only: bool = True
@@ -192,48 +243,13 @@ class LocalRunner:
                  np.arange(item.start, item.start + len(item.token_ids)))
             for item in items
         ]
-        if self._pool is None:
-            out = self.workers[0].forward_batch(
-                spans, lambda x: x, lambda x: x, last_only=last_only
-            )
-            assert out is not None
-            return out
-        coll = self._collective
-
-        def run(rank: int) -> np.ndarray | None:
-            try:
-                return self.workers[rank].forward_batch(
-                    spans,
-                    lambda x: coll.allreduce(rank, x),
-                    lambda x: coll.gather(rank, x),
-                    last_only=last_only,
-                )
-            except BaseException:
-                coll.abort()
-                raise
-
-        futures: list[Future[np.ndarray | None]] = [
-            self._pool.submit(run, r) for r in range(len(self.workers))
-        ]
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            self._collective = ThreadCollective(len(self.workers), self.plan.hub)
-            real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-            if real:
-                raise real[0]
-            raise AgentUnavailableError("a worker did not reach the collective in time")
-        hub_out = futures[self.plan.hub].result()
-        assert hub_out is not None
-        return hub_out
+        return self.group.forward(spans, None, last_only)
 
     def stats(self) -> list[WindowStats]:
         return [w.stats() for w in self.workers]
 
     def close(self) -> None:
-        for w in self.workers:
-            w.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        self.group.close()
 
 
 def load_local_engine(
@@ -265,6 +281,7 @@ __all__ = [
     "LocalRunner",
     "RelativeSpeed",
     "ThreadCollective",
+    "WorkerGroup",
     "kv_cache_bytes",
     "load_local_engine",
     "window_budget",

@@ -15,25 +15,23 @@ through the layer window from disk.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import AgentUnavailableError, MemoryBudgetError
+from edge_runtime.errors import MemoryBudgetError
 from edge_runtime.llm.checkpoint import Checkpoint
 from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.engine import BatchItem
-from edge_runtime.llm.local import ThreadCollective
+from edge_runtime.llm.local import WorkerGroup
 from edge_runtime.llm.pipeline_batches import assemble, micro_batches
 from edge_runtime.llm.share_weights import stage_blocks
 from edge_runtime.llm.slices import SliceSet, convert_share
 from edge_runtime.llm.window import WindowStats
 from edge_runtime.llm.worker import Span, TensorWorker
 from partitioner.llm_layout import LlmLayout
-from partitioner.tensor import ACTIVATION_RESERVE_BYTES, TensorPlan, TensorShare
+from partitioner.tensor import ACTIVATION_RESERVE_BYTES, TensorShare
 
 
 def stage_kv_bytes(config: LlmConfig, share: TensorShare, max_context: int) -> int:
@@ -62,55 +60,6 @@ def stage_window_budget(config: LlmConfig, share: TensorShare, slices: SliceSet,
     return window
 
 
-class StageGroup:
-    """One stage's workers (one per share) and their in-process collective."""
-
-    def __init__(self, plan: TensorPlan, workers: list[TensorWorker]) -> None:
-        self.plan = plan
-        self.workers = workers
-        self._collective = ThreadCollective(len(workers), plan.hub)
-        self._pool = (ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="stage")
-                      if len(workers) > 1 else None)
-
-    def forward(self, spans: Sequence[Span], hidden: np.ndarray | None,
-                last_only: bool) -> np.ndarray:
-        """The stage's output: the hidden state of every token, or (last stage) logits."""
-        if self._pool is None:
-            out = self.workers[0].forward_batch(spans, lambda x: x, lambda x: x,
-                                                last_only=last_only, hidden=hidden)
-            assert out is not None
-            return out
-        coll = self._collective
-
-        def run(rank: int) -> np.ndarray | None:
-            try:
-                return self.workers[rank].forward_batch(
-                    spans, lambda x: coll.allreduce(rank, x), lambda x: coll.gather(rank, x),
-                    last_only=last_only, hidden=hidden)
-            except BaseException:
-                coll.abort()
-                raise
-
-        futures: list[Future[np.ndarray | None]] = [
-            self._pool.submit(run, r) for r in range(len(self.workers))]
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            self._collective = ThreadCollective(len(self.workers), self.plan.hub)
-            real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-            if real:
-                raise real[0]
-            raise AgentUnavailableError("a worker did not reach the collective in time")
-        out = futures[self.plan.hub].result()
-        assert out is not None
-        return out
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
 class PipelineRunner:
     """A layout's stages in this process; the engine's `Runner` (`forward`, batches)."""
 
@@ -135,7 +84,7 @@ class PipelineRunner:
         workers = iter([TensorWorker(self.config, s, share, max_context=max_context,
                                      window_budget_bytes=w, slots=slots)
                         for (_, share), s, w in zip(shares, slices, windows, strict=True)])
-        self.stages = [StageGroup(stage.plan, [next(workers) for _ in stage.plan.shares])
+        self.stages = [WorkerGroup(stage.plan, [next(workers) for _ in stage.plan.shares], "stage")
                        for stage in layout.stages]
 
     def forward(self, token_ids: Sequence[int], start: int, *,
@@ -167,4 +116,4 @@ class PipelineRunner:
             stage.close()
 
 
-__all__ = ["PipelineRunner", "StageGroup", "stage_kv_bytes", "stage_window_budget"]
+__all__ = ["PipelineRunner", "stage_kv_bytes", "stage_window_budget"]
