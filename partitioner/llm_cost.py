@@ -15,8 +15,24 @@ over a layer range), cut into m micro-batches of b/m tokens::
                   + the coordinator's request in and the logits out
 
 Per-token latency is step(1, 1) (one stream decodes one token per step); tokens/s at S
-concurrent streams is S / step(S, min(S, stages)). Decode reads every weight once per
-step whatever b is, so batching pays until the flops term takes over.
+concurrent streams is S / step(S, m) for the best m ≤ min(S, stages); time to first
+token of a T-token prompt is step(T, stages) with one logits row (the runner pipelines
+a prompt in one chunk per stage).
+
+The batching term (`batch_factor`, `share_time`): decode reads every weight once per
+step whatever b is, but a step of b sequences is not free: this engine leaves numpy's
+matrix-vector product for onnxruntime's prepacked MatMul at two rows or more (a fixed
+`packed_switch_fraction` of the weight-read time), each further sequence adds a row to
+every product (`batch_row_fraction`) and reads its own KV cache (`decode_context`
+tokens of it), each further prompt token a row and its attention
+(`prompt_row_fraction`), and the coordinator does its per-sequence work
+(`sequence_overhead_s`). Tensor groups also carry b rows through every allreduce, and a
+pipeline cut into m micro-batches reads each stage's weights m times and pays each
+stage's per-step overhead m times to fill its bubbles — so on memory-bound devices one
+micro-batch stays best, and micro-batches pay where rows are costly. At b = 1 every
+term is the single-stream figure. The constants are fractions of the weight-read time,
+measured on the dev box (`LlmCostModel`), so a device whose core computes and streams
+in the same ratio keeps them.
 
 Agents on one machine (a local cluster; `LinkTable.hosts`): a tensor group with more
 members there than the machine has cores is slowed by that ratio, and each of its
@@ -93,6 +109,33 @@ class LlmCostModel:
     # The decode probe / the bare streaming read (`mem_bandwidth_gbps`), for profiles
     # without the probe (older ones, presets): 26-27 against 33-34 GB/s on the dev box.
     bare_read_fraction: float = 0.8
+    # The batching term (`batched_share_time`), as fractions of a share's weight-read
+    # time (W / decode rate), so they carry over to devices whose core computes and
+    # streams in the same ratio. Dev box, one 1.08 GB share, one BLAS thread, packed
+    # kernels (`TensorWorker(slots > 1)`), in-process (`llm.local.LocalRunner`), medians
+    # of 6 interleaved steps: 1 / 2 / 4 / 8 sequences 43.1 / 53.9 / 59.5 / 74.4 ms; one
+    # sequence's 128-token prompt 620 ms (16 tokens: 168 ms). Checked through 2 real
+    # agents (runner steps of 1 and 4 sequences, 12 interleaved rounds, machine at load
+    # ~7): 4 ÷ 1 sequences' step 1.41 / 1.45 / 1.32 for single / tensor / pipeline
+    # against 1.42 / 1.38 / 1.39 predicted.
+    # More than one row leaves numpy's matrix-vector product for onnxruntime's prepacked
+    # MatMul (`llm/packed.py`), which streams W ~17 % slower.
+    packed_switch_fraction: float = 0.17
+    # Each further sequence of a decode step: one more row of every matrix product
+    # (its arithmetic is not all hidden under the weight stream), its RoPE and softmax.
+    batch_row_fraction: float = 0.079
+    # Each further token of a prompt (a prefill: rows = 1 < tokens), which also attends
+    # over the prompt so far: fitted at 128 tokens (16-token prompts run ~30 % over).
+    prompt_row_fraction: float = 0.104
+    # The context (tokens) each sequence's attention reads its KV cache over in a decode
+    # step (capped by the shape's max_context): a chat turn's.
+    decode_context: int = 128
+    # The coordinator's own work per further sequence of a step (the scheduler's
+    # bookkeeping, sampling a row, handing out the token), on the app's thread. Dev box,
+    # examples/tinylm (weights negligible) through 2 agents, `bench llm --strategies`:
+    # 4 streams took 0.36-0.51 ms more per further sequence than one stream's step, of
+    # which ~0.1 ms is the engine's per-sequence attention (in `batch_row_fraction`).
+    sequence_overhead_s: float = 3e-4
 
 
 def _probe(device: DeviceLike, field: str) -> float:
@@ -190,13 +233,52 @@ class LinkTable:
         return lat, bw
 
 
+def batch_factor(tokens: int, rows: int | None = None,
+                 model: LlmCostModel | None = None) -> float:
+    """A step's weight-read time over a single-stream step's, for `tokens` tokens of
+    `rows` sequences (default: one token each, a batched decode; rows = 1 < tokens: a
+    prompt): 1 at one token, then the packed kernels' switch, one
+    `batch_row_fraction` per further sequence and one `prompt_row_fraction` per
+    further prompt token. Pure, monotonic in both."""
+    m = model or DEFAULT_LLM_COST
+    if tokens <= 1:
+        return 1.0
+    return 1.0 + m.packed_switch_fraction + row_factor(tokens, rows, m)
+
+
+def row_factor(tokens: int, rows: int | None = None,
+               model: LlmCostModel | None = None) -> float:
+    """The part of `batch_factor` that is arithmetic on the further rows (each core does
+    its own share's), without the kernels' switch (a slower read of the same bytes)."""
+    m = model or DEFAULT_LLM_COST
+    seqs = max(1, min(tokens, tokens if rows is None else rows))
+    return m.batch_row_fraction * (seqs - 1) + m.prompt_row_fraction * (tokens - seqs)
+
+
+def kv_read_bytes(shape: DecoderShape, share: TensorShare, sequences: int,
+                  model: LlmCostModel | None = None) -> int:
+    """The KV cache bytes `sequences` decode steps read through the share's heads and
+    layers, each over `decode_context` tokens (at most the shape's context)."""
+    m = model or DEFAULT_LLM_COST
+    first, end = share.layer_range(shape.layers)
+    context = min(m.decode_context, max(1, shape.max_context))
+    return 2 * (end - first) * share.n_kv_heads * shape.head_dim * 4 * context * sequences
+
+
 def share_time(shape: DecoderShape, share: TensorShare, gflops: float, tokens: int,
-               rate: float | None = None) -> float:
-    """One step of `tokens` tokens through the share: its weights at the decode `rate`
-    (bytes/s; None: the plan's memory-bandwidth figure), its disk reads when streaming
-    (the plan's per-token time), or its arithmetic at the device's rate, the slowest."""
+               rate: float | None = None, rows: int | None = None,
+               model: LlmCostModel | None = None) -> float:
+    """One step of `tokens` tokens of `rows` sequences (default one token each) through
+    the share: its weights read at the decode `rate` (bytes/s; None: the plan's
+    memory-bandwidth figure) times `batch_factor` plus each sequence's KV read; or its
+    disk reads when streaming (the plan's per-token time), or its arithmetic at the
+    device's rate, whichever is slowest. At one token: the single-stream figure."""
     flops = 2.0 * share.weight_bytes / shape.bytes_per_element * tokens
-    weights = share.weight_bytes / rate if rate else 0.0
+    seqs = max(1, min(tokens, tokens if rows is None else rows))
+    read = share.weight_bytes / rate if rate else share.compute_s_per_token
+    weights = read * batch_factor(tokens, rows, model)
+    if rate and tokens > 1:
+        weights += kv_read_bytes(shape, share, seqs, model) / rate
     return max(share.compute_s_per_token, weights, flops / max(gflops * 1e9, 1.0))
 
 
@@ -213,15 +295,22 @@ def group_time(plan: TensorPlan, members: Sequence[int], gflops: Sequence[float]
     first, end = shares[0].layer_range(shape.layers)
     n_layers = end - first
     crowding = [links.crowding(members, m) for m in members]
-    compute = max(share_time(shape, s, gflops[m], tokens, rates[m] if rates else None) * c
+    compute = max(share_time(shape, s, gflops[m], tokens, rates[m] if rates else None,
+                             min(rows, tokens) if rows else tokens, model) * c
                   for s, m, c in zip(shares, members, crowding, strict=True))
     if host_rates and links.hosts and len(members) > 1:
+        # members on one machine share its memory, not their cores: the reads of all of
+        # them at the machine's rate, then the slowest member's arithmetic on its rows
+        switch = 1.0 + (model.packed_switch_fraction if tokens > 1 else 0.0)
+        extra = row_factor(tokens, min(rows, tokens) if rows else tokens, model)
         for host in {links.hosts[m] for m in members}:
             mine = [(s, m) for s, m in zip(shares, members, strict=True)
                     if links.hosts[m] == host]
             if len(mine) > 1:
+                arithmetic = max(s.weight_bytes / (rates[m] if rates else host_rates[m])
+                                 for s, m in mine) * extra
                 compute = max(compute, sum(s.weight_bytes for s, _ in mine)
-                              / host_rates[mine[0][1]])
+                              / host_rates[mine[0][1]] * switch + arithmetic)
     total = compute + n_layers * model.layer_overhead_s + model.step_overhead_s
     if len(shares) > 1:
         lat, bw = links.matrices(members)
@@ -284,9 +373,11 @@ def step_time(plans: Sequence[TensorPlan], members: Sequence[Sequence[int]],
     rows_out = tokens if rows is None else rows
     io = 2 * (links.coordinator_latency_s + 2 * model.message_overhead_s) + (
         rows_out * shape.vocab * 4 + tokens * 8) / links.coordinator_bandwidth
-    return first + rest + io
+    # the first sequence's share of the coordinator's work is in `step_overhead_s`
+    return first + rest + io + max(0, rows_out - 1) * model.sequence_overhead_s
 
 
 __all__ = ["DEFAULT_BANDWIDTH", "DEFAULT_LLM_COST", "DEFAULT_RTT_S", "NAMED_LINKS", "LinkTable",
-           "LlmCostModel", "activation_hop", "decode_rate", "group_time", "host_decode_rate",
-           "parse_link", "share_time", "stage_schedule", "step_time"]
+           "LlmCostModel", "activation_hop", "batch_factor", "decode_rate", "group_time",
+           "host_decode_rate", "kv_read_bytes", "parse_link", "row_factor", "share_time",
+           "stage_schedule", "step_time"]

@@ -22,9 +22,16 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 from partitioner.errors import InfeasiblePlanError, PartitionError
-from partitioner.llm_cost import DEFAULT_LLM_COST, LinkTable, LlmCostModel
+from partitioner.llm_cost import (
+    DEFAULT_LLM_COST,
+    LinkTable,
+    LlmCostModel,
+    decode_rate,
+    host_decode_rate,
+    step_time,
+)
 from partitioner.llm_layout import OBJECTIVES, STRATEGIES, LlmLayout, StrategyPrediction
-from partitioner.llm_pipeline import plan_llm_layout
+from partitioner.llm_pipeline import StageQuantizer, plan_llm_layout
 from partitioner.tensor import DeviceLike
 from partitioner.tensor_plan import DecoderShape
 
@@ -102,8 +109,11 @@ def best_layouts(shape: DecoderShape, devices: Sequence[DeviceLike], *,
                  memory_budgets: Sequence[int | None] | None = None,
                  links: LinkTable | None = None, objective: str = "latency", streams: int = 4,
                  model: LlmCostModel = DEFAULT_LLM_COST, model_digest: str = "",
+                 quantize: StageQuantizer | None = None,
                  ) -> tuple[dict[str, LlmLayout], dict[str, str]]:
-    """Each strategy's best layout for the objective, and why the others cannot run."""
+    """Each strategy's best layout for the objective, and why the others cannot run
+    (`quantize`: every stage's shares quantized before it is judged, as
+    `plan_llm_layout` takes it)."""
     if objective not in OBJECTIVES:
         raise PartitionError(f"objective {objective!r} is not one of {OBJECTIVES}")
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -120,7 +130,7 @@ def best_layouts(shape: DecoderShape, devices: Sequence[DeviceLike], *,
             try:
                 layout = plan_llm_layout(shape, devices, groups, memory_budgets=memory_budgets,
                                          links=table, streams=streams, model=model,
-                                         model_digest=model_digest)
+                                         model_digest=model_digest, quantize=quantize)
             except InfeasiblePlanError as error:
                 why.setdefault(strategy, str(error))
                 continue
@@ -139,14 +149,16 @@ def plan_llm_strategy(shape: DecoderShape, devices: Sequence[DeviceLike],
                       memory_budgets: Sequence[int | None] | None = None,
                       links: LinkTable | None = None, objective: str = "latency",
                       streams: int = 4, model: LlmCostModel = DEFAULT_LLM_COST,
-                      model_digest: str = "") -> LlmLayout:
+                      model_digest: str = "",
+                      quantize: StageQuantizer | None = None) -> LlmLayout:
     """The layout of `strategy` ("auto": the best of all) with every strategy's
-    prediction and the reason recorded. `InfeasiblePlanError` when nothing fits."""
+    prediction and the reason recorded, each judged with its stages quantized when
+    `quantize` is given. `InfeasiblePlanError` when nothing fits."""
     if strategy != "auto" and strategy not in STRATEGIES:
         raise PartitionError(f"strategy {strategy!r} is not 'auto' or one of {STRATEGIES}")
     best, why = best_layouts(shape, devices, memory_budgets=memory_budgets, links=links,
                              objective=objective, streams=streams, model=model,
-                             model_digest=model_digest)
+                             model_digest=model_digest, quantize=quantize)
     predictions = tuple(_prediction(s, best.get(s), streams, why.get(s, ""))
                         for s in STRATEGIES)
     pool = list(best) if strategy == "auto" else [s for s in best if s == strategy]
@@ -188,4 +200,23 @@ def _reason(chosen: str, best: dict[str, LlmLayout], objective: str, auto: bool)
             f"{figure(best[second])}; {where}")
 
 
-__all__ = ["TIE_FRACTION", "best_layouts", "candidates", "link_order", "plan_llm_strategy"]
+def prefill_time(layout: LlmLayout, devices: Sequence[DeviceLike], links: LinkTable,
+                 prompt_tokens: int, model: LlmCostModel = DEFAULT_LLM_COST) -> float:
+    """Predicted time to first token of one `prompt_tokens`-token prompt: one step of
+    its tokens (one logits row) cut into one chunk per stage, as the runner pipelines a
+    prefill. `devices` (and `links`, by index) are the ones the layout was planned over;
+    its stages name them."""
+    index = {d.name: i for i, d in enumerate(devices)}
+    unknown = [n for n in layout.devices if n not in index]
+    if unknown:
+        raise PartitionError(f"the layout names {unknown}, not among the devices given")
+    members = [[index[n] for n in stage.devices] for stage in layout.stages]
+    return step_time([stage.plan for stage in layout.stages], members,
+                     [float(d.gflops_fp32) for d in devices], links, max(1, prompt_tokens),
+                     len(layout.stages), rows=1, model=model,
+                     rates=[decode_rate(d, model) for d in devices],
+                     host_rates=[host_decode_rate(d, model) for d in devices])
+
+
+__all__ = ["TIE_FRACTION", "best_layouts", "candidates", "link_order", "plan_llm_strategy",
+           "prefill_time"]

@@ -35,8 +35,9 @@ import numpy as np
 import zmq
 
 from transports.errors import CollectiveError
-from transports.group import DEFAULT_TIMEOUT_S, GroupMember
+from transports.group import DEFAULT_TIMEOUT_S
 from transports.grouplistener import GroupListener
+from transports.reduced import ReducedAllreduce
 
 __all__ = ["ALLREDUCE_ALGORITHMS", "DEFAULT_TIMEOUT_S", "CollectiveGroup", "GroupListener"]
 
@@ -54,24 +55,30 @@ def _accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     raise CollectiveError(f"cannot sum tensors of dtype {dtype}; use a float or integer dtype")
 
 
-class CollectiveGroup(GroupMember):
+class CollectiveGroup(ReducedAllreduce):
     """Member `rank` of a collective group (see `GroupMember` for the constructor:
     rank, endpoints, security, timeout_s, peer_keys, listener, context, emulation,
-    compression, max_message_bytes, data_key)."""
+    compression, max_message_bytes, seal_keys, cipher, spin_us, sync)."""
 
     def allreduce(self, x: np.ndarray, algorithm: str = "star", hub: int = 0) -> np.ndarray:
         """Sum of every member's `x` with the named algorithm (`ALLREDUCE_ALGORITHMS`);
-        `hub` is used by the star only. Every member must name the same algorithm."""
+        `hub` is used by the star only. Every member must name the same algorithm.
+
+        With a reduced `sync` format (bf16, fp16, q8), float32 tensors travel in it
+        (`transports.reduced`; the same result bits on every member); other dtypes, and
+        every call of the named methods below, stay exact."""
+        if algorithm not in ALLREDUCE_ALGORITHMS:
+            raise CollectiveError(f"unknown allreduce algorithm {algorithm!r}; use one of "
+                                  f"{', '.join(ALLREDUCE_ALGORITHMS)}")
+        if self.sync != "fp32" and self.size > 1 and np.asarray(x).dtype == np.float32:
+            return self.reduced_allreduce(x, algorithm, hub)
         if algorithm == "star":
             return self.star_allreduce(x, hub)
         if algorithm == "recursive_doubling":
             return self.recursive_doubling_allreduce(x)
         if algorithm == "all_to_all":
             return self.all_to_all_allreduce(x)
-        if algorithm == "ring":
-            return self.ring_allreduce(x)
-        raise CollectiveError(f"unknown allreduce algorithm {algorithm!r}; use one of "
-                              f"{', '.join(ALLREDUCE_ALGORITHMS)}")
+        return self.ring_allreduce(x)
 
     def star_allreduce(self, x: np.ndarray, hub: int = 0) -> np.ndarray:
         """Sum of every member's `x`: members send to `hub`, which sums and sends back."""

@@ -34,11 +34,13 @@ import zmq
 from transports.datawire import decode_data, is_data_message
 from transports.errors import CollectiveError, ProtocolError
 from transports.grouplistener import GroupListener as GroupListener  # re-exported, as before
+from transports.groupstream import StreamLinks, StreamListener
 from transports.groupwire import GroupWire
 from transports.linkemu import LinkEmulator, Outbox
 from transports.sealing import Sealer, SealKeys
 from transports.security import Security
 from transports.sockets import configure_socket
+from transports.syncformat import check_sync
 from transports.wire import DEFAULT_MAX_MESSAGE_BYTES, decode
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,15 @@ class GroupMember(GroupWire):
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         peer_keys: Sequence[bytes] | None = None,
-        listener: GroupListener | None = None,
+        listener: GroupListener | StreamListener | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         emulation: LinkEmulator | None = None,
         compression: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         seal_keys: SealKeys | None = None,
         cipher: str | None = None,
+        spin_us: int = 0,
+        sync: str = "fp32",
     ) -> None:
         self.size = len(endpoints)
         if not 0 <= rank < self.size:
@@ -95,6 +99,8 @@ class GroupMember(GroupWire):
         self.endpoints = list(endpoints)
         self.timeout_s = timeout_s
         self.compression = compression
+        self.spin_us = max(0, int(spin_us))
+        self.sync = check_sync(sync)
         self.max_message_bytes = max_message_bytes
         self._split_bytes = security.split_bytes
         if listener is not None and listener.closed:
@@ -102,12 +108,21 @@ class GroupMember(GroupWire):
                 "the listener is closed (CollectiveGroup.close() closes it unless "
                 "keep_listener=True); bind a new GroupListener"
             )
-        self._listener = listener or GroupListener(
-            endpoints[rank], security, context=context, max_message_bytes=max_message_bytes,
-            peer_keys=peer_keys or (),
-        )
-        self._context = self._listener.context
-        self._router = self._listener.socket
+        self._links: StreamLinks | None = None
+        self._listener: GroupListener | StreamListener
+        if isinstance(listener, StreamListener):  # plain TCP links, no ZeroMQ
+            if emulation is not None or not security.insecure:
+                raise CollectiveError("a StreamListener group runs over plain TCP: pass "
+                                      "Security(insecure=True) (seal it with seal_keys) "
+                                      "and no link emulation")
+            self._listener = listener
+            self._links = StreamLinks(rank, endpoints, listener, timeout_s)
+        else:
+            self._listener = listener or GroupListener(
+                endpoints[rank], security, context=context,
+                max_message_bytes=max_message_bytes, peer_keys=peer_keys or ())
+            self._context = self._listener.context
+            self._router = self._listener.socket
         self._emulation = emulation
         self._outbox = Outbox(emulation.clock) if emulation else None
         self._inbox: dict[tuple[int, int, int], np.ndarray | None] = {}
@@ -135,6 +150,8 @@ class GroupMember(GroupWire):
             raise
 
     def _connect(self, security: Security, peer_keys: Sequence[bytes] | None) -> None:
+        if not isinstance(self._listener, GroupListener):
+            return  # stream links connect on their first message
         authorizer = self._listener.authorizer
         if authorizer is not None and peer_keys is not None:
             for key in peer_keys:  # before dialling anyone (see GroupListener)
@@ -331,6 +348,8 @@ class GroupMember(GroupWire):
         for socket in self._peers:
             if socket is not None:
                 socket.close(linger=100)
+        if self._links is not None:
+            self._links.close(keep_incoming=keep_listener)
         if self._sealer is not None:
             self._sealer.close()  # the key goes with the group
         if not keep_listener:

@@ -19,6 +19,7 @@ import zmq
 
 from transports.datawire import encode_data
 from transports.errors import CollectiveError, DataAuthError
+from transports.groupstream import StreamLinks
 from transports.linkemu import LinkEmulator, Outbox
 from transports.sealing import Sealer
 from transports.sockets import poll_ms
@@ -51,6 +52,9 @@ class GroupWire:
     _emulation: LinkEmulator | None
     _outbox: Outbox | None
     _sealer: Sealer | None
+    _links: StreamLinks | None
+    _broken: str | None
+    spin_us: int
 
     def _fail(self, culprit: int, why: str) -> CollectiveError:
         raise NotImplementedError  # the group's: marks it broken and tells the others
@@ -79,6 +83,9 @@ class GroupWire:
                       split_bytes=self._split_bytes)
 
     def _send_parts(self, dst: int, parts: list[Any]) -> None:
+        if self._links is not None:
+            self._stream_send(dst, parts)
+            return
         socket = self._peers[dst]
         assert socket is not None
         if self._emulation is None or self._outbox is None:
@@ -106,6 +113,18 @@ class GroupWire:
         except zmq.Again:
             raise self._fail(dst, "its send queue stayed full") from None
 
+    def _stream_send(self, dst: int, parts: list[Any]) -> None:
+        assert self._links is not None
+        try:
+            if self._sealer is not None:
+                self._links.send(dst, [self._sealer.seal(dst, parts)])
+            else:
+                self._links.send(dst, parts)
+        except CollectiveError as error:
+            if self._broken is not None:  # failing already (telling the others): no loop
+                raise
+            raise self._fail(dst, f"is unreachable ({error})") from None
+
     def _unseal(self, received: list[zmq.Frame]) -> list[Any] | None:
         """The message's parts after the routing id opened (sealed groups), or None when
         it was refused (counted, logged at most now and then)."""
@@ -124,8 +143,22 @@ class GroupWire:
             log.warning("rank %d refused a collective message (%d so far): %s", self.rank,
                         self.rejected, error)
 
-    def _recv_parts(self, deadline: float) -> list[zmq.Frame] | None:
-        """One message, blocking in libzmq until it comes or `deadline` passes."""
+    def _recv_parts(self, deadline: float) -> list[Any] | None:
+        """One message, blocking in libzmq until it comes or `deadline` passes; with
+        `spin_us`, first asking without blocking for up to that long (see `spin_us`)."""
+        if self._links is not None:
+            got = self._links.recv(deadline, self.spin_us)
+            return None if got is None else [b"", *got]
+        if self.spin_us > 0:
+            router = self._router
+            spin_end = time.perf_counter() + self.spin_us * 1e-6
+            while True:
+                try:
+                    spun: list[zmq.Frame] = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    return spun
+                except zmq.Again:
+                    if time.perf_counter() >= spin_end:
+                        break
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000 + 0.999)
             timeout_ms = max(0, min(RECV_SLICE_MS, remaining_ms))

@@ -13,10 +13,15 @@ fast with the frame, and an LLM group sends two allreduces per layer per token. 
 listener then takes at most one step's largest message (`max_message_bytes`), so a
 stranger cannot make it buffer more before its message is refused. Without every
 member's key, the group falls back to CURVE sockets as before.
+
+Links and sync: a sealed or ``--insecure`` group may run over plain TCP links instead of
+ZeroMQ (`LINKS_ENV`, with a receive spin, `SPIN_ENV`); its allreduces carry activations
+in the deployment's sync format (`ShardSpec.sync`, `transports.syncformat`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 
@@ -24,8 +29,10 @@ from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.errors import DeployError, InputError
 from edge_runtime.protocol import ShardSpec
 from transports.collectives import CollectiveGroup, GroupListener
+from transports.groupstream import StreamListener
 from transports.sealing import SealKeys
 from transports.security import Security
+from transports.syncformat import SYNC_FORMATS
 
 _PLAIN = Security(insecure=True)
 # Room above a step's largest tensor for headers and the sealing envelope.
@@ -43,6 +50,41 @@ def max_message_bytes(spec: ShardSpec) -> int:
 
 _RANK = re.compile(r"^rank (\d+) ")
 
+LINKS_ENV = "EDGE_RUNTIME_GROUP_LINKS"
+"""Unset or ``tcp`` (the default): sealed and ``--insecure`` groups run over plain TCP
+links (`transports.groupstream`: no ZeroMQ I/O thread per hop; on the 16-core host a
+sealed 8 KB recursive-doubling allreduce of 8 pinned members took 247-259 µs against 373
+over ZeroMQ, and 8 agents decoded a 4-bit token in 15.3 ms against 18.7, docs/
+BENCHMARKS.md); ``zmq``: ZeroMQ sockets, as before. Every agent of a deployment must use
+the same (a member dialling the other kind times out, naming the member)."""
+SPIN_ENV = "EDGE_RUNTIME_GROUP_SPIN_US"
+"""µs a receive inside a collective polls without sleeping before it blocks; unset:
+`auto_spin_us`. Pays only with tcp links and an agent that has its core to itself: it
+burns that core while waiting, and over ZeroMQ the message still waits on the I/O thread
+(measured: no gain there)."""
+AUTO_SPIN_US = 50
+"""The spin `auto_spin_us` picks: an 8 KB exchange between pinned members takes ≈ 40 µs
+on dev once spinning, so 50 µs covers a collective's wait on a peer that is on time."""
+
+
+def auto_spin_us(tcp: bool, affinity: int, cpus: int, members_here: int) -> int:
+    """The spin when none is set: `AUTO_SPIN_US` over tcp links when this agent is pinned
+    (its `affinity` is fewer than the host's `cpus`) and the host has a core for each of
+    the deployment's `members_here` (so pinned members need not share cores), else 0."""
+    pinned = affinity < cpus
+    return AUTO_SPIN_US if tcp and pinned and members_here * affinity <= cpus else 0
+
+
+def link_settings() -> tuple[bool, int | None]:
+    """(plain TCP links, spin µs or None for `auto_spin_us`) from the agent's environment
+    (`LINKS_ENV`, `SPIN_ENV`)."""
+    tcp = os.environ.get(LINKS_ENV, "").strip().lower() != "zmq"
+    text = os.environ.get(SPIN_ENV, "").strip()
+    try:
+        return tcp, max(0, min(10_000, int(text))) if text else None
+    except ValueError:
+        return tcp, None
+
 
 class ShardGroup:
     """One share's listener (bound at load) and `CollectiveGroup` (built at connect)."""
@@ -51,7 +93,9 @@ class ShardGroup:
         self.spec = spec
         self._ctx = ctx
         self._deployment_id = deployment_id
-        self._listener: GroupListener | None = None
+        self._listener: GroupListener | StreamListener | None = None
+        self._tcp, self._spin_setting = link_settings()
+        self._spin_us = 0
         self.group: CollectiveGroup | None = None
         self.endpoints: list[str] = []
 
@@ -70,9 +114,16 @@ class ShardGroup:
 
     def listen(self) -> None:
         """Bind the listener: plain for a sealed group, else CURVE with every member's key
-        admitted before anyone dials."""
+        admitted before anyone dials. DeployError for a sync format this agent lacks."""
+        if self.spec.sync not in SYNC_FORMATS:
+            raise DeployError(f"sync format {self.spec.sync!r} is not one this agent knows "
+                              f"({', '.join(SYNC_FORMATS)}); upgrade the agent or deploy "
+                              "with sync='fp32'")
         security = self._security()
         host = f"tcp://{self._bind_host()}:0"
+        if self._tcp and (self.sealed or security.insecure):
+            self._listener = StreamListener(host, max_message_bytes=max_message_bytes(self.spec))
+            return
         if self.sealed:
             self._listener = GroupListener(host, _PLAIN,
                                            max_message_bytes=max_message_bytes(self.spec))
@@ -104,6 +155,15 @@ class ShardGroup:
         security = self._security()
         assert self._listener is not None
         self.endpoints = list(endpoints)
+        if self._spin_setting is not None:
+            self._spin_us = self._spin_setting
+        else:
+            host = self.endpoints[self.spec.rank].removeprefix("tcp://").rsplit(":", 1)[0]
+            here = sum(e.removeprefix("tcp://").rsplit(":", 1)[0] == host
+                       for e in self.endpoints)
+            self._spin_us = auto_spin_us(isinstance(self._listener, StreamListener),
+                                         len(os.sched_getaffinity(0)), os.cpu_count() or 1,
+                                         here)
         if self.sealed:
             assert security.keypair is not None
             seal = SealKeys.from_curve(self.spec.rank, security.keypair.secret,
@@ -112,24 +172,29 @@ class ShardGroup:
             self.group = CollectiveGroup(self.spec.rank, self.endpoints, _PLAIN,
                                          timeout_s=self.spec.collective_timeout_s,
                                          listener=self._listener, seal_keys=seal,
-                                         max_message_bytes=max_message_bytes(self.spec))
+                                         max_message_bytes=max_message_bytes(self.spec),
+                                         sync=self.spec.sync, spin_us=self._spin_us)
         else:
             keys = (None if security.insecure
                     else [(k or "").encode() for k in self.spec.public_keys])
             self.group = CollectiveGroup(self.spec.rank, self.endpoints, security,
                                          timeout_s=self.spec.collective_timeout_s,
-                                         peer_keys=keys, listener=self._listener)
+                                         peer_keys=keys, listener=self._listener,
+                                         sync=self.spec.sync, spin_us=self._spin_us)
         # Every member connects now (CURVE handshakes included), not on the first token.
         self.group.barrier()
 
     def status(self) -> dict[str, object]:
         """What an operator (or a test) reads: where the group listens, whether it seals,
-        and how many messages it refused (tampered, replayed, wrongly keyed, strangers')."""
+        the format its allreduces sync activations in, and how many messages it refused
+        (tampered, replayed, wrongly keyed, strangers')."""
         if self._listener is None:
             return {}
         group = self.group
         return {"address": self.address(), "sealed": self.sealed,
-                "cipher": getattr(group, "cipher", None),
+                "cipher": getattr(group, "cipher", None), "sync": self.spec.sync,
+                "links": "tcp" if isinstance(self._listener, StreamListener) else "zmq",
+                "spin_us": self._spin_us,
                 "rejected": 0 if group is None else group.rejected}
 
     def member_name(self, member: str | None) -> str:
@@ -152,4 +217,5 @@ class ShardGroup:
             self._listener.close()
 
 
-__all__ = ["ShardGroup", "max_message_bytes"]
+__all__ = ["AUTO_SPIN_US", "LINKS_ENV", "SPIN_ENV", "ShardGroup", "auto_spin_us",
+           "link_settings", "max_message_bytes"]

@@ -9,8 +9,8 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
    cache, and the coordinator sends them (`llm_put`, acknowledged 1 MiB chunks, each
    file sha256-checked, then the set checked against the digest; `llm_files.py`).
    `load` queues the real work on the share's job thread (`llm_jobs.py`), which
-   checks the checkpoint against the digest (every byte), converts this share ONCE
-   into `<cache>/llm/` (keyed by digest and share ranges: a redeploy reuses it after
+   checks the checkpoint against the digest (every byte; `llm_load.py`), converts
+   this share ONCE into `<cache>/llm/` (keyed by digest and share ranges: a redeploy reuses it after
    re-hashing), builds the `TensorWorker` (KV cache for `max_context`, window sized by
    the budget; `quantize="q4"`: 4-bit kernels built from the cached fp32 slices at
    each load, or int8 blocks streamed when the budget cannot take them) and binds its
@@ -27,6 +27,10 @@ Lifecycle, driven by the coordinator (`edge_runtime.sdk.llm`):
    (greedy, top-k) or logits columns; a step without answers the gathered logits.
    Any member's failure answers the coordinator with the typed error; a collective
    timeout names the silent member by its agent name (`AgentUnavailableError`).
+   A step with `decode_tokens` runs the decode loop here (`llm_decode.py`): the hub
+   broadcasts each sampled token to the members, who feed it without the coordinator,
+   and answers each token as it goes; `llm_cancel` (read on the control loop, not
+   queued) ends the run at its next token.
 
 Emulated devices: compute between two sync points is dilated (`ctx.dilate`) before
 each collective, so a Pi-like agent really holds the others up as a Pi would.
@@ -34,10 +38,10 @@ each collective, so a Pi-like agent really holds the others up as a Pi would.
 
 from __future__ import annotations
 
-import dataclasses
-import gc
+import contextlib
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +49,23 @@ import numpy as np
 
 from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.heap import return_free_memory
-from edge_runtime.agent.llm_files import CheckpointInbox, allowed_checkpoint
+from edge_runtime.agent.llm_decode import decode_run
+from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_jobs import Job, JobThread, limit_blas
+from edge_runtime.agent.llm_load import build_worker, checkpoint_source
 from edge_runtime.agent.llm_sampler import HubSampler
 from edge_runtime.agent.llm_status import LoadProgress, share_status
 from edge_runtime.agent.llm_timing import reset_peak_rss
 from edge_runtime.agent.tracing import ShareTracer
 from edge_runtime.errors import (
-    CheckpointError,
     DeployError,
     EdgeRuntimeError,
     InputError,
-    ShardIntegrityError,
     is_user_error,
 )
-from edge_runtime.llm.checkpoint import FileHashes
 from edge_runtime.protocol import (
+    LlmCancel,
     LlmConnect,
     LlmConnectReply,
     LlmPut,
@@ -72,6 +76,7 @@ from edge_runtime.protocol import (
     LlmStepReply,
     Message,
     ShardSpec,
+    StepSampling,
 )
 from transports.cost import pick
 from transports.errors import CollectiveError
@@ -81,48 +86,9 @@ log = logging.getLogger(__name__)
 
 # How long `close()` waits for the worker thread to finish the job it is running.
 WORKER_JOIN_TIMEOUT_S = 5.0
-# Sub-directory of the agent's cache holding converted shares (one per digest+share).
-CACHE_SUBDIR = "llm"
-# Task names in the status map's progress list (the CLI's progress line shows them).
-CONVERT_TASK = "converting the share"
-QUANTIZE_TASK = "quantizing to 4 bits"
-
-
-
 def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
     """The plan's peak bytes for this share (weights or window, KV cache, activations)."""
     return spec.memory_bytes
-
-
-def _hashes(ctx: AgentContext) -> FileHashes:
-    """The agent's own memory of checkpoint file hashes (in its cache, not the user's)."""
-    return FileHashes.at(ctx.cache.root / CACHE_SUBDIR / "file-hashes.json")
-
-
-def _disk_read_bps(ctx: AgentContext) -> float | None:
-    """The disk read speed (bytes/s) in the profile this agent announced (None: unknown);
-    the coordinator planned the share's window with the same figure."""
-    identity = getattr(ctx, "identity", None)  # the daemon's hello payload
-    profile = identity.get("profile") if isinstance(identity, dict) else None
-    gbps = profile.get("disk_read_gbps") if isinstance(profile, dict) else None
-    return float(gbps) * 1e9 if isinstance(gbps, int | float) and gbps > 0 else None
-
-
-def checkpoint_source(shard: ShardSpec, ctx: AgentContext
-                      ) -> tuple[ShardSpec, CheckpointInbox | None]:
-    """Where this agent reads the share's checkpoint: in place (the spec rewritten to the
-    allowed, resolved path) or from an inbox the coordinator fills with its files."""
-    source = allowed_checkpoint(shard.checkpoint, ctx.config.allowed_checkpoint_dirs)
-    if source is not None:
-        return dataclasses.replace(shard, checkpoint=str(source)), None
-    if not shard.files:
-        raise DeployError(
-            f"agent {ctx.name} reads checkpoints in place only under the directories its "
-            f"--allow-checkpoint-dir names, not {shard.checkpoint!r}, and was not offered "
-            "the checkpoint's files; deploy with this release's SDK (it sends them)")
-    return shard, CheckpointInbox(ctx.cache.root / CACHE_SUBDIR / "checkpoints",
-                                  shard.checkpoint_digest, list(shard.files), ctx.cache,
-                                  _hashes(ctx))
 
 
 def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
@@ -153,9 +119,11 @@ class LlmShard:
         self._progress = LoadProgress()  # conversion, quantization: polled via `status`
         self._failed: EdgeRuntimeError | None = None
         # sampled: steps answered with tokens; trace_id: the last traced step's (dashboard)
+        # runs: decode runs (`llm_decode.py`) started
         self._counters = {"steps": 0, "tokens": 0, "compute_s": 0.0, "comm_s": 0.0,
-                          "load_s": 0.0, "sampled": 0, "trace_id": 0}
+                          "load_s": 0.0, "sampled": 0, "trace_id": 0, "runs": 0}
         self._inbox = inbox
+        self._cancelled: deque[int] = deque(maxlen=64)  # llm_cancel'ed decode runs
         self._load_queued = False
         self._jobs = JobThread(f"llm-{deployment_id}", self._do, self._release)
         if inbox is None or inbox.complete:
@@ -187,6 +155,9 @@ class LlmShard:
                tensors: dict[str, np.ndarray]) -> None:
         if isinstance(message, LlmPut):
             self._ctx.send_to_client(sender, self._put(request_id, message, tensors))
+            return
+        if isinstance(message, LlmCancel):  # read by the running decode (not queued)
+            self._cancelled.append(message.request_id)
             return
         if not isinstance(message, LlmReady | LlmConnect | LlmStep):
             raise InputError(f"an llm-shard deployment does not take {message.KIND!r} messages")
@@ -256,40 +227,11 @@ class LlmShard:
             details={"agent": agent, "deployment_id": self.id, "reported_by": self._ctx.name}))
 
     def _load(self) -> None:
-        from edge_runtime.llm.checkpoint import Checkpoint
-        from edge_runtime.llm.local import window_budget
-        from edge_runtime.llm.slices import convert_share
-        from edge_runtime.llm.worker import TensorWorker
-
         started = time.perf_counter()
         self._blas_limit, self._blas_threads = limit_blas(self.spec.blas_threads,
                                                           self._ctx.threads)
-        ckpt = Checkpoint(self.checkpoint_dir, hashes=_hashes(self._ctx))
-        if ckpt.digest != self.spec.checkpoint_digest:
-            if self._inbox is not None:  # changed on disk since it was verified
-                self._inbox.discard()
-                raise ShardIntegrityError(
-                    f"the checkpoint files in agent {self._ctx.name}'s cache no longer match "
-                    "their digest (changed on disk); they were deleted — redeploy to send them")
-            raise CheckpointError(
-                f"the checkpoint at {self.checkpoint_dir} on agent {self._ctx.name} differs "
-                "from the coordinator's (digest mismatch); copy the same checkpoint here")
-        slices = convert_share(ckpt, self.share, self._ctx.cache.root / CACHE_SUBDIR,
-                               progress=self._progress.hook(CONVERT_TASK, "blocks"))
-        config = ckpt.config
-        del ckpt  # unmap the checkpoint before serving: only the slices stay
-        gc.collect()
-        window = window_budget(config, self.share, slices, self.spec.memory_budget,
-                               self.spec.max_context, self.spec.max_batch)
-        # quantize="q4" with a budget below the peak of loading 4-bit kernels streams
-        # int8 blocks through the window (the SDK's plan predicts the same placement,
-        # from the same disk speed: this agent's profile)
-        self._worker = TensorWorker(config, slices, self.share,
-                                    max_context=self.spec.max_context,
-                                    window_budget_bytes=window, quantize=self.spec.quantize,
-                                    slots=self.spec.max_batch, stream_quantized=True,
-                                    read_bps=_disk_read_bps(self._ctx),
-                                    progress=self._progress.hook(QUANTIZE_TASK, "blocks"))
+        self._worker, window = build_worker(self.spec, self.share, self._ctx,
+                                            self.checkpoint_dir, self._inbox, self._progress)
         resident = self._worker.window
         self._tracer.watch(resident)  # window block reads and waits of traced steps
         if resident is None:  # 4-bit: kernels built; the fp32 temporaries are gone
@@ -314,17 +256,29 @@ class LlmShard:
         ids = job.tensors.get("ids")
         if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise InputError("llm_step needs a 1-D integer tensor 'ids'")
-        from edge_runtime.llm.worker import Span
-
         if sum(message.lengths) != len(ids):
             raise InputError(f"llm_step: lengths {list(message.lengths)} add up to "
                              f"{sum(message.lengths)}, but 'ids' holds {len(ids)}")
+        if message.decode_tokens:
+            self._decode(job, message, ids)
+            return None
+        from edge_runtime.llm.worker import Span
+
         bounds = np.cumsum([0, *message.lengths])
         spans = [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
                  for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
                                                  bounds[1:], strict=True)]
+        return self._forward(job, message, spans, message.sampling, job.arrived,
+                             job.request_id)
+
+    def _forward(self, job: Job, message: LlmStep, spans: list[Any],
+                 sampling: tuple[StepSampling, ...], arrived: float,
+                 request_id: int) -> Frame | None:
+        """Run one step of `spans` on this member; the hub's answer (tokens when
+        `sampling`, else logits) to `request_id`, None on a member."""
         group, hub = self._group.group, self.plan.hub
-        clock = self._tracer.step(message.trace_id, job.request_id, job.arrived)
+        assert group is not None
+        clock = self._tracer.step(message.trace_id, request_id, arrived)
         schedule = self.plan.allreduce  # the algorithm per payload size the plan chose
 
         def allreduce(x: np.ndarray) -> np.ndarray:
@@ -334,8 +288,7 @@ class LlmShard:
             return out  # read-only is fine: the worker only adds it into its residual
 
         # sampled steps: the hub samples; greedy or top-k ones gather candidates only
-        sampler = HubSampler(message.sampling, self._worker.config.vocab,
-                             self.share.vocab_rows[0])
+        sampler = HubSampler(sampling, self._worker.config.vocab, self.share.vocab_rows[0])
 
         def gather(x: np.ndarray) -> np.ndarray | None:
             clock.sync()
@@ -348,20 +301,49 @@ class LlmShard:
         clock.finish()  # tracing: the compute after the last collective
         counters = self._counters
         counters["steps"] += 1
-        counters["tokens"] += len(ids)
+        counters["tokens"] += sum(len(span.token_ids) for span in spans)
         counters["compute_s"] += clock.compute_s
         counters["comm_s"] += clock.comm_s
         counters["trace_id"] = message.trace_id or counters["trace_id"]
         if logits is None:
             return None
-        if message.sampling:
+        if sampling:
             tokens, rngs = sampler.draw(logits)
             counters["sampled"] += 1
             reply = LlmStepReply(self.id, clock.compute_s, clock.comm_s, tokens, rngs)
-            return reply.frame(job.request_id, self._ctx.name)
+            return reply.frame(request_id, self._ctx.name)
         reply = LlmStepReply(self.id, clock.compute_s, clock.comm_s)
-        return reply.frame(job.request_id, self._ctx.name,
+        return reply.frame(request_id, self._ctx.name,
                            {"logits": np.ascontiguousarray(logits, dtype=np.float32)})
+
+    def _decode(self, job: Job, message: LlmStep, ids: np.ndarray) -> None:
+        """The decode loop on the agents (`llm_decode.py`): one step per token, the hub
+        answering each token to request id `job.request_id + i`."""
+        from edge_runtime.llm.worker import Span
+
+        group, hub, slot = self._group.group, self.plan.hub, message.slots[0]
+        assert group is not None
+        self._counters["runs"] += 1
+
+        def step(feed: np.ndarray, position: int, sampling: tuple[StepSampling, ...],
+                 index: int) -> LlmStepReply | None:
+            span = Span(slot, feed, np.arange(position, position + len(feed)))
+            # the i-th step is traced, and answered, as request id + i
+            frame = self._forward(job, message, [span], sampling,
+                                  time.time() if index else job.arrived,
+                                  job.request_id + index)
+            return None if frame is None else LlmStepReply.from_meta(frame.meta)
+
+        def answer(index: int, reply: LlmStepReply) -> None:
+            self._ctx.send_to_client(job.client,
+                                     reply.frame(job.request_id + index, self._ctx.name))
+
+        try:
+            decode_run(message, ids, step, lambda x: group.broadcast(x, hub), answer,
+                       lambda: job.request_id in self._cancelled, self.spec.max_context)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._cancelled.remove(job.request_id)
 
     def status(self) -> dict[str, Any]:
         return share_status(

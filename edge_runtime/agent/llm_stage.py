@@ -35,7 +35,8 @@ from edge_runtime.agent.deployments import AgentContext
 from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_jobs import Job
-from edge_runtime.agent.llm_shard import LlmShard, checkpoint_source
+from edge_runtime.agent.llm_load import checkpoint_source
+from edge_runtime.agent.llm_shard import LlmShard
 from edge_runtime.agent.llm_stage_links import (
     DelayedSender,
     EmulatedShardGroup,
@@ -135,6 +136,9 @@ class LlmStage(LlmShard):
         if isinstance(message, LlmStep) and not self.first:
             raise InputError(f"stage {self.stage_spec.stage} takes hidden states from the "
                              "stage before it, not llm_step; send steps to the first stage")
+        if isinstance(message, LlmStep) and (message.decode_tokens or message.sampling):
+            raise InputError("a pipelined LLM answers logits step by step: send llm_step "
+                             "without decode_tokens or sampling (the coordinator samples)")
         super().handle(sender, request_id, message, tensors)
 
     def _run(self, job: Job) -> Frame | None:

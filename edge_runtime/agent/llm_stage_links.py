@@ -40,6 +40,9 @@ class EmulatedShardGroup(ShardGroup):
         # the group as the share built it (not listening yet), whatever its constructor
         self.__dict__.update(base.__dict__)
         self._emulation = emulation
+        # the emulator holds a ZeroMQ group's sends in its outbox; plain TCP links
+        # (`transports.groupstream`) take none, so an emulated group keeps ZeroMQ sockets
+        self._tcp = False
 
     def connect(self, endpoints: Sequence[str]) -> None:
         super().connect(endpoints)

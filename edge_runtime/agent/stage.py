@@ -6,11 +6,22 @@ request i (pipelining across agents). The worker never touches a socket: it
 hands finished frames to the agent (`ctx.send_to_peer` / `ctx.send_to_client`),
 whose control loop owns every socket.
 
+A short request on an idle stage runs where it is received, on the control loop
+(`INLINE_MAX_S`): two thread hand-offs (loop → worker, worker → loop through the
+agent's pipe) cost ~0.2 ms on a small CPU, a few percent of a ~5 ms stage, while
+blocking the loop for at most a few ms delays nothing that matters (heartbeats
+time out after seconds). Only when nothing is queued or running, so requests
+never overtake each other; never on an emulated device (its dilation sleeps).
+
 Data path of one request: the coordinator sends `run` (model inputs) to stage 0;
 each stage runs its shard, then either answers the coordinator with `result`
 (last stage, or its exit fired) or sends `activation` to the next stage's agent
-with the tensors of `spec.forward` (shard outputs and pass-through inputs) and
-the model outputs collected so far.
+with the tensors of `spec.forward` (shard outputs and pass-through inputs). The
+model outputs a stage produces (an exit head that did not fire) go to the
+coordinator once, in a partial `result` of their own, not along every later hop;
+what later exits' patience rules read of them travels on as one predicted class
+per row (`stage_exits.py`), and the answer names the outputs sent so
+(`elsewhere`) for the coordinator to merge.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import numpy as np
 
 from edge_runtime.agent.config import SHARD_MEMORY_FACTOR
 from edge_runtime.agent.deployments import AgentContext
+from edge_runtime.agent.stage_exits import exit_fires, votes_of
 from edge_runtime.agent.tracing import ring_for
 from edge_runtime.backends import Backend, open_backend
 from edge_runtime.backends.base import check_feeds
@@ -35,7 +47,6 @@ from edge_runtime.protocol import (
     ACT_PREFIX,
     OUT_PREFIX,
     Activation,
-    ExitRule,
     Message,
     Run,
     RunResult,
@@ -44,6 +55,7 @@ from edge_runtime.protocol import (
     StageSpec,
     StageTiming,
 )
+from edge_runtime.protocol.kinds import VOTE_PREFIX
 from transports.wire import Frame, error_frame
 
 log = logging.getLogger(__name__)
@@ -53,6 +65,10 @@ WORKER_JOIN_TIMEOUT_S = 5.0
 # Request ids remembered per stage to drop second copies: far more than can be in
 # flight (a coordinator keeps `max_in_flight`, 8 by default), a few hundred KB at most.
 SEEN_REQUESTS = 4096
+INLINE_MAX_S = 0.025
+"""A stage whose last request computed in less than this runs the next one on the
+control loop when it is idle (see the module's docstring); a slower one, or the first
+request of a stage (no measurement yet), goes to the worker thread."""
 
 
 def estimate_memory(stage: StageSpec, ctx: AgentContext) -> int:
@@ -76,26 +92,14 @@ def load(deployment_id: str, stage: StageSpec, ctx: AgentContext) -> OnnxStage:
 class _Work:
     request_id: int
     client: bytes
-    tensors: dict[str, np.ndarray]
+    acts: dict[str, np.ndarray]  # activations and model inputs, by name (no prefix)
+    collected: dict[str, np.ndarray]  # model outputs carried here (from older agents)
+    votes: dict[str, np.ndarray]  # earlier exit outputs' predicted classes
+    elsewhere: tuple[str, ...]  # model outputs earlier stages sent the coordinator
     timings: tuple[StageTiming, ...]  # of the stages before this one
     arrived: float  # perf_counter at arrival
     transfer_s: float
     trace: tuple[int, float, float, str] = (0, 0.0, 0.0, "")  # traced: id, sent, arrived, from
-
-
-def _exit_fires(rule: ExitRule, available: dict[str, np.ndarray],
-                collected: dict[str, np.ndarray]) -> bool:
-    """True when every sample of the batch may stop here under the exit's policy.
-
-    A batch leaves at one exit together (its tensors travel as one), so one
-    undecided sample keeps the whole batch going.
-    """
-    from partitioner.exit_policies import exit_decision
-
-    previous = [collected[name] for name in rule.previous if name in collected]
-    decision = exit_decision(rule.policy, available[rule.output], rule.threshold,
-                             previous=previous)
-    return bool(np.asarray(decision).all())
 
 
 class OnnxStage:
@@ -114,6 +118,11 @@ class OnnxStage:
         self._served = 0
         self._busy_s = 0.0
         self._seen: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        # requests handed to the worker / finished by it: each written by one thread only
+        # (the loop / the worker), so `_queued == _done` means the worker is idle
+        self._queued = 0
+        self._done = 0
+        self._last_compute_s = float("inf")  # nothing measured yet: the worker first
         self._ring = ring_for(ctx.name)  # spans of traced requests (agent/tracing.py)
         self.duplicates = 0
         self._worker = threading.Thread(
@@ -135,28 +144,44 @@ class OnnxStage:
             self._set_exit(sender, request_id, message)
             return
         timings: tuple[StageTiming, ...] = ()
+        collected: dict[str, np.ndarray] = {}
+        votes: dict[str, np.ndarray] = {}
+        elsewhere: tuple[str, ...] = ()
         if isinstance(message, Run):
             if self.spec.stage != 0:
                 raise InputError(f"stage {self.spec.stage} takes activations, not run requests")
             if self._signature:
-                check_feeds(self._signature, dict(tensors))
-            tensors = {f"{ACT_PREFIX}{k}": v for k, v in tensors.items()}
+                check_feeds(self._signature, tensors)
+            acts = tensors
             client = sender
         elif isinstance(message, Activation):
-            tensors = dict(tensors)
-            client, timings = message.client, message.timings
+            acts = {}
+            for key, value in tensors.items():
+                if key.startswith(ACT_PREFIX):
+                    acts[key[len(ACT_PREFIX):]] = value
+                elif key.startswith(VOTE_PREFIX):
+                    votes[key[len(VOTE_PREFIX):]] = value
+                elif key.startswith(OUT_PREFIX):
+                    collected[key[len(OUT_PREFIX):]] = value
+            client, timings, elsewhere = message.client, message.timings, message.elsewhere
         else:
             raise InputError(f"an onnx-stage deployment does not take {message.KIND!r} messages")
         if self._already_seen(client, request_id):
             return
         now = time.time()
         transfer_s = max(0.0, now - message.sent_at)
+        trace = (message.trace_id, message.sent_at, now, timings[-1].agent if timings else "")
+        work = _Work(request_id, client, acts, collected, votes, elsewhere, timings,
+                     time.perf_counter(), transfer_s, trace)
+        if (self._queued == self._done and self._last_compute_s < INLINE_MAX_S
+                and not self._ctx.emulated):
+            self._serve_or_answer(work)  # idle and quick: here, on the control loop
+            return
         if self._queue.qsize() >= self._queue_limit:  # only this loop thread adds work
             raise AgentBusyError(f"stage {self.spec.stage} already has {self._queue_limit} "
                                  "requests waiting; retry later", agent=self._ctx.name)
-        trace = (message.trace_id, message.sent_at, now, timings[-1].agent if timings else "")
-        self._queue.put(
-            _Work(request_id, client, tensors, timings, time.perf_counter(), transfer_s, trace))
+        self._queued += 1
+        self._queue.put(work)
 
     def _already_seen(self, client: bytes, request_id: int) -> bool:
         """True for a request id this stage took before from the same client: it is
@@ -195,31 +220,35 @@ class OnnxStage:
             if work is None:
                 return
             try:
-                self._serve(work)
-            except Exception as error:  # answer the request; the worker keeps serving
-                if not isinstance(error, EdgeRuntimeError):
-                    log.exception("stage %d failed on request %d", self.spec.stage, work.request_id)
-                self._ctx.send_to_client(
-                    work.client,
-                    error_frame(
-                        work.request_id,
-                        type(error).__name__,
-                        str(error),
-                        sender=self._ctx.name,
-                        details={"agent": self._ctx.name,
-                                 "deployment_id": self.spec.deployment_id},
-                    ),
-                )
+                self._serve_or_answer(work)
+            finally:
+                self._done += 1
+
+    def _serve_or_answer(self, work: _Work) -> None:
+        """Serve `work`, or answer its client with the error that stopped it."""
+        try:
+            self._serve(work)
+        except Exception as error:  # answer the request; the stage keeps serving
+            if not isinstance(error, EdgeRuntimeError):
+                log.exception("stage %d failed on request %d", self.spec.stage, work.request_id)
+            self._ctx.send_to_client(
+                work.client,
+                error_frame(
+                    work.request_id,
+                    type(error).__name__,
+                    str(error),
+                    sender=self._ctx.name,
+                    details={"agent": self._ctx.name,
+                             "deployment_id": self.spec.deployment_id},
+                ),
+            )
 
     def _serve(self, work: _Work) -> None:
         spec = self.spec
         start = time.perf_counter()
         started_at = time.time()
         queue_s = start - work.arrived
-        acts = {k[len(ACT_PREFIX):]: v for k, v in work.tensors.items()
-                if k.startswith(ACT_PREFIX)}
-        collected = {k[len(OUT_PREFIX):]: v for k, v in work.tensors.items()
-                     if k.startswith(OUT_PREFIX)}
+        acts, collected = work.acts, work.collected
         needed = [*spec.inputs, *(s.name for s in self._backend.inputs)]
         missing = sorted({name for name in needed if name not in acts})
         if missing:
@@ -230,32 +259,50 @@ class OnnxStage:
         busy = time.perf_counter() - start
         self._ctx.dilate(busy)
         compute_s = time.perf_counter() - start
+        self._last_compute_s = compute_s
         self._served += 1
         self._busy_s += compute_s
         available = {**acts, **produced}
-        for name in spec.outputs:
-            collected[name] = available[name]
+        own = {name: available[name] for name in spec.outputs}
         timings = (*work.timings, StageTiming(spec.stage, self._ctx.name, queue_s, compute_s,
                                               work.transfer_s, self._ctx.emulated, started_at))
-        fired = spec.exit is not None and _exit_fires(spec.exit, available, collected)
+        fired = spec.exit is not None and exit_fires(spec.exit, available,
+                                                     {**collected, **own}, work.votes)
         last = spec.stage == spec.n_stages - 1 or spec.next_hop is None
         self._record(work, started_at, compute_s)
         # each frame is stamped `sent_at` now so the receiver can measure its transfer time
         if fired or last:
             exit_name = spec.exit.name if fired and spec.exit is not None else None
-            result = RunResult(spec.deployment_id, exit_name, spec.stage, timings, time.time())
-            frame = self._frame(result, work, collected)
-            self._ring.record(work.trace[0], work.request_id, "send", "result", result.sent_at)
-            self._ctx.send_to_client(work.client, frame)  # after: its receipt may come first
+            result = RunResult(spec.deployment_id, exit_name, spec.stage, timings, time.time(),
+                               elsewhere=work.elsewhere)
+            self._send_result(work, result, {**collected, **own})
             return
         assert spec.next_hop is not None  # guarded by `last` above
+        elsewhere = work.elsewhere
+        if own:  # this stage's outputs go to the coordinator once, not along every hop
+            self._send_result(work, RunResult(spec.deployment_id, None, spec.stage, timings,
+                                              time.time(), partial=True), own)
+            elsewhere = (*elsewhere, *own)
         tensors = {f"{ACT_PREFIX}{name}": available[name] for name in spec.forward}
         tensors.update({f"{OUT_PREFIX}{name}": value for name, value in collected.items()})
+        tensors.update({f"{VOTE_PREFIX}{name}": value for name, value in work.votes.items()})
+        for name, value in own.items():
+            vote = votes_of(value)
+            if vote is not None:
+                tensors[f"{VOTE_PREFIX}{name}"] = vote
         onward = Activation(spec.next_hop.deployment_id, work.client, spec.stage + 1, timings,
-                            time.time(), work.trace[0])
+                            time.time(), work.trace[0], elsewhere)
         frame = self._frame(onward, work, tensors)
         self._ring.record(work.trace[0], work.request_id, "send", "activation", onward.sent_at)
         self._ctx.send_to_peer(spec.next_hop, frame)
+
+    def _send_result(self, work: _Work, result: RunResult,
+                     tensors: dict[str, np.ndarray]) -> None:
+        """Answer the coordinator: the result, or (`result.partial`) this stage's outputs."""
+        frame = self._frame(result, work, tensors)
+        what = "partial" if result.partial else "result"
+        self._ring.record(work.trace[0], work.request_id, "send", what, result.sent_at)
+        self._ctx.send_to_client(work.client, frame)  # after: its receipt may come first
 
     def _record(self, work: _Work, started_at: float, compute_s: float) -> None:
         """A traced request's spans here: its frame's flight (from the sender's stamp),
@@ -266,7 +313,8 @@ class OnnxStage:
         ring, rid, stage = self._ring, work.request_id, f"stage {self.spec.stage}"
         ring.record(trace_id, rid, "receive", "run" if self.spec.stage == 0 else "activation",
                     arrived_at, arrived_at, peer=sender, sent_at=sent_at,
-                    nbytes=sum(int(v.nbytes) for v in work.tensors.values()))
+                    nbytes=sum(int(v.nbytes) for part in (work.acts, work.collected, work.votes)
+                               for v in part.values()))
         ring.record(trace_id, rid, "queue", stage, arrived_at, started_at)
         ring.record(trace_id, rid, "compute", stage, started_at, started_at + compute_s)
 

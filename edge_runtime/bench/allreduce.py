@@ -14,7 +14,11 @@ that call. Side by side, in the same run:
 modes one after another per N (and `--rounds` times over, alternating), and prints
 each mode's time as a ratio to the first mode's: ``curve`` (CURVE sockets), ``sealed``
 (plain sockets, every message sealed with an AEAD under keys agreed from the CURVE
-keys: what an LLM group uses), ``insecure``. Each row also names the algorithm
+keys: what an LLM group uses), ``insecure``. A mode may name its links and a spin:
+``sealed-tcp`` runs the group over plain TCP links (`transports.groupstream`, no
+ZeroMQ I/O thread; loopback only), ``:spin50`` (e.g. ``sealed-tcp:spin50``) lets each
+receive poll without sleeping for up to 50 µs first. `--sync q8` (or bf16, fp16) sends
+the float32 payloads in that format (`transports.syncformat`). Each row also names the algorithm
 `transports.cost.best_allreduce` predicts from the measured round trips (α = half the
 round trip at that size, β from the largest size's, `MESSAGE_OVERHEAD_S` per message),
 next to the one measured fastest.
@@ -38,6 +42,7 @@ WORKER_TIMEOUT_S = 600.0
 
 COLLECTIVES = ("star", "ring", "a2a", "rd")
 MODES = ("curve", "sealed", "insecure")
+"""The security bases; a mode is BASE[-tcp][:spinN] (`allreduce_members.mode_parts`)."""
 # the cost model's names of the bench's collectives
 _MODEL_NAMES = {"star": "star", "ring": "ring", "a2a": "all_to_all",
                 "rd": "recursive_doubling"}
@@ -63,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--security", default=None,
                         help="modes side by side, the first is the ratios' base: "
                         "curve, sealed, insecure (default: curve)")
+    parser.add_argument("--sync", default="fp32",
+                        help="format the payloads travel in: fp32, bf16, fp16 or q8")
     parser.add_argument("--rounds", type=int, default=1,
                         help="times each (N, mode) group runs, modes alternating")
     parser.add_argument("--no-gloo", action="store_true", help="skip torch.distributed gloo")
@@ -135,10 +142,18 @@ def _free_port() -> int:
 def modes_of(args: argparse.Namespace) -> list[str]:
     """`--security` as a list of modes (`--insecure` alone: insecure; neither: curve)."""
     text = args.security or ("insecure" if args.insecure else "curve")
+    from edge_runtime.bench.allreduce_members import mode_parts
+
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
+    unknown = []
+    for mode in modes:
+        try:
+            mode_parts(mode)
+        except ValueError:
+            unknown.append(mode)
     if unknown or not modes:
-        raise SystemExit(f"--security: {unknown or text!r}; use {', '.join(MODES)}")
+        raise SystemExit(f"--security: {unknown or text!r}; use {', '.join(MODES)}, "
+                         "optionally -tcp (not curve) and :spinN, e.g. sealed-tcp:spin50")
     return list(dict.fromkeys(modes))
 
 
@@ -152,11 +167,11 @@ def _keys(n: int, secure: bool) -> list[list[str]]:
 
 
 def run_group(n: int, sizes: list[int], collectives: list[str], repeats: int,
-              mode: str, link: str) -> dict[str, Any]:
+              mode: str, link: str, sync: str = "fp32") -> dict[str, Any]:
     """Run the collectives in N member processes; per (size, collective) call latencies."""
-    keys = _keys(n, mode != "insecure")
+    keys = _keys(n, not mode.startswith("insecure"))
     base = {"n": n, "keys": keys, "sizes": sizes, "collectives": collectives,
-            "repeats": repeats, "link": link, "mode": mode}
+            "repeats": repeats, "link": link, "mode": mode, "sync": sync}
     processes = _spawn("member", [dict(base, rank=r) for r in range(n)])
     try:
         endpoints = [_read(p)["address"] for p in processes]
@@ -232,10 +247,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     print(f"security: {', '.join(modes)} (ratios to {modes[0]}); latency per call in µs, "
           "slowest member's median and p99; rtt: bare pyzmq (plain for sealed and insecure)")
-    header = (f"{'link':9} {'N':>2} {'bytes':>8} {'mode':8} {'what':6} {'median':>9} "
+    header = (f"{'link':9} {'N':>2} {'bytes':>8} {'mode':18} {'what':6} {'median':>9} "
               f"{'p99':>9} {'×rtt':>6} {'×gloo':>6} {'×' + modes[0]:>9}")
     for link in links:
-        rtts = {mode: run_rtt(sizes, args.repeats, mode == "curve", link) for mode in modes}
+        rtts = {mode: run_rtt(sizes, args.repeats, mode.startswith("curve"), link)
+                for mode in modes}
+        link_modes = [m for m in modes if link == "loopback" or "-tcp" not in m]
         gloo_by_n = {n: run_gloo(n, sizes, args.repeats) for n in members} if (
             gloo_ok and link == "loopback") else {}
         print(f"\n{header}")
@@ -244,24 +261,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rtt_median, rtt_p99 = _percentiles(rtts[mode][str(size)])
                 rows.append({"link": link, "n": 2, "bytes": size, "what": "rtt", "mode": mode,
                              "median_us": rtt_median, "p99_us": rtt_p99})
-                print(f"{link:9} {2:>2} {size:>8} {mode:8} {'rtt':6} {rtt_median:9.1f} "
+                print(f"{link:9} {2:>2} {size:>8} {mode:18} {'rtt':6} {rtt_median:9.1f} "
                       f"{rtt_p99:9.1f}")
         for n in members:
-            results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
+            results: dict[str, dict[str, Any]] = {mode: {} for mode in link_modes}
             for _ in range(max(1, args.rounds)):
-                for mode in modes:  # interleaved: a busy machine slows every mode alike
-                    _merge(results[mode],
-                           run_group(n, sizes, collectives, args.repeats, mode, link))
+                for mode in link_modes:  # interleaved: a busy machine slows every mode alike
+                    _merge(results[mode], run_group(n, sizes, collectives, args.repeats,
+                                                    mode, link, args.sync))
             for size in sizes:
                 gloo_median = None
                 if n in gloo_by_n:
                     gloo_median, gloo_p99 = _percentiles(gloo_by_n[n][str(size)])
                     rows.append({"link": link, "n": n, "bytes": size, "what": "gloo",
                                  "median_us": gloo_median, "p99_us": gloo_p99})
-                    print(f"{link:9} {n:>2} {size:>8} {'':8} {'gloo':6} {gloo_median:9.1f} "
+                    print(f"{link:9} {n:>2} {size:>8} {'':18} {'gloo':6} {gloo_median:9.1f} "
                           f"{gloo_p99:9.1f}")
                 base: dict[str, float] = {}
-                for mode in modes:
+                for mode in link_modes:
                     rtt_median = _percentiles(rtts[mode][str(size)])[0]
                     medians: dict[str, float] = {}
                     for name in collectives:
@@ -274,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "x_rtt": median / rtt_median,
                                      "x_gloo": median / gloo_median if gloo_median else None,
                                      "x_first_mode": median / base[name]})
-                        print(f"{link:9} {n:>2} {size:>8} {mode:8} {name:6} {median:9.1f} "
+                        print(f"{link:9} {n:>2} {size:>8} {mode:18} {name:6} {median:9.1f} "
                               f"{p99:9.1f} {median / rtt_median:6.2f} {x_gloo} "
                               f"{median / base[name]:9.2f}")
                     fastest = min(medians, key=lambda k: medians[k])
@@ -282,6 +299,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append({"link": link, "n": n, "bytes": size, "mode": mode,
                                  "what": "choice", "measured_best": _MODEL_NAMES[fastest],
                                  "predicted_best": predicted})
-                    print(f"{link:9} {n:>2} {size:>8} {mode:8} model picks {predicted}, "
+                    print(f"{link:9} {n:>2} {size:>8} {mode:18} model picks {predicted}, "
                           f"measured fastest {_MODEL_NAMES[fastest]}")
     return {"security": modes, "rows": rows, "command": " ".join(sys.argv)}

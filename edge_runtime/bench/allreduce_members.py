@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -27,6 +28,20 @@ def _repeats(base: int, size: int) -> int:
 def _warmup(repeats: int) -> int:
     """Untimed calls before timing: connections, caches and allocators settle."""
     return min(10, max(2, repeats // 5))
+
+
+def mode_parts(mode: str) -> tuple[str, bool, int]:
+    """A bench mode ``BASE[-tcp][:spinN]`` as (base, plain TCP links, spin µs): base is
+    curve, sealed or insecure; ``-tcp`` runs the group over `transports.groupstream`
+    (sealed or insecure only); ``:spinN`` polls without sleeping for up to N µs before
+    each blocking receive. ValueError for anything else."""
+    name, _, spin = mode.partition(":")
+    base, tcp = name.removesuffix("-tcp"), name.endswith("-tcp")
+    if base not in ("curve", "sealed", "insecure") or (tcp and base == "curve"):
+        raise ValueError(f"unknown mode {mode!r}")
+    if spin and not (spin.startswith("spin") and spin[4:].isdigit()):
+        raise ValueError(f"unknown mode {mode!r}; spin is written :spin50")
+    return base, tcp, int(spin[4:]) if spin else 0
 
 
 def _security(pair: list[str]) -> Any:
@@ -48,28 +63,32 @@ def _member(config: dict[str, Any]) -> None:
     import numpy as np
 
     from transports.collectives import CollectiveGroup, GroupListener
+    from transports.groupstream import StreamListener
     from transports.sealing import SealKeys
     from transports.security import Security
 
     rank = config["rank"]
+    base, tcp, spin_us = mode_parts(config.get("mode", "curve"))
     security = _security(config["keys"][rank])
     keys = None if security.insecure else [k[0].encode() for k in config["keys"]]
     seal = None
-    if config.get("mode") == "sealed":  # plain sockets, every message sealed (AEAD)
+    if base == "sealed":  # plain sockets, every message sealed (AEAD)
         assert keys is not None and security.keypair is not None
         seal = SealKeys.from_curve(rank, security.keypair.secret, keys, b"bench")
         security, keys = Security(insecure=True), None
-    listener = GroupListener("tcp://127.0.0.1:0", security, peer_keys=keys or ())
+    listener: GroupListener | StreamListener = (
+        StreamListener("tcp://127.0.0.1:0", max_message_bytes=64 << 20) if tcp
+        else GroupListener("tcp://127.0.0.1:0", security, peer_keys=keys or ()))
     print(json.dumps({"address": listener.address}), flush=True)
     endpoints = json.loads(sys.stdin.readline())["endpoints"]
     group = CollectiveGroup(rank, endpoints, security, listener=listener, peer_keys=keys,
                             timeout_s=120.0, emulation=_emulation(config["link"], rank),
-                            seal_keys=seal)
-    calls = {
-        "star": lambda x: group.star_allreduce(x, 0),
-        "ring": group.ring_allreduce,
-        "a2a": group.all_to_all_allreduce,
-        "rd": group.recursive_doubling_allreduce,
+                            seal_keys=seal, spin_us=spin_us, sync=config.get("sync", "fp32"))
+    calls: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # through `allreduce`: sync
+        "star": lambda x: group.allreduce(x, "star", 0),
+        "ring": lambda x: group.allreduce(x, "ring"),
+        "a2a": lambda x: group.allreduce(x, "all_to_all"),
+        "rd": lambda x: group.allreduce(x, "recursive_doubling"),
     }
     results: dict[str, list[list[float]]] = {}
     for size in config["sizes"]:

@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bench import llm_security, llm_strategies
+from edge_runtime.bench import llm_decode_modes, llm_security, llm_strategies, peer_dllama
 from edge_runtime.bench.llm_limits import AgentLimits, budget_under, check_available
 from edge_runtime.bench.llm_report import Variant, variant_report
+from edge_runtime.bench.pinning import pin_agents
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default="fp32",
                         help="weight formats to compare side by side: fp32, q4 or fp32,q4")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads per agent")
+    parser.add_argument("--sync", choices=["fp32", "bf16", "fp16", "q8"], default="fp32",
+                        help="the allreduces' activation format (deploy_llm(sync=...))")
     parser.add_argument("--pin", action="store_true",
                         help="pin each agent to its own core(s) with taskset")
     parser.add_argument("--insecure", action="store_true",
                         help="agents without CURVE (to see what encryption costs)")
     llm_security.add_argument(parser)  # --security curve,insecure
+    llm_decode_modes.add_argument(parser)  # --decode agents,steps
     llm_strategies.add_arguments(parser)  # --strategies ... --links ...
     parser.add_argument("--memory-limit", default=None,
                         help="start each agent in a memory cgroup with this limit (e.g. "
@@ -134,6 +138,7 @@ def _counters(llm: Any) -> dict[str, dict[str, float]]:
                    "bytes": float(st["window"]["bytes_read"]),
                    "wait_s": float(st["window"]["wait_seconds"]),
                    "compute_s": float(st["compute_s"]), "comm_s": float(st["comm_s"]),
+                   "steps": float(st["steps"]),
                    "peak_rss": float(st["peak_rss_bytes"]),
                    # the residency plan: bytes streamed per pass, predicted s/token
                    "planned_bytes": float(st["window"].get("streamed_bytes_per_pass", 0)),
@@ -150,29 +155,17 @@ def _one_generation(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, A
     times = [time.perf_counter()]
     for _ in stream:
         times.append(time.perf_counter())
-    steps = len(times) - 1
     after = _counters(llm)
-    decode = {name: {k: (after[name][k] - before[name][k]) / max(steps, 1)
+    # per step the agent ran between the two readings: a decode run on the agents may be
+    # a step or two ahead of the tokens read when `before` was taken
+    decode = {name: {k: (after[name][k] - before[name][k])
+                     / max(after[name]["steps"] - before[name]["steps"], 1)
                      for k in ("load_s", "bytes", "wait_s", "compute_s", "comm_s")}
               for name in after}
     plans = {name: (c["planned_bytes"], c["planned_s"]) for name, c in after.items()}
     return {"ttft_s": first.seconds, "intervals": list(np.diff(times)), "prefill": prefill,
             "plans": plans,
             "per_agent": decode, "peak_rss": {n: c["peak_rss"] for n, c in after.items()}}
-
-
-def pin_agents(cluster: Any, threads: int) -> None:
-    """Give agent i cores [i*threads, (i+1)*threads) — every thread of it, BLAS pool included."""
-    cores = sorted(os.sched_getaffinity(0))
-    for i, proc in enumerate(cluster.processes):
-        mine = {cores[(i * threads + k) % len(cores)] for k in range(threads)}
-        pid = proc.process.pid
-        try:
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                os.sched_setaffinity(int(task.name), mine)
-        except OSError as error:  # e.g. a sandbox without affinity control
-            print(f"cannot pin agent {i}: {error}; running unpinned", flush=True)
-            return
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,21 +203,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants += [(f"{n} agent(s) window {args.budget_fraction:g}"
                       f"{'' if fmt is None else ' ' + fmt}", n, True, fmt)
                      for fmt in formats for n in counts]
-    variants, insecure_of = llm_security.expand(variants, args)  # --security modes
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in variants}
+    variants, mode_of = llm_security.expand(variants, args)  # --security modes
+    decode = llm_decode_modes.modes(args)  # one generation per mode on each deployment
+    rows = llm_decode_modes.expand(variants, decode)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in rows}
     failures: dict[str, str] = {}
     caches = [workdir / f"agent-cache-{i}" for i in range(max(counts))]
     limit = _memory_limit(args)
+    peer = peer_dllama.prepare(args, ckpt_dir, counts, formats)  # None without --peer-dllama
     # Each variant runs on agents of its own (so RSS is that variant's alone), started
     # afresh each round; the agents' caches persist, so only the first round converts.
     for rnd in range(args.repeats):
-        for name, n, streamed, fmt in variants:
+        # odd rounds run the variants in reverse, so none always runs first or last
+        for name, n, streamed, fmt in variants if rnd % 2 == 0 else variants[::-1]:
             t1 = time.perf_counter()
             limits = None
             try:
-                with er.local_cluster(n, cache_dirs=caches[:n], log_level="WARNING",
-                                      insecure=insecure_of[name],
-                                      allow_checkpoint_dirs=[ckpt_dir]) as cluster:
+                with llm_security.group_links(mode_of[name]), er.local_cluster(
+                        n, cache_dirs=caches[:n], log_level="WARNING",
+                        insecure=llm_security.insecure(mode_of[name]),
+                        allow_checkpoint_dirs=[ckpt_dir]) as cluster:
                     if args.pin:
                         pin_agents(cluster, args.threads)
                     if limit is not None:
@@ -240,21 +238,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    for b in (budgets or [budget_under(limit)] * n)]
                     llm = cluster.deploy_llm(ckpt_dir, max_context=MAX_CONTEXT,
                                              memory_budget=budgets, threads=args.threads,
-                                             quantize=fmt)
+                                             quantize=fmt, sync=args.sync)
                     ready = time.perf_counter() - t1
-                    sample = _one_generation(llm, prompt, args.new_tokens)
-                    sample["streamed"] = not all(st["window"]["resident"]
-                                                 for st in llm.status().values())
-                    sample["window_fraction"] = min(1.0, min(
-                        st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
-                        for st in llm.status().values()))
-                    sample["predicted_s_per_token"] = llm.plan.predicted_s_per_token
-                    # a "q4" share its budget cannot take as 4-bit kernels: int8 blocks
-                    sample["int8"] = any(Q4_STREAM_NOTE in n for n in llm.plan.notes)
-                    if limits is not None:
-                        sample["cgroup_peak"] = limits.peaks()
-                        sample["oom_kills"] = limits.oom_kills()
-                    samples[name].append(sample)
+                    for mode in llm_decode_modes.in_round(decode, rnd):
+                        llm.runner.decode_on_agents = mode == "agents"
+                        sample = _one_generation(llm, prompt, args.new_tokens)
+                        sample["streamed"] = not all(st["window"]["resident"]
+                                                     for st in llm.status().values())
+                        sample["window_fraction"] = min(1.0, min(
+                            st["window"]["budget_bytes"] / max(1, st["share"]["weight_bytes"])
+                            for st in llm.status().values()))
+                        sample["predicted_s_per_token"] = llm.plan.predicted_s_per_token
+                        # a "q4" share its budget cannot take as 4-bit kernels: int8 blocks
+                        sample["int8"] = any(Q4_STREAM_NOTE in n for n in llm.plan.notes)
+                        if limits is not None:
+                            sample["cgroup_peak"] = limits.peaks()
+                            sample["oom_kills"] = limits.oom_kills()
+                        samples[llm_decode_modes.row_name(name, mode)].append(sample)
                     llm.unload()
             except Exception as exc:  # a refused deployment or a killed agent is a result
                 kills = limits.oom_kills() if limits is not None else {}
@@ -269,13 +269,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"round {rnd + 1}/{args.repeats} {name}: ready in {ready:.1f} s, TTFT "
                   f"{sample['ttft_s'] * 1e3:.0f} ms, median "
                   f"{statistics.median(sample['intervals']) * 1e3:.1f} ms/token", flush=True)
-    ran = [v for v in variants if samples[v[0]]]
+        if peer is not None:  # distributed-llama's counterparts, in the same round
+            peer.run_round(rnd)
+    ran = [v for v in rows if samples[v[0]]]
     report = llm_security.with_ratios(variant_report(args, shape, size, ran, samples, formats),
-                                      insecure_of)
+                                      mode_of)
+    report = llm_decode_modes.with_ratios(report, decode)
     report["failures"] = failures
     report["memory_limit"] = limit
     for name, why in failures.items():
         print(f"{name}: {why}")
+    if peer is not None:
+        report["peer_dllama"] = peer.report(report["variants"])
     return report
 
 

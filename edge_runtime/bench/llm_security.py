@@ -5,21 +5,30 @@ multiplies each variant by the security modes asked for (its name gets the mode)
 the modes alternate round by round on the same machine, and prints each variant's
 token time and TTFT with security on as a ratio to the same variant without it.
 "curve" is the default secure setup: CURVE on every control socket, and the LLM
-group's traffic sealed with an AEAD under keys agreed from the CURVE keys.
+group's traffic sealed with an AEAD under keys agreed from the CURVE keys. A mode with
+"+tcp" or "+zmq" starts its agents with the group's links of that kind
+(`agent.llm_group.LINKS_ENV`: plain TCP or ZeroMQ sockets) instead of their default, so
+the two kinds of link are compared in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
-MODES = ("curve", "insecure")
+from edge_runtime.agent.llm_group import LINKS_ENV
+
+MODES = ("curve", "insecure", "curve+tcp", "insecure+tcp", "curve+zmq", "insecure+zmq")
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--security", default=None,
                         help="security modes side by side, e.g. curve,insecure (default: "
-                        "curve, or insecure with --insecure); prints secure / insecure")
+                        "curve, or insecure with --insecure; +tcp: the group's plain TCP "
+                        "links, e.g. curve,curve+tcp); prints secure / insecure")
 
 
 def modes(args: argparse.Namespace) -> list[str]:
@@ -27,37 +36,63 @@ def modes(args: argparse.Namespace) -> list[str]:
     out = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     bad = [m for m in out if m not in MODES]
     if bad or not out:
-        raise SystemExit(f"--security: {bad or text!r}; use curve and/or insecure")
+        raise SystemExit(f"--security: {bad or text!r}; use {', '.join(MODES)}")
     return out
 
 
-def expand(variants: list[Any], args: argparse.Namespace) -> tuple[list[Any], dict[str, bool]]:
+def expand(variants: list[Any], args: argparse.Namespace) -> tuple[list[Any], dict[str, str]]:
     """Each variant once per mode (named "<variant> <mode>" when there are several), and
-    whether each named variant runs insecure."""
+    the mode each named variant runs in."""
     chosen = modes(args)
     if len(chosen) == 1:
-        return variants, {v[0]: chosen[0] == "insecure" for v in variants}
-    out, insecure = [], {}
+        return variants, {v[0]: chosen[0] for v in variants}
+    out, mode_of = [], {}
     for variant in variants:
         for mode in chosen:
             name = f"{variant[0]} {mode}"
             out.append((name, *variant[1:]))
-            insecure[name] = mode == "insecure"
-    return out, insecure
+            mode_of[name] = mode
+    return out, mode_of
 
 
-def with_ratios(result: dict[str, Any], insecure: dict[str, bool]) -> dict[str, Any]:
+def insecure(mode: str) -> bool:
+    """Whether agents of `mode` run without CURVE and sealing."""
+    return mode.split("+")[0] == "insecure"
+
+
+@contextlib.contextmanager
+def group_links(mode: str) -> Iterator[None]:
+    """The environment the agents of `mode` start with: the group's links named by its
+    "+tcp" or "+zmq", the agents' default otherwise (restored afterwards)."""
+    before = os.environ.get(LINKS_ENV)
+    _, _, links = mode.partition("+")
+    if links:
+        os.environ[LINKS_ENV] = links
+    else:
+        os.environ.pop(LINKS_ENV, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LINKS_ENV, None)
+        else:
+            os.environ[LINKS_ENV] = before
+
+
+def with_ratios(result: dict[str, Any], mode_of: dict[str, str]) -> dict[str, Any]:
     """Print and record each variant's per-token overhead (token time minus the slowest
     agent's compute) and secure ÷ insecure per variant (ms/token and TTFT)."""
     rows = result["variants"]
     ratios: dict[str, dict[str, float]] = {}
     for name, row in rows.items():
-        if insecure.get(name) or not name.endswith(" curve"):
+        mode = mode_of.get(name, "")
+        if not name.endswith(f" {mode}") or insecure(mode):
             continue
-        base = name.removesuffix(" curve")
-        plain = rows.get(f"{base} insecure")
+        base = name.removesuffix(f" {mode}")
+        plain = rows.get(f"{base} {mode.replace('curve', 'insecure')}")
         if plain is None:
             continue
+        base = f"{base} {mode}" if "+" in mode else base
         ratios[base] = {"ms_per_token": row["ms_per_token"] / plain["ms_per_token"],
                         "ttft": row["ttft_s"] / plain["ttft_s"]}
     print("\nper-token overhead = ms/token − the slowest agent's compute per token:")
@@ -71,7 +106,7 @@ def with_ratios(result: dict[str, Any], insecure: dict[str, bool]) -> dict[str, 
         for base, ratio in ratios.items():
             print(f"  {base:30} ms/token {ratio['ms_per_token']:.2f}x   "
                   f"TTFT {ratio['ttft']:.2f}x")
-    result["security"] = {"insecure": insecure, "ratios": ratios}
+    result["security"] = {"modes": mode_of, "ratios": ratios}
     return result
 
 

@@ -1,47 +1,59 @@
 """`edge-runtime bench llm --strategies ...`: predicted against measured, per LLM strategy.
 
     edge-runtime bench llm --strategies single,tensor,pipeline,hybrid,auto \\
-        --links loopback,wifi --agents 3 --size 256MB
+        --links loopback,wifi --agents 2,3,4 [--pin] [--reference]
 
-For each link setting one local cluster of `--agents` real agent processes is started.
-Every strategy's best layout is planned by the partitioner (`plan_llm_strategy`) from
-the agents' measured profiles and the link (loopback: the agents' measured probes;
-any other: the emulated figures plus the measured loopback under them) and deployed
-as "llm-stage" stages — one stage for single and tensor — with the link emulated
-(`transports.linkemu`) on every message the agents send for it (collectives, hidden
-states, answers) and on the coordinator's requests. All layouts are loaded at once and
-measured in interleaved rounds (`--repeats`), so a busy machine slows each alike.
+For each agent count of `--agents` one local cluster of that many real agent
+processes is started (pinned to a core each with `--pin`, the shape TARGETS.md's
+reference checkpoint with `--reference`: `bench llm`'s own options) and kept for every
+link of `--links`. Per link, every strategy's best layout is planned by the partitioner
+(`plan_llm_strategy`) from the agents' measured profiles and the link (loopback: the
+agents' measured probes; any other: the emulated figures plus the measured loopback
+under them), and `auto`'s choice for each objective (latency: one stream; throughput:
+`STREAMS` streams). Each layout is deployed as "llm-stage" stages — one stage for single
+and tensor — with the link emulated (`transports.linkemu`) on every message the agents
+send for it (collectives, hidden states, answers) and on the coordinator's requests
+(the cluster's one `LinkEmulator`, switched per link: the cluster is not restarted).
 
-Per strategy: predicted and measured ms/token of one stream (median decode interval
-of a `--new-tokens` generation), decode tokens/s of 4 concurrent streams (the
-scheduler batching them, micro-batches through the stages; each stream's decode rate,
-summed), time to first token, each agent's peak RSS (every layout is loaded at once:
-it holds all of them); the error of each prediction. `auto` is the planner's choice
-(objective latency): the report says which strategy it chose and whether that is the
-measured fastest. `--pin` gives agent i its own `--threads` cores."""
+The agents' link emulation is part of a deployment (`LlmStageSpec`), so each link needs
+its own deployment of each layout; the agents' shard caches are `bench llm`'s (in
+`--workdir`), so only a share's first deployment ever converts it. With `--pin` a layout
+already measured in a smaller cluster (single: agent0 alone) is not measured again.
+`llm_strategies_measure` says what is timed (one layout loaded at a time); a strategy
+that auto chose but `--strategies` did not name is measured as well; a layout that
+fails is a row saying why. `llm_strategies_report` makes the rows and the tables: one
+table per agent count.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-STREAMS = 4
+from edge_runtime.bench.llm_strategies_measure import STREAMS, Sample, measure_layout
+from edge_runtime.bench.llm_strategies_report import (
+    OBJECTIVES,
+    print_table,
+    strategy_row,
+    verdict,
+)
+from edge_runtime.bench.pinning import pin_agents
+from edge_runtime.sdk.llm_pipeline_place import compute_profiles
+
 MAX_CONTEXT = 256
-# A step of a busy 2-core machine may take seconds; a layout that hangs still fails.
-STEP_TIMEOUT_S = 120.0
+EXPLICIT = ("single", "tensor", "pipeline", "hybrid")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--strategies` and `--links` (registered by `bench/llm.py`)."""
     parser.add_argument("--strategies", default=None,
                         help="compare LLM strategies instead (single,tensor,pipeline,hybrid,"
-                        "auto): predicted vs measured ms/token and tokens/s")
+                        "auto): predicted vs measured ms/token, tokens/s, TTFT, peak RSS; "
+                        "one table per --agents count")
     parser.add_argument("--links", default="loopback,wifi",
                         help="with --strategies: links to emulate between the agents: "
                         "loopback, wifi, ethernet or RTT_MS:MBIT (default loopback,wifi)")
@@ -54,198 +66,157 @@ def _source(ckpt_dir: Path, config: Any, digest: str, names: list[str], threads:
                      STREAMS, False, threads, None, tuple(names))
 
 
-def _layouts(cluster: Any, source: Any, names: list[str], strategies: list[str],
-             link: tuple[float, float] | None) -> dict[str, Any]:
-    """Each explicit strategy's planned layout, and auto's choice, over `link`."""
+def _link_table(cluster: Any, names: list[str], link: tuple[float, float] | None) -> Any:
+    """The measured links (loopback), or the emulated link on top of the loopback under it."""
     from edge_runtime.sdk.llm_pipeline_place import link_table
     from partitioner.llm_cost import LinkTable
-    from partitioner.llm_strategy import plan_llm_strategy
 
     measured = link_table(cluster, names)
     if link is None:
-        table = measured
-    else:  # the emulated link on top of the loopback it runs over
-        rtt, rate = link
-        floor = min(measured.latency_s[i][j] for i in range(len(names))
-                    for j in range(len(names)) if i != j) if len(names) > 1 else 0.0
-        table = dataclasses.replace(LinkTable.uniform(len(names), rtt + 2 * floor, rate),
-                                    hosts=measured.hosts, cores=measured.cores)
-    profiles = [cluster.info(n).profile for n in names]
-    shape = source.config.decoder_shape(MAX_CONTEXT * STREAMS)
-    out: dict[str, Any] = {}
-    for strategy in strategies:
+        return measured
+    rtt, rate = link
+    floor = min(measured.latency_s[i][j] for i in range(len(names))
+                for j in range(len(names)) if i != j) if len(names) > 1 else 0.0
+    return dataclasses.replace(LinkTable.uniform(len(names), rtt + 2 * floor, rate),
+                               hosts=measured.hosts, cores=measured.cores)
+
+
+def plan_all(profiles: list[Any], shape: Any, table: Any, strategies: list[str],
+             digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each named strategy's layout (objective latency) and auto's for each objective;
+    a strategy that cannot run maps to its error."""
+    from partitioner.llm_strategy import plan_llm_strategy
+
+    def plan(strategy: str, objective: str) -> Any:
         try:
-            out[strategy] = plan_llm_strategy(shape, profiles, strategy, links=table,
-                                              streams=STREAMS, model_digest=source.digest)
+            return plan_llm_strategy(shape, profiles, strategy, links=table, streams=STREAMS,
+                                     objective=objective, model_digest=digest)
         except Exception as error:  # reported as a row that cannot run
-            out[strategy] = error
-    return out
+            return error
 
-
-def _measure(llm: Any, prompt: list[int], new_tokens: int) -> dict[str, Any]:
-    from edge_runtime.sdk.scheduler import GenerationScheduler
-
-    stream = llm.generate(prompt, new_tokens, stream=True, stop=[])
-    first = next(stream)
-    times = [time.perf_counter()]
-    for _ in stream:
-        times.append(time.perf_counter())
-    scheduler = GenerationScheduler(llm).start()
-    try:
-        outs = scheduler.generate_many([prompt[: len(prompt) - k] for k in range(STREAMS)],
-                                       new_tokens, stop=[])
-    finally:
-        scheduler.close()
-    # decode while all streams run: each stream's tokens/s, summed (prefill excluded)
-    rate = sum(1.0 / o.s_per_token for o in outs if o.s_per_token > 0)
-    return {"ttft_s": first.seconds, "intervals": list(np.diff(times)),
-            "tokens_per_s": rate,
-            "peak_rss": {n: int(st["peak_rss_bytes"]) for n, st in llm.status().items()}}
+    explicit = {s: plan(s, "latency") for s in strategies if s in EXPLICIT}
+    auto = {o: plan("auto", o) for o in OBJECTIVES} if "auto" in strategies else {}
+    for layout in auto.values():  # measure what auto chose even if not named
+        if not isinstance(layout, Exception) and layout.strategy not in explicit:
+            explicit[layout.strategy] = plan(layout.strategy, "latency")
+    return explicit, auto
 
 
 def run_strategies(args: argparse.Namespace, ckpt_dir: Path, config: Any,
                    digest: str) -> dict[str, Any]:
-    """Plan, deploy and measure every strategy on every link; print the table."""
-    import edge_runtime as er
+    """Plan, deploy and measure every strategy on every link for every agent count;
+    print one table per agent count."""
     from edge_runtime.errors import ConfigError
-    from edge_runtime.sdk.fallback.policy import FallbackPolicy
-    from edge_runtime.sdk.llm import LlmDeployment
-    from edge_runtime.sdk.llm_pipeline_place import place_pipeline
     from partitioner.llm_cost import parse_link
-    from transports.linkemu import LinkEmulator, LinkSpec
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in ("single", "tensor", "pipeline", "hybrid",
-                                                   "auto")]
-    if unknown:
-        raise ConfigError(f"--strategies: {unknown} are not strategies")
-    n = max(int(x) for x in args.agents.split(",") if x.strip())
-    rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(3, config.vocab, args.prompt_tokens)]
-    results: dict[str, Any] = {"agents": n, "streams": STREAMS, "links": {}}
-    for link_name in [x.strip() for x in args.links.split(",") if x.strip()]:
+    unknown = [s for s in strategies if s not in (*EXPLICIT, "auto")]
+    if unknown or not strategies:
+        raise ConfigError(f"--strategies: {unknown or 'nothing'} given; name some of "
+                          f"{', '.join((*EXPLICIT, 'auto'))}")
+    links: list[tuple[str, tuple[float, float] | None]] = []
+    for name in (x.strip() for x in args.links.split(",") if x.strip()):
         try:
-            link = None if link_name == "loopback" else parse_link(link_name)
+            links.append((name, None if name == "loopback" else parse_link(name)))
         except ValueError as error:
             raise ConfigError(f"--links: {error}") from None
-        emulate = None if link is None else (link[0] / 2, link[1])
-        coordinator = None if link is None else LinkEmulator(
-            default=LinkSpec(delay_s=link[0] / 2, bandwidth_bytes_per_s=link[1]), seed=1)
-        with er.local_cluster(n, log_level="WARNING", allow_checkpoint_dirs=[ckpt_dir],
-                              link_emulation=coordinator) as cluster:
-            if args.pin:
-                _pin(cluster, args.threads)
-            names = [a.name for a in cluster.agents]
-            source = _source(ckpt_dir, config, digest, names, args.threads)
-            plans = _layouts(cluster, source, names, strategies, link)
-            explicit = [s for s in strategies if s != "auto"]
-            if "auto" in plans and not isinstance(plans["auto"], Exception):
-                chosen = plans["auto"].strategy
-                if chosen not in explicit:
-                    explicit.append(chosen)
-                    plans[chosen] = plans["auto"]
-            deployed: dict[str, Any] = {}
-            for strategy in explicit:
-                layout = plans.get(strategy)
-                if layout is None or isinstance(layout, Exception):
-                    continue
-                placement = place_pipeline(cluster, source, layout, emulate=emulate)
-                # no failover: a layout that fails is reported, not replaced by another
-                policy = FallbackPolicy(failover=False)
-                deployed[strategy] = LlmDeployment(cluster, source, placement, None,
-                                                   timeout_s=STEP_TIMEOUT_S, policy=policy)
-            samples: dict[str, list[dict[str, Any]]] = {s: [] for s in deployed}
-            for rnd in range(args.repeats):
-                for strategy, llm in deployed.items():
-                    try:
-                        samples[strategy].append(_measure(llm, prompt, args.new_tokens))
-                    except Exception:
-                        for proc in cluster.processes:  # what the agents saw, then fail
-                            print(f"--- {proc.name} log ---\n{proc.tail(40)}", flush=True)
-                        raise
-                    print(f"{link_name} round {rnd + 1}/{args.repeats} {strategy}: "
-                          f"{statistics.median(samples[strategy][-1]['intervals']) * 1e3:.1f}"
-                          " ms/token", flush=True)
-            for llm in deployed.values():
-                llm.unload()
-        results["links"][link_name] = _rows(plans, samples)
-    _print(results)
+    counts = sorted({int(x) for x in args.agents.split(",") if x.strip()})
+    if not counts or counts[0] < 1:
+        raise ConfigError(f"--agents {args.agents!r}: give agent counts of 1 or more, e.g. 2,3,4")
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(3, config.vocab, args.prompt_tokens)]
+    results: dict[str, Any] = {"streams": STREAMS, "prompt_tokens": len(prompt),
+                               "new_tokens": args.new_tokens, "repeats": args.repeats,
+                               "pinned": bool(args.pin), "by_agents": {}}
+    measured: dict[tuple[Any, ...], list[Sample]] = {}  # pinned: reused across counts
+    for n in counts:
+        results["by_agents"][str(n)] = _one_count(args, n, ckpt_dir, config, digest,
+                                                  strategies, links, prompt, measured)
+        print_table(n, results["by_agents"][str(n)])
+    # the largest cluster's rows, auto's verdicts aside: the view `bench all`'s report reads
+    results["agents"] = counts[-1]
+    results["links"] = {link: {s: r for s, r in rows.items() if s != "auto"}
+                        for link, rows in results["by_agents"][str(counts[-1])].items()}
     return results
 
 
-def _pin(cluster: Any, threads: int) -> None:
-    """Agent i on cores [i*threads, (i+1)*threads), every thread of it (as taskset)."""
-    import os
+def _one_count(args: argparse.Namespace, n: int, ckpt_dir: Path, config: Any, digest: str,
+               strategies: list[str], links: list[tuple[str, tuple[float, float] | None]],
+               prompt: list[int], measured: dict[tuple[Any, ...], list[Sample]]
+               ) -> dict[str, Any]:
+    """One cluster of `n` agents, every link in turn: the rows by link. With `--pin`
+    a layout already measured on the same agents and link in a smaller cluster (single:
+    agent0 alone, whatever the count) is not measured again: pinned, the agents it
+    does not use take nothing from it; its samples are in `measured`."""
+    import edge_runtime as er
+    from partitioner.llm_strategy import prefill_time
+    from transports.linkemu import LinkEmulator, LinkSpec
 
-    cores = sorted(os.sched_getaffinity(0))
-    for i, proc in enumerate(cluster.processes):
-        mine = {cores[(i * threads + k) % len(cores)] for k in range(threads)}
-        for task in Path(f"/proc/{proc.process.pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), mine)
-
-
-def _rows(plans: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for strategy, layout in plans.items():
-        if isinstance(layout, Exception):
-            rows[strategy] = {"error": str(layout)}
-            continue
-        key = layout.strategy if strategy == "auto" else strategy
-        runs = samples.get(key, [])
-        if not runs:
-            continue
-        ms = 1e3 * statistics.median(x for r in runs for x in r["intervals"])
-        tps = statistics.median(r["tokens_per_s"] for r in runs)
-        predicted_ms = 1e3 * layout.predicted_s_per_token
-        rows[strategy] = {
-            "layout": layout.strategy, "groups": [list(g) for g in layout.groups],
-            "layers": [list(s.layers) for s in layout.stages],
-            "predicted_ms_per_token": predicted_ms, "measured_ms_per_token": ms,
-            "error": ms / predicted_ms - 1,
-            "predicted_tokens_per_s": layout.predicted_tokens_per_s,
-            "measured_tokens_per_s": tps,
-            "tokens_per_s_error": tps / layout.predicted_tokens_per_s - 1,
-            "ttft_s": statistics.median(r["ttft_s"] for r in runs),
-            "peak_rss_mib": {a: max(r["peak_rss"].get(a, 0) for r in runs) / 2**20
-                             for a in {a for r in runs for a in r["peak_rss"]}},
-        }
-        if strategy == "auto":
-            measured = {s: v["measured_ms_per_token"] for s, v in rows.items()
-                        if s != "auto" and "measured_ms_per_token" in v}
-            best = min(measured, key=lambda s: measured[s]) if measured else None
-            rows[strategy]["reason"] = layout.reason
-            rows[strategy]["measured_best"] = best
-            rows[strategy]["picked_best"] = bool(best == layout.strategy or (
-                best is not None and measured[layout.strategy] <= 1.05 * measured[best]))
-    return rows
-
-
-def _print(results: dict[str, Any]) -> None:
-    print(f"\n{results['agents']} agents; tokens/s at {results['streams']} streams")
-    head = (f"{'link':<9} {'strategy':<9} {'layout':<28} {'pred ms':>8} {'meas ms':>8} "
-            f"{'err':>6} {'pred t/s':>8} {'meas t/s':>8} {'err':>6} {'TTFT ms':>8} "
-            f"{'peak RSS MiB':>14}")
-    print(head)
-    print("-" * len(head))
-    for link, rows in results["links"].items():
-        for strategy, row in rows.items():
-            if "measured_ms_per_token" not in row:
-                print(f"{link:<9} {strategy:<9} cannot run: {row.get('error', '')[:80]}")
-                continue
-            layout = " | ".join(f"{'+'.join(g)}[{a}..{b - 1}]"
-                                for g, (a, b) in zip(row["groups"], row["layers"], strict=True))
-            name = strategy if strategy != "auto" else f"auto={row['layout']}"
-            print(f"{link:<9} {name:<9} {layout[:28]:<28} "
-                  f"{row['predicted_ms_per_token']:>8.2f} {row['measured_ms_per_token']:>8.2f} "
-                  f"{row['error']:>+6.0%} {row['predicted_tokens_per_s']:>8.1f} "
-                  f"{row['measured_tokens_per_s']:>8.1f} {row['tokens_per_s_error']:>+6.0%} "
-                  f"{row['ttft_s'] * 1e3:>8.0f} "
-                  f"{max(row['peak_rss_mib'].values()):>14.0f}")
-        auto = rows.get("auto")
-        if auto and "measured_best" in auto:
-            verdict = "= measured best" if auto["picked_best"] else (
-                f"!= measured best ({auto['measured_best']})")
-            print(f"{link:<9} auto chose {auto['layout']} {verdict}: {auto['reason']}")
+    coordinator = LinkEmulator(default=None, seed=1)  # switched per link below
+    out: dict[str, Any] = {}
+    # `bench llm`'s agent caches: a share converted once serves every count and rerun
+    workdir = args.workdir or Path("~/.cache/edge-runtime/bench-llm").expanduser()
+    caches = [workdir / f"agent-cache-{i}" for i in range(n)]
+    with er.local_cluster(n, log_level="WARNING", allow_checkpoint_dirs=[ckpt_dir],
+                          cache_dirs=caches, link_emulation=coordinator) as cluster:
+        if args.pin:
+            pin_agents(cluster, args.threads)
+        names = [a.name for a in cluster.agents]
+        source = _source(ckpt_dir, config, digest, names, args.threads)
+        # as the SDK plans: each share's arithmetic at its BLAS threads
+        profiles = compute_profiles(cluster, source, names)
+        shape = config.decoder_shape(MAX_CONTEXT * STREAMS)
+        for link_name, link in links:
+            coordinator.default = None if link is None else LinkSpec(
+                delay_s=link[0] / 2, bandwidth_bytes_per_s=link[1])
+            emulate = None if link is None else (link[0] / 2, link[1])
+            table = _link_table(cluster, names, link)
+            explicit, auto = plan_all(profiles, shape, table, strategies, digest)
+            ready = {s: lay for s, lay in explicit.items() if not isinstance(lay, Exception)}
+            keys = {s: (link_name, *_key(lay)) for s, lay in ready.items()}
+            reused = {s for s in ready if args.pin and keys[s] in measured}
+            samples = {s: measured[keys[s]] if s in reused else [] for s in ready}
+            failed: dict[str, str] = {}
+            for rnd in range(args.repeats):
+                for strategy, layout in ready.items():
+                    if len(samples[strategy]) >= args.repeats or strategy in failed:
+                        continue  # measured in a smaller cluster (pinned), or failed
+                    try:
+                        sample = measure_layout(cluster, source, layout, emulate, prompt,
+                                                args.new_tokens)
+                    except Exception as error:  # a layout that fails is a row, not the end
+                        failed[strategy] = f"{type(error).__name__}: {error}"
+                        print(f"{n} agents {link_name} {strategy}: failed: "
+                              f"{failed[strategy]}", flush=True)
+                        continue
+                    samples[strategy].append(sample)
+                    print(f"{n} agents {link_name} round {rnd + 1}/{args.repeats} {strategy}: "
+                          f"{sample.ms_per_token:.1f} ms/token, {sample.tokens_per_s:.1f} "
+                          f"tokens/s at {STREAMS} streams, TTFT {sample.ttft_s * 1e3:.0f} ms "
+                          f"(deployed in {sample.deploy_s:.1f} s)", flush=True)
+            measured.update({keys[s]: samples[s] for s in ready if samples[s]})
+            rows: dict[str, Any] = {
+                s: {"error": str(lay)} if isinstance(lay, Exception) else
+                {"error": failed.get(s, "not measured")} if not samples[s] else strategy_row(
+                    lay, samples[s], prefill_time(lay, profiles, table, len(prompt)))
+                for s, lay in explicit.items()}
+            for s in reused:
+                rows[s]["reused_from_smaller_cluster"] = True
+            if auto:
+                rows["auto"] = {o: {"error": str(lay)} if isinstance(lay, Exception) else
+                                {**verdict(lay.strategy, rows, o, lay.reason),
+                                 # auto's layout is the one measured under its strategy
+                                 "same_layout": _key(lay) == _key(explicit[lay.strategy])}
+                                for o, lay in auto.items()}
+            out[link_name] = rows
+    return out
 
 
-__all__ = ["add_arguments", "run_strategies"]
+def _key(layout: Any) -> tuple[Any, ...]:
+    """What makes two layouts the same deployment: devices per stage, layers per stage."""
+    if isinstance(layout, Exception):
+        return ()
+    return (layout.groups, tuple(stage.layers for stage in layout.stages))
+
+
+__all__ = ["add_arguments", "plan_all", "run_strategies"]

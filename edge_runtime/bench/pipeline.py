@@ -21,9 +21,12 @@ cores), with CURVE keys made for the run, then joined with `er.connect`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,22 @@ def build_matmul_model(path: Path, layers: int, rows: int, width: int, seed: int
 # --- the three parts --------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def pinned_here(core: int | None) -> Iterator[None]:
+    """Run this thread (the SDK and the plain onnxruntime baseline) on `core` meanwhile:
+    with `--pin` each agent has a core of its own, and so must what they are compared
+    with, or the baseline migrates between cores (and caches) while the agents do not."""
+    if core is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> dict[str, Any]:
     """Part 1: one agent, single stage, vs onnxruntime in this process (same threads)."""
     import onnxruntime as ort
@@ -110,9 +129,12 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((args.rows, args.width)).astype(np.float32)
     compute: list[float] = []
+    cores = sorted(os.sched_getaffinity(0))
     with (
         started_agents(1, args.threads, args.pin, workdir / "curve") as cluster,
-        started_agents(1, args.threads, args.pin, workdir / "plain", insecure=True) as bare,
+        started_agents(1, args.threads, args.pin, workdir / "plain", insecure=True,
+                       first_core=1) as bare,
+        pinned_here(cores[2] if args.pin and len(cores) >= 3 else None),
     ):
         deployment = cluster.deploy(model, strategy="single")
         unencrypted = bare.deploy(model, strategy="single")
@@ -134,9 +156,11 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     plain, agent = median_ms(times["onnxruntime"]), median_ms(times["agent"])
     insecure = median_ms(times["insecure"])
     agent_compute = float(np.median(compute[args.warmup :]) * 1e3)
+    where = (f"; pinned: agents on cores {cores[0]} and {cores[1]}, baseline and SDK on core "
+             f"{cores[2]}" if args.pin and len(cores) >= 3 else "")
     print_table(
         f"1. overhead: one agent vs plain onnxruntime ({args.requests} alternating requests, "
-        f"{args.threads} thread(s))",
+        f"{args.threads} thread(s){where})",
         ["variant", "median ms", "ratio"],
         [
             ["onnxruntime.InferenceSession.run", f"{plain:.3f}", "1.00×"],

@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bench.llm import pin_agents
 from edge_runtime.bench.llm_report import print_row
+from edge_runtime.bench.pinning import pin_agents
 from edge_runtime.bench.serve_variants import PLAIN_Q4, plain_q4_budgets
 from edge_runtime.bench.serve_variants import formats as formats_of
 

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         module = importlib.import_module(f"edge_runtime.bench.{MODULES.get(name, name)}")
         module.add_arguments(suite_parser)
+        if name == "llm":  # --peer-dllama DIR: distributed-llama in the same rounds
+            from edge_runtime.bench import peer_dllama
+
+            peer_dllama.add_arguments(suite_parser)
 
 
 def run(args: argparse.Namespace) -> int:

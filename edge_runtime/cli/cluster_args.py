@@ -33,6 +33,10 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         help="q4: 4-bit weights (onnxruntime MatMulNBits, ~6x fewer bytes per "
                         "token; every share must fit resident in --memory-budget); "
                         "default fp32")
+    parser.add_argument("--sync", choices=["fp32", "bf16", "fp16", "q8"], default="fp32",
+                        help="format the tensor group's allreduces carry activations in: "
+                        "fp32 (default, exact), or lossy bf16, fp16, q8 (8-bit blocks, "
+                        "0.28 of fp32's bytes) for slow links")
     parser.add_argument("--max-context", type=int, default=512,
                         help="tokens the KV cache holds per sequence (prompt + new tokens), "
                         "default 512")

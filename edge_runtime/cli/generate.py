@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         llm = cluster.deploy_llm(args.checkpoint, args.strategy,
                                  memory_budget=args.memory_budget,
                                  max_context=args.max_context, progress=ProgressLine(),
-                                 quantize=args.quantize)
+                                 quantize=args.quantize, sync=args.sync)
         print(llm.describe(), file=sys.stderr)
         if isinstance(prompt, str):
             print(prompt, end="", flush=True)

@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             llm = cluster.deploy_llm(args.checkpoint, args.strategy, progress=ProgressLine(),
                                      memory_budget=args.memory_budget,
                                      max_context=args.max_context, quantize=args.quantize,
-                                     max_batch=args.max_batch)
+                                     max_batch=args.max_batch, sync=args.sync)
             try:
                 print(llm.describe(), file=sys.stderr)
                 model = ServedModel.of(llm, args.model_name)  # before the scheduler owns it

@@ -7,7 +7,9 @@ implement `forward(token_ids, start, last_only=...) -> logits`. A runner that ca
 sample where the logits are (`SamplingRunner`: agents whose hub samples, instead of
 shipping a vocabulary of logits per token) is handed each step's sampling settings and
 the generation's generator (`Draw`), and returns the token; it draws exactly what
-`Decoding.accept` would, so a seed gives the same tokens either way.
+`Decoding.accept` would, so a seed gives the same tokens either way. A runner that
+also runs the decode loop itself (`DecodingRunner`: agents that feed each sampled token
+back without asking the coordinator) is asked once per generation, not once per token.
 
 Prefill feeds the whole prompt at once (matrix-matrix per layer) and computes logits
 of the last position only; decode feeds one token at a time at the next position.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -49,6 +51,16 @@ class SamplingRunner(Runner, Protocol):
 
     def forward_sampled(self, items: Sequence[BatchItem],
                         draws: Sequence[Draw]) -> list[int]: ...
+
+
+@runtime_checkable
+class DecodingRunner(SamplingRunner, Protocol):
+    """A runner that runs the decode loop where the model is (the agents): one request
+    for a run of tokens instead of one per token; each token is yielded as it arrives,
+    and closing the iterator stops the run. It draws what `forward_sampled` would."""
+
+    def decode_run(self, item: BatchItem, draw: Draw, max_tokens: int,
+                   stop_ids: Collection[int]) -> Generator[int, None, None]: ...
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,8 @@ class LlmEngine:
     def _loop(self, decoding: Decoding, finish: list[str]) -> Iterator[TokenEvent]:
         runner = self.runner
         sampler = runner if isinstance(runner, SamplingRunner) else None
+        if isinstance(runner, DecodingRunner):
+            yield from self._runs(runner, decoding)
         while not decoding.finished:
             feed, start = decoding.feed, decoding.start
             if sampler is not None:  # sampled where the logits are: a token comes back
@@ -211,6 +225,26 @@ class LlmEngine:
             yield decoding.accept(logits[-1])
         if decoding.finish_reason == "stop":
             finish.append("stop")
+
+
+    @staticmethod
+    def _runs(runner: DecodingRunner, decoding: Decoding) -> Iterator[TokenEvent]:
+        """The generation's tokens from decode runs on the runner's side; a stop string
+        (seen only here) or a closed stream ends the run early."""
+        while not decoding.finished:
+            item = BatchItem(0, tuple(decoding.feed), decoding.start)
+            left = decoding.max_new_tokens - len(decoding.produced)
+            run = runner.decode_run(item, decoding.draw(), left, decoding.stop_ids)
+            before = len(decoding.produced)
+            try:
+                for token in run:
+                    yield decoding.take(token)
+                    if decoding.finished:
+                        break
+            finally:
+                run.close()
+            if len(decoding.produced) == before:
+                raise GenerationError("the decode run ended without a token")
 
 
 class Decoding:
@@ -263,5 +297,5 @@ class Decoding:
         return TokenEvent(index, token, piece, time.perf_counter() - self.t0)
 
 
-__all__ = ["BatchItem", "Decoding", "Generation", "LlmEngine", "Runner", "SamplingRunner",
-           "TokenEvent"]
+__all__ = ["BatchItem", "Decoding", "DecodingRunner", "Generation", "LlmEngine", "Runner",
+           "SamplingRunner", "TokenEvent"]

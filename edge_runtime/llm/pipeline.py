@@ -10,7 +10,12 @@ tensor parallelism, and the agents add only transport.
 
 Memory: a stage's window is its budget less the KV cache of *its* layers and the
 activation reserve (`stage_window_budget`), so a range larger than the budget streams
-through the layer window from disk.
+through the layer window from disk. Each stage converts only what it uses: its layers,
+the embedding on the first stage, the final norm and LM head on the last (`slices`).
+
+`quantize="q4"`: every stage's matrices as 4-bit kernels, as the agents load them
+(`TensorWorker(quantize=..., stream_quantized=True)`: a stage whose budget cannot load
+them resident streams int8 blocks through its window instead).
 """
 
 from __future__ import annotations
@@ -67,13 +72,14 @@ class PipelineRunner:
                  cache_dir: str | Path,
                  memory_budgets: Mapping[str, int | None] | None = None,
                  max_context: int = 256, slots: int = 1,
-                 micro_batches: int | None = None) -> None:
+                 micro_batches: int | None = None, quantize: str | None = None) -> None:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.config = ckpt.config
         self.layout = layout
         self.max_context = max_context
         self.slots = slots
         self.micro_batches = layout.micro_batches if micro_batches is None else micro_batches
+        self.quantize = quantize
         budgets = dict(memory_budgets or {})
         shares = [(stage.plan, share) for stage in layout.stages for share in stage.plan.shares]
         slices = [convert_share(ckpt, share, cache_dir) for _, share in shares]
@@ -82,7 +88,8 @@ class PipelineRunner:
                                        max_context, slots)
                    for (_, share), s in zip(shares, slices, strict=True)]
         workers = iter([TensorWorker(self.config, s, share, max_context=max_context,
-                                     window_budget_bytes=w, slots=slots)
+                                     window_budget_bytes=w, slots=slots, quantize=quantize,
+                                     stream_quantized=True)
                         for (_, share), s, w in zip(shares, slices, windows, strict=True)])
         self.stages = [WorkerGroup(stage.plan, [next(workers) for _ in stage.plan.shares], "stage")
                        for stage in layout.stages]

@@ -25,8 +25,12 @@ directory's name is derived from that content digest, so two checkpoints that di
 in any byte never share a conversion.
 
 A pipeline stage's share (`TensorShare.layers`) converts and keeps only its layers'
-blocks, and the LM head only if its range ends at the last layer: its key and manifest
-name the range. Its `SliceSet.blocks` stays indexed by layer (block 2i is layer i's
+blocks, the embedding table only if its range starts at the first layer (token ids
+come in there; a later stage takes hidden states) and the final norm and LM head only
+if it ends at the last layer: its key and manifest name the range, and a manifest
+without an embedding says so (`"embedding": null`). A tied LM head is cut from the
+checkpoint's embedding into the last stage's head chunks, so that stage needs no
+embedding file either. Its `SliceSet.blocks` stays indexed by layer (block 2i is layer i's
 attention, 2i+1 its MLP, the head's chunks after the last layer) so a stage's blocks are
 found where a whole share's are; the positions of layers it does not hold are empty
 (`BlockSpec.held` false, no file, 0 bytes) and never read.
@@ -82,19 +86,28 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class SliceSet:
-    """A converted share: its blocks in order of use and the embedding file."""
+    """A converted share: its blocks in order of use and the embedding file (None for a
+    pipeline stage after the first, which never embeds token ids)."""
 
     directory: Path
     blocks: tuple[BlockSpec, ...]
-    embedding: Path
+    embedding: Path | None
     vocab: int
     hidden: int
 
-    def embedding_table(self) -> np.memmap[Any, np.dtype[np.float32]]:
-        """The whole embedding as a read-only memory map (rows are paged in on use)."""
+    def embedding_table(self) -> np.ndarray:
+        """The whole embedding as a read-only memory map (rows are paged in on use); an
+        empty [0, hidden] table for a later stage, so a lookup there fails."""
+        if self.embedding is None:
+            return np.zeros((0, self.hidden), dtype=np.float32)
         return np.memmap(
             self.embedding, dtype=np.float32, mode="r", shape=(self.vocab, self.hidden)
         )
+
+
+def holds_embedding(share: TensorShare) -> bool:
+    """Whether the share embeds token ids: a whole share, or the first pipeline stage."""
+    return share.layers is None or share.layers[0] == 0
 
 
 def share_key(checkpoint_digest: str, share: TensorShare) -> str:
@@ -238,13 +251,43 @@ def _write_block(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict[str, A
     return specs, sha256
 
 
+def _head_chunks(ckpt: Checkpoint, share: TensorShare, largest: int) -> list[dict[str, Any]]:
+    """The share's LM head rows (the embedding's when tied) with the final norm, in row
+    chunks no larger than the biggest layer block (`largest` bytes): the window's least
+    useful size is set by the layers, not by the vocabulary."""
+    v0, v1 = share.vocab_rows
+    rows_per_chunk = max(1, largest // (ckpt.config.hidden * 4))
+    head, norm = ckpt.tensor(ckpt.lm_head_name()), _norm(ckpt, "model.norm.weight")
+    chunks = []
+    for r0 in list(range(v0, v1, rows_per_chunk)) or [v0]:
+        r1 = min(v1, r0 + rows_per_chunk)
+        chunk: dict[str, np.ndarray] = {"norm": norm}
+        if r1 > r0:
+            chunk["lm_t"] = head[r0:r1].T
+        chunks.append(chunk)
+    return chunks
+
+
+def _write_embedding(ckpt: Checkpoint, directory: Path) -> tuple[Path, str]:
+    """The embedding as one fp32 file, 4096 rows at a time; its path and sha256."""
+    path = directory / "embedding.f32"
+    table = ckpt.tensor("model.embed_tokens.weight")
+    out = _HashingWriter(path)
+    try:
+        for r in range(0, ckpt.config.vocab, 4096):
+            out.write(np.ascontiguousarray(table[r : r + 4096], dtype=np.float32).tobytes())
+    finally:
+        sha256 = out.close()
+    return path, sha256
+
+
 def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path,
                   progress: Callable[[int, int], None] | None = None) -> SliceSet:
     """Write (or reuse) the slice files of `share`; returns the loaded manifest.
 
     `progress(done, total)`: told as a conversion starts and after each block written
-    (2 per layer, the LM head, the embedding), so a long conversion shows it moves;
-    a reuse tells nothing."""
+    (2 per layer, the LM head, the embedding — counted whether or not a pipeline stage
+    holds them), so a long conversion shows it moves; a reuse tells nothing."""
     directory = Path(cache_dir) / share_key(ckpt.digest, share)
     manifest = directory / "manifest.json"
     if manifest.is_file():
@@ -284,38 +327,19 @@ def convert_share(ckpt: Checkpoint, share: TensorShare, cache_dir: str | Path,
         add(f"layer{i}.attn", attn)
         add(f"layer{i}.mlp", mlp)
         tell(2 * (i - first) + 2, steps)
-    # The LM head is cut into row chunks no larger than the biggest layer block, so the
-    # window's smallest useful size is set by the layers, not by the vocabulary.
-    v0, v1 = share.vocab_rows
-    largest = max(b["nbytes"] for b in blocks)
-    rows_per_chunk = max(1, largest // (c.hidden * 4))
-    head = ckpt.tensor(ckpt.lm_head_name())
-    norm = _norm(ckpt, "model.norm.weight")
-    # only the last stage holds the LM head
-    starts = (list(range(v0, v1, rows_per_chunk)) or [v0]) if end == c.layers else []
-    for j, r0 in enumerate(starts):
-        r1 = min(v1, r0 + rows_per_chunk)
-        chunk: dict[str, np.ndarray] = {"norm": norm}
-        if r1 > r0:
-            chunk["lm_t"] = head[r0:r1].T
-        add(f"head{j}", chunk)
+    if end == c.layers:  # only the last stage holds the final norm and LM head
+        for j, chunk in enumerate(_head_chunks(ckpt, share, max(b["nbytes"] for b in blocks))):
+            add(f"head{j}", chunk)
     tell(steps - 1, steps)
-    embed_path = directory / "embedding.f32"
-    table = ckpt.tensor("model.embed_tokens.weight")
-    out = _HashingWriter(embed_path)
-    try:
-        for r in range(0, c.vocab, 4096):
-            out.write(np.ascontiguousarray(table[r : r + 4096], dtype=np.float32).tobytes())
-    finally:
-        embed_sha256 = out.close()
+    embedding = _write_embedding(ckpt, directory) if holds_embedding(share) else None
     doc = {
         "version": MANIFEST_VERSION,
         "checkpoint_digest": ckpt.digest,
         "share": _share_doc(share),
         "vocab": c.vocab,
         "hidden": c.hidden,
-        "embedding": embed_path.name,
-        "embedding_sha256": embed_sha256,
+        "embedding": None if embedding is None else embedding[0].name,
+        "embedding_sha256": None if embedding is None else embedding[1],
         "blocks": blocks,
     }
     tmp = manifest.with_suffix(".tmp")
@@ -361,9 +385,14 @@ def load_slices(directory: str | Path, *, verify: bool = True,
             absent = [BlockSpec(f"layer{i // 2}.{'mlp' if i % 2 else 'attn'}",
                                 directory / "absent", 0, {}) for i in range(2 * first)]
             blocks = absent + blocks
-        embedding = directory / doc["embedding"]
         vocab, hidden = int(doc["vocab"]), int(doc["hidden"])
-        _check_file(embedding, vocab * hidden * 4, doc["embedding_sha256"], verify)
+        embedding = None
+        if doc["embedding"] is not None:
+            embedding = directory / doc["embedding"]
+            _check_file(embedding, vocab * hidden * 4, doc["embedding_sha256"], verify)
+        elif layers is None or int(layers[0]) == 0:
+            raise CheckpointError(f"{directory}: the manifest names no embedding for a share "
+                                  "that embeds token ids")
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"{directory}: unreadable slice manifest ({exc}); delete it to redo"
@@ -386,6 +415,7 @@ __all__ = [
     "SliceSet",
     "block_arrays",
     "convert_share",
+    "holds_embedding",
     "load_slices",
     "share_key",
 ]

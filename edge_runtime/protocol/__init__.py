@@ -40,6 +40,7 @@ from edge_runtime.protocol.control import (
 from edge_runtime.protocol.data import (
     DEPLOYMENT_MESSAGES,
     Activation,
+    LlmCancel,
     LlmConnect,
     LlmConnectReply,
     LlmHidden,
@@ -97,6 +98,7 @@ __all__ = [
     "Hop",
     "Join",
     "JoinReply",
+    "LlmCancel",
     "LlmConnect",
     "LlmConnectReply",
     "LlmHidden",

@@ -26,16 +26,24 @@ from edge_runtime.protocol.fields import (
     wire,
 )
 from edge_runtime.protocol.record import Record
-from edge_runtime.protocol.records import MAX_MEMBERS, MAX_STAGES, ExitRule, StageTiming
+from edge_runtime.protocol.records import (
+    MAX_MEMBERS,
+    MAX_STAGES,
+    MAX_TENSORS,
+    ExitRule,
+    StageTiming,
+)
 
 MAX_IDENTITY_BYTES = 255
 """A ZeroMQ routing identity is at most 255 bytes."""
 MAX_POSITION = 1 << 24
+MAX_STOP_IDS = 256  # stop token ids of one decode run
 # Sequences one step may carry (an agent's KV slots are bounded by its deploy's max_batch).
 MAX_BATCH = 256
 """Largest token position of an llm_step (far above any context an agent holds)."""
 
 _timings = seq(StageTiming.parse, MAX_STAGES)
+_names = seq(ident, MAX_TENSORS)
 _sent_at = number()
 _trace_id = integer(0, 2**63 - 1)
 """A request's trace id (`protocol/trace.py`): 0 = not traced, else every agent on its
@@ -65,6 +73,10 @@ class Activation(Record):
     timings: tuple[StageTiming, ...] = field(metadata=wire(_timings))
     sent_at: float = field(metadata=wire(_sent_at))
     trace_id: int = field(default=0, metadata=wire(_trace_id))  # the run's, passed on
+    # model outputs earlier stages sent the coordinator themselves (partial results):
+    # they do not ride along; each exit output's predicted class per row travels as
+    # tensor `v/<name>` (int64) for later exits' patience rules
+    elsewhere: tuple[str, ...] = field(default=(), metadata=wire(_names))
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,11 @@ class RunResult(Record):
     stage: int = field(metadata=wire(integer(0, MAX_STAGES - 1)))
     timings: tuple[StageTiming, ...] = field(metadata=wire(_timings))
     sent_at: float = field(metadata=wire(_sent_at))
+    # `partial`: not the answer but the model outputs of stage `stage`, sent as the
+    # request goes on (exit heads that did not fire); the answer's `elsewhere` names
+    # every output sent so, for the coordinator to merge into its one result
+    partial: bool = field(default=False, metadata=wire(flag()))
+    elsewhere: tuple[str, ...] = field(default=(), metadata=wire(_names))
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,14 @@ class LlmStep(Record):
     `starts[i]`.. of KV slot `slots[i]`. The hub answers with one row of logits per
     sequence (its last token) with `last_only`, else one per token — or, when the step
     carries `sampling` (one per sequence, with `last_only`), with each sequence's next
-    token sampled where the logits are, and no logits."""
+    token sampled where the logits are, and no logits.
+
+    `decode_tokens` > 0 (one sampled sequence) runs the decode loop on the agents: after
+    this step's token the hub tells the members (a group broadcast) to feed it and go on,
+    up to `decode_tokens` more tokens or one in `stop_ids`, with no message to the
+    coordinator per token but the answer: the i-th token answers request id
+    `request_id + i` (the coordinator reserves the block), the last with `final`. An
+    `llm_cancel` ends the run at the next token."""
 
     KIND = k.LLM_STEP
     deployment_id: str = field(metadata=wire(ident))
@@ -164,6 +188,9 @@ class LlmStep(Record):
     trace_id: int = field(default=0, metadata=wire(_trace_id))  # 0: not traced
     sampling: tuple[StepSampling, ...] = field(default=(), metadata=wire(
         seq(StepSampling.parse, MAX_BATCH)))  # empty: answer logits
+    decode_tokens: int = field(default=0, metadata=wire(integer(0, MAX_POSITION)))
+    stop_ids: tuple[int, ...] = field(default=(), metadata=wire(
+        seq(integer(0), MAX_STOP_IDS)))
 
     def _checked(self, where: str) -> LlmStep:
         if not len(self.slots) == len(self.starts) == len(self.lengths) >= 1:
@@ -173,6 +200,9 @@ class LlmStep(Record):
             fail(f"{where}.slots", "names a KV slot twice")
         if self.sampling and (len(self.sampling) != len(self.slots) or not self.last_only):
             fail(f"{where}.sampling", "needs one entry per sequence and last_only")
+        if self.decode_tokens and (len(self.sampling) != 1):
+            fail(f"{where}.decode_tokens", "decodes one sampled sequence; send `sampling` "
+                 "for exactly one sequence")
         return self
 
 
@@ -189,11 +219,23 @@ class LlmStepReply(Record):
     tokens: tuple[int, ...] = field(default=(), metadata=wire(seq(integer(0), MAX_BATCH)))
     rngs: tuple[bytes, ...] = field(default=(), metadata=wire(
         seq(blob(MAX_RNG_STATE_BYTES), MAX_BATCH)))
+    final: bool = field(default=True, metadata=wire(flag()))  # a decode run's last answer
 
     def _checked(self, where: str) -> LlmStepReply:
         if len(self.rngs) != len(self.tokens):
             fail(f"{where}.rngs", "needs one generator state per token")
         return self
+
+
+@dataclass(frozen=True)
+class LlmCancel(Record):
+    """Coordinator -> a decode run's hub: end the run `request_id` (the `llm_step` that
+    started it) at its next token (the caller stopped reading: a stop string, a closed
+    stream, a deadline). Not answered; the run's next answer is its `final` one."""
+
+    KIND = k.LLM_CANCEL
+    deployment_id: str = field(metadata=wire(ident))
+    request_id: int = field(metadata=wire(integer(0)))
 
 
 @dataclass(frozen=True)
@@ -239,5 +281,6 @@ class LlmHidden(Record):
 
 
 DEPLOYMENT_MESSAGES: tuple[type[Record], ...] = (Run, Activation, SetExit, LlmReady,
-                                                 LlmConnect, LlmStep, LlmPut, LlmHidden)
+                                                 LlmConnect, LlmStep, LlmPut, LlmHidden,
+                                                 LlmCancel)
 """Messages the agent hands to the deployment their `deployment_id` names."""

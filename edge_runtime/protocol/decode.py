@@ -16,7 +16,8 @@ MESSAGES: dict[str, type[Record]] = {
         c.Hello, c.Ping, c.Profile, c.Join, c.ProbeLink, c.HasShards, c.PutChunk, c.Deploy,
         c.Unload, c.Status, c.Shutdown, c.Renew,
         d.Run, d.Activation, d.RunResult, d.SetExit,
-        d.LlmReady, d.LlmConnect, d.LlmStep, d.LlmPut, d.LlmHidden, ErrorInfo, t.TraceGet,
+        d.LlmReady, d.LlmConnect, d.LlmStep, d.LlmPut, d.LlmHidden, d.LlmCancel, ErrorInfo,
+        t.TraceGet,
     )
 }
 """Frame kind -> the record its meta must be (every kind but "reply")."""

@@ -190,6 +190,9 @@ class ShardSpec(Record):
     quantize: str | None = field(default=None, metadata=wire(optional(text(16))))
     # sequences decoded in one step at most: one KV cache slot each
     max_batch: int = field(default=1, metadata=wire(integer(1, 256)))
+    # the format the group's allreduces carry activations in: "fp32" (exact), "bf16",
+    # "fp16" or "q8" (`transports.syncformat`); every member of a group uses the same
+    sync: str = field(default="fp32", metadata=wire(text(8, min_len=1)))
 
     def _checked(self, where: str) -> ShardSpec:
         if self.rank >= len(self.names) or len(self.public_keys) != len(self.names):

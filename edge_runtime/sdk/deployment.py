@@ -2,7 +2,9 @@
 survive the loss of agents.
 
 `run` sends the inputs to the first stage's agent and waits for the `result` frame
-that the last stage (or the stage whose exit fired) sends straight back. `run_many`
+that the last stage (or the stage whose exit fired) sends straight back; stages before
+it whose exits did not fire sent their outputs straight back too (partial results of the
+same attempt, which the answer names), and the one `Result` merges them. `run_many`
 keeps up to `max_in_flight` requests in the pipeline at once and yields results in
 input order. What one attempt puts on the wire, and what its answer becomes, is
 `run_wire.py`.
@@ -40,7 +42,7 @@ from edge_runtime.errors import (
     FallbackError,
     PartitionError,
 )
-from edge_runtime.protocol import TensorSpec
+from edge_runtime.protocol import RunResult, TensorSpec
 from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
 from edge_runtime.sdk.deploy import DeploySource, Placement, unload_stages
@@ -54,7 +56,7 @@ from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result
 from edge_runtime.sdk.retune import retune_exits
-from edge_runtime.sdk.run_wire import is_lost, read_result, send_attempt
+from edge_runtime.sdk.run_wire import is_lost, read_result, result_record, send_attempt
 from edge_runtime.sdk.tickets import Ledger, Ticket
 from edge_runtime.sdk.tracing import TraceCapture, traced
 from transports.wire import Frame
@@ -270,6 +272,9 @@ class Deployment:
                 continue
             try:
                 frame = hub.wait({head.request_id}, head.left_s(timeout), self._links, "result")
+                record = None if frame.is_error else result_record(frame, self.agents[0])
+                partials = [] if record is None or not record.elsewhere else hub.wait_partials(
+                    head.request_id, record.elsewhere, head.left_s(timeout), self._links)
             except AgentUnavailableError as error:
                 if head.deadline is not None and time.monotonic() >= head.deadline:
                     head.left_s(0.0)  # raises DeadlineError: the wait ended at the deadline
@@ -277,7 +282,7 @@ class Deployment:
                     raise
                 self._recover(error.agent, str(error), pending, policy)
                 continue
-            if frame.is_error:
+            if record is None:
                 failure = error_from_frame(frame, frame.sender or self.agents[0])
                 if policy.failover and isinstance(failure, AgentUnavailableError):
                     # a stage could not reach its next hop: lost, unless it answers us (a
@@ -292,7 +297,7 @@ class Deployment:
                     self._recover(None, str(failure), pending, policy)
                     continue
                 raise failure
-            return self._result(frame, head)
+            return self._result(frame, record, head, partials)
 
     # --- failover ---
 
@@ -340,10 +345,12 @@ class Deployment:
                                 self.cluster.timeouts.request_s, self.why_away,
                                 self._ledger.journal is not None)
 
-    def _result(self, frame: Frame, ticket: Ticket) -> Result:
-        return read_result(frame, ticket, default_agent=self.agents[0],
+    def _result(self, frame: Frame, record: RunResult, ticket: Ticket,
+                partials: list[Frame]) -> Result:
+        return read_result(frame, record, ticket, default_agent=self.agents[0],
                            predicted_latency_s=float(self.plan.predicted_latency_s),
-                           predicted_stages=self._predicted_stages, tracer=self.tracer)
+                           predicted_stages=self._predicted_stages, tracer=self.tracer,
+                           partials=partials)
 
     # --- management ---
 

@@ -33,15 +33,16 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
 
 from edge_runtime.errors import AgentUnavailableError
 from edge_runtime.protocol import Ping
+from edge_runtime.protocol.kinds import RESULT
 from edge_runtime.sdk.config import CLIENT_IDENTITY_PREFIX, Timeouts
 from edge_runtime.sdk.leases import LeaseKeeper
 from transports.errors import ProtocolError, SecurityError
@@ -52,6 +53,8 @@ from transports.sockets import open_client
 from transports.wire import Frame, decode, encode
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 ZERO_COPY_MIN_BYTES = 1 << 20
@@ -108,12 +111,20 @@ class Hub:
         self._by_monitor: dict[zmq.Socket[bytes], AgentLink] = {}  # connection events
         self._poller = zmq.Poller()
         self._stash: dict[int, Frame] = {}
+        self._partials: dict[int, list[Frame]] = {}  # partial results, by request id
         self._heartbeat_ids = itertools.count(HEARTBEAT_IDS)
         self._abandoned: set[int] = set()  # requests given up on: drop their late answers
         self.leases = LeaseKeeper(security, self.session, timeouts.lease_s)
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def reserve_ids(self, count: int) -> int:
+        """The first of `count` consecutive request ids, all reserved (the answers of a
+        decode run on the agents: its i-th token answers the first + i)."""
+        first = next(self._ids)
+        self._ids = itertools.count(first + count)
+        return first
 
     def connect(self, address: str, server_key: str | None, name: str = "",
                 alive: Callable[[], bool] | None = None) -> AgentLink:
@@ -260,6 +271,32 @@ class Hub:
              what: str = "reply", heartbeat: bool = True) -> Frame:
         """The first frame answering one of `request_ids`; fails fast if a watched agent
         dies or stops (its local process exited; with `heartbeat`, it missed heartbeats)."""
+        def answered() -> Frame | None:
+            for request_id in request_ids:
+                found = self._stash.pop(request_id, None)
+                if found is not None:
+                    return found
+            return None
+
+        return self._wait_for(answered, timeout_s, watch, what, heartbeat)
+
+    def wait_partials(self, request_id: int, names: Collection[str], timeout_s: float,
+                      watch: Iterable[AgentLink]) -> list[Frame]:
+        """The partial results of `request_id` (frames of kind `result` with `partial`
+        set: stages that sent their model outputs before the request went on) once they
+        hold a tensor of every name in `names`; fails as `wait` does."""
+        def complete() -> list[Frame] | None:
+            frames = self._partials.get(request_id, [])
+            held = {name for frame in frames for name in frame.tensors}
+            if not held.issuperset(names):
+                return None
+            return self._partials.pop(request_id, [])
+
+        return self._wait_for(complete, timeout_s, watch, "partial results", True)
+
+    def _wait_for(self, ready: Callable[[], _T | None], timeout_s: float,
+                  watch: Iterable[AgentLink], what: str, heartbeat: bool) -> _T:
+        """`ready()` once it is not None, reading frames meanwhile; fails as `wait` says."""
         watched = list(watch)
         deadline = time.monotonic() + timeout_s
         for link in watched:
@@ -271,10 +308,9 @@ class Hub:
                 link.ping_unanswered_since = None  # sent long ago, maybe to a process that
                 # restarted since: judge by a fresh heartbeat, not by the idle time
         while True:
-            for request_id in request_ids:
-                found = self._stash.pop(request_id, None)
-                if found is not None:
-                    return found
+            found = ready()
+            if found is not None:
+                return found
             now = time.monotonic()
             self._check(watched, now, heartbeat)
             if now >= deadline:
@@ -290,17 +326,19 @@ class Hub:
                 self._outbox.flush()
                 wait_s = self._outbox.poll_timeout(now + wait_s)
             for sock, _ in self._poller.poll(max(1, int(wait_s * 1000))):
-                ready = self._by_socket.get(sock)
-                if ready is not None:
-                    self._drain(ready)
+                ready_link = self._by_socket.get(sock)
+                if ready_link is not None:
+                    self._drain(ready_link)
                 else:  # a connection event: read it now, as an unread one would wake
                     # every poll (level-triggered); `_check` acts on it at the loop's top
                     self._by_monitor[sock].watch.poll()
 
     def _drain(self, link: AgentLink) -> None:
-        while True:
+        sock = link.socket
+        # ZMQ_EVENTS, not a recv that raises zmq.Again: an exception per call costs more
+        while int(sock.get(zmq.EVENTS)) & zmq.POLLIN:
             try:
-                parts = link.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             link.heard(time.monotonic())
@@ -313,6 +351,12 @@ class Hub:
                 log.warning("malformed frame from %s: %s", link.name, error)
                 continue
             if frame.request_id >= HEARTBEAT_IDS:
+                continue
+            if frame.kind == RESULT and frame.meta.get("partial") is True:
+                # a stage's outputs sent before its request went on: kept apart, so the
+                # answer itself is still the one frame `wait` returns for the id
+                if frame.request_id not in self._abandoned:
+                    self._partials.setdefault(frame.request_id, []).append(frame)
                 continue
             if frame.request_id in self._abandoned:
                 self._abandoned.discard(frame.request_id)
@@ -368,6 +412,7 @@ class Hub:
     def forget(self, request_ids: Iterable[int]) -> None:
         """Drop answers to requests nobody will wait for (after an error), now or later."""
         for request_id in request_ids:
+            self._partials.pop(request_id, None)
             if self._stash.pop(request_id, None) is None:
                 self._abandoned.add(request_id)
 

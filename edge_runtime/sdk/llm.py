@@ -64,7 +64,8 @@ class LlmDeployment:
     def __init__(self, cluster: Agents, source: LlmSource, placement: LlmPlacement,
                  tokenizer: LlmTokenizer | None, *, timeout_s: float | None = None,
                  policy: FallbackPolicy | None = None, targets: Targets | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, strategy: str | None = None,
+                 objective: str | None = None, layout: LlmLayout | None = None) -> None:
         self.cluster = cluster
         self.source = source
         self.checkpoint = source.checkpoint
@@ -76,8 +77,9 @@ class LlmDeployment:
         # steps a pipelined placement stage to stage, any other as tensor-parallel
         self.runner: AgentRunner = PipelineRunner(cluster, placement, source.max_context,
                                                   timeout_s)
-        self.layout: LlmLayout | None = getattr(placement, "layout", None)  # strategy choice
-        self._failover = LlmFailover(cluster, source, self.runner, self.policy.failover)
+        # placed again after a loss with the strategy asked ("auto": chosen anew)
+        self._failover = LlmFailover(cluster, source, self.runner, self.policy.failover,
+                                     strategy=strategy, objective=objective, layout=layout)
         self.runner.recover = self._failover.recover
         self.engine = LlmEngine(self.runner, source.config, tokenizer)
         self._unloaded = False
@@ -95,6 +97,12 @@ class LlmDeployment:
     @property
     def agents(self) -> tuple[str, ...]:
         return self.runner.placement.names
+
+    @property
+    def layout(self) -> LlmLayout | None:
+        """The current placement's strategy choice: every prediction and the reason (None
+        for a tensor plan placed as given)."""
+        return self._failover.layout
 
     @property
     def failovers(self) -> int:
@@ -126,12 +134,13 @@ class LlmDeployment:
         return self.agents[self.plan.hub]
 
     def describe(self) -> str:
+        weights = "4-bit" if self.quantize == "q4" else "fp32"
         if isinstance(self.runner.placement, PipelinePlacement):
-            return f"{self.checkpoint.name} {describe_stages(self.runner.placement)}"
+            return (f"{self.checkpoint.name} {weights} weights, "
+                    f"{describe_stages(self.runner.placement)}")
         moe = self.plan.shape.experts > 0  # experts are named, not mlp columns
         shares = "; ".join(replace(s, device=name).summary(moe)
                            for name, s in zip(self.agents, self.plan.shares, strict=True))
-        weights = "4-bit" if self.quantize == "q4" else "fp32"
         notes = "".join(f"; {note}" for note in self.plan.notes)  # e.g. int8 streaming
         return (f"{self.checkpoint.name} tensor-parallel over {len(self.agents)} agent(s), "
                 f"{weights} weights, hub {self.hub_agent}: {shares}{notes}")

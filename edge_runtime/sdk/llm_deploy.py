@@ -24,6 +24,7 @@ from edge_runtime.sdk.llm_files import Progress
 from edge_runtime.sdk.llm_pipeline import LLM_STRATEGIES, place_strategy
 from edge_runtime.sdk.llm_place import LlmSource, check_names, place_llm
 from edge_runtime.sdk.llm_plan import Budget, budgets_for, check_quantize
+from transports.syncformat import SYNC_FORMATS
 
 if TYPE_CHECKING:
     from partitioner.llm_layout import LlmLayout
@@ -46,6 +47,7 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
                objective: str | None = None, layout: LlmLayout | None = None,
                policy: FallbackPolicy | None = None,
                targets: Targets | None = None, journal: Journal | None = None,
+               sync: str = "fp32",
                ) -> LlmDeployment:
     """Split the checkpoint at `path` over the cluster's agents.
 
@@ -83,6 +85,11 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     concurrent generations up to it); every agent keeps a KV cache slot per sequence, so
     the plan's memory counts max_batch × max_context tokens of cache.
     `policy`, `targets`, `journal`: the cluster's fallback chain and request journal.
+    `sync`: the format the tensor group's allreduces carry activations in: "fp32"
+    (default: exact sums), or, opt-in and lossy, "bf16", "fp16" (2 bytes a value) or
+    "q8" (blocks of 32 int8 with a scale, 0.28 of fp32's bytes); sums are added in fp32
+    and every agent gets the same bits. The measured logit error of each is in
+    docs/BENCHMARKS.md. strategy="tensor" only.
     Errors before any agent loads anything: `ConfigError` (strategy, devices,
     quantize, a budget that can neither hold a 4-bit share nor stream it),
     `CheckpointError` (unsupported config, missing shards, tensors that do not match
@@ -99,6 +106,11 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
     if not 1 <= max_batch <= MAX_BATCH:
         raise ConfigError(f"max_batch must be in [1, {MAX_BATCH}], got {max_batch}")
     check_quantize(quantize)
+    if sync not in SYNC_FORMATS:
+        raise ConfigError(f"sync={sync!r} is not a sync format; use one of {list(SYNC_FORMATS)}")
+    if sync != "fp32" and not ((strategy == "tensor" and layout is None) or plan is not None):
+        raise ConfigError(f"sync={sync!r} is for strategy='tensor' only; deploy with "
+                          "sync='fp32' or strategy='tensor'")
     if plan is not None and not devices:
         devices = [share.device for share in plan.shares]
     if layout is not None and not devices:
@@ -120,17 +132,18 @@ def deploy_llm(cluster: Agents, path: str | Path, strategy: str = "tensor", *,
         by_name = dict(zip(names, budgets, strict=True))
     source = LlmSource(checkpoint, config, digest, by_name, max_context, quantize, max_batch,
                        send_checkpoint, threads, collective_timeout_s,
-                       tuple(devices) if devices else None)
+                       tuple(devices) if devices else None, sync=sync)
+    # a ready plan or layout is placed as given; after a loss, its own strategy is planned
+    asked = strategy if plan is None and layout is None else None
     if (strategy == "tensor" and layout is None) or plan is not None:
         placement = place_llm(cluster, source, names, plan=plan, progress=progress)
     else:
         placement, layout = place_strategy(cluster, source, names, strategy,
                                            objective=objective, progress=progress,
                                            layout=layout)
-    deployment = LlmDeployment(cluster, source, placement, tokenizer, timeout_s=timeout_s,
-                               policy=policy, targets=targets, journal=journal)
-    deployment.layout = layout or deployment.layout
-    return deployment
+    return LlmDeployment(cluster, source, placement, tokenizer, timeout_s=timeout_s,
+                         policy=policy, targets=targets, journal=journal, strategy=asked,
+                         objective=objective, layout=layout)
 
 
 __all__ = ["DEFAULT_MAX_CONTEXT", "deploy_llm"]

@@ -8,41 +8,81 @@ deployment walks its fallback chain — or, under the "queue" policy, first wait
 agents to come back (`wait_for_agents`). Agents usable again are placed on between
 generations (`take_back`); shares left on agents while they were lost are unloaded
 when they return.
+
+Placing again keeps the deployment's strategy: a tensor-parallel deployment is placed
+tensor-parallel again (`place_llm`); any other goes through the first deploy's entry
+point (`llm_pipeline.place_strategy`) with the strategy it was made with — a pipeline
+stays a pipeline over the survivors, "auto" is the cost model's choice over them — so
+the runner (a `PipelineRunner`) steps stages again and its replay rebuilds each stage's
+KV cache. When the asked strategy has no layout over the agents still up (too few, or
+too little memory), `REPLAN_ORDER` says what is tried next.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from edge_runtime.errors import (
     AgentUnavailableError,
     CheckpointError,
     ClusterUnavailableError,
+    ConfigError,
     DeployError,
     DeploymentGoneError,
     PartitionError,
 )
 from edge_runtime.sdk.agents import Agents
+from edge_runtime.sdk.llm_pipeline import LLM_STRATEGIES, place_strategy
+from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import LlmPlacement, LlmSource, place_llm, unload_llm
 from edge_runtime.sdk.llm_runner import AgentRunner
 from edge_runtime.sdk.tickets import Ticket
+from partitioner.errors import InfeasiblePlanError
+from partitioner.llm_layout import LlmLayout
 
 log = logging.getLogger(__name__)
 
 # How often a generation queued for the cluster's return looks again.
 QUEUE_POLL_S = 0.2
 
+#: The strategies tried, in order, to place a deployment made with the key's strategy
+#: again over the agents still up: the asked one first; a hybrid that no longer has a
+#: layout (it needs three agents) keeps its stages as a pipeline; the last resort is
+#: the best layout that fits ("auto": a pipeline of one survivor is that agent alone).
+#: A "tensor" deployment is placed tensor-parallel again (`place_llm`), as it was made.
+REPLAN_ORDER: dict[str, tuple[str, ...]] = {
+    "auto": ("auto",),
+    "single": ("single", "auto"),
+    "pipeline": ("pipeline", "auto"),
+    "hybrid": ("hybrid", "pipeline", "auto"),
+}
+
 
 class LlmFailover:
     """The placement of one LLM deployment, moved as agents come and go."""
 
     def __init__(self, cluster: Agents, source: LlmSource, runner: AgentRunner,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, *, strategy: str | None = None,
+                 objective: str | None = None, layout: LlmLayout | None = None) -> None:
+        """`strategy`, `objective`: what `deploy_llm` was asked (None: the placement's
+        own — a pipelined placement's layout strategy and objective, else "tensor");
+        `layout`: the first placement's (default: a pipelined placement's own)."""
+        placement = runner.placement
+        if layout is None and isinstance(placement, PipelinePlacement):
+            layout = placement.layout
+        strategy = strategy or (layout.strategy if layout is not None else "tensor")
+        if strategy not in LLM_STRATEGIES:
+            raise ConfigError(f"LLM strategy {strategy!r} is not one of "
+                              f"{list(LLM_STRATEGIES)}")
         self.cluster = cluster
         self.source = source
         self.runner = runner
         self.enabled = enabled
+        self.strategy = strategy
+        self.objective = objective or (layout.objective if layout is not None else None)
+        self.layout: LlmLayout | None = layout  # the current placement's (None: tensor)
         self.failovers = 0
         self._placed_among = frozenset(cluster.usable(self.allowed))  # usable when placed
         self._orphans: list[tuple[str, str]] = []  # (agent, deployment id) on lost agents
@@ -91,8 +131,8 @@ class LlmFailover:
         self._placed_among = frozenset(usable)
         old = self.runner.placement
         try:
-            placement = place_llm(self.cluster, self.source, usable)
-        except (AgentUnavailableError, PartitionError, DeployError) as error:
+            placement = self.place_over(usable)
+        except (AgentUnavailableError, PartitionError, DeployError, ConfigError) as error:
             log.warning("re-placing %s onto agents that came back failed: %s", self.name, error)
             return
         self._retire(old)
@@ -130,14 +170,38 @@ class LlmFailover:
                 raise ClusterUnavailableError(f"no agent left for {self.name} after: "
                                               f"{why[:300]}")
             try:
-                return place_llm(self.cluster, self.source, survivors)
+                return self.place_over(survivors)
             except AgentUnavailableError as again:
                 self.cluster.lost(again.agent, f"lost while re-planning: {again}")
-            except (PartitionError, DeployError, CheckpointError) as cannot:
+            except (PartitionError, DeployError, CheckpointError, ConfigError) as cannot:
+                # ConfigError: e.g. a 4-bit share the survivors' budgets can neither
+                # load nor stream
                 raise ClusterUnavailableError(
                     f"the agents still up ({', '.join(survivors)}) cannot hold "
                     f"{self.name}: {cannot}") from cannot
         raise ClusterUnavailableError(f"agents kept failing while re-planning after {why[:300]}")
+
+    def place_over(self, names: Sequence[str]) -> LlmPlacement:
+        """The checkpoint placed over `names` with the deployment's strategy (or the
+        next of `REPLAN_ORDER` that has a layout over them); `self.layout` its layout."""
+        if self.strategy == "tensor":
+            placement = place_llm(self.cluster, self.source, names)
+            self.layout = None
+            return placement
+        *first, last = REPLAN_ORDER[self.strategy]
+        for strategy in first:
+            try:
+                placement, layout = place_strategy(self.cluster, self.source, names, strategy,
+                                                   objective=self.objective)
+                break
+            except InfeasiblePlanError as error:
+                log.info("LLM %s: no %s layout over %s (%s)", self.name, strategy,
+                         list(names), error)
+        else:
+            placement, layout = place_strategy(self.cluster, self.source, names, last,
+                                               objective=self.objective)
+        self.layout = layout
+        return placement
 
     def _retire(self, old: LlmPlacement) -> None:
         """Unload `old` from the agents still up (a step stuck on the lost member is
@@ -155,4 +219,4 @@ class LlmFailover:
                        timeout_s=self.cluster.timeouts.heartbeat_timeout_s)
 
 
-__all__ = ["LlmFailover"]
+__all__ = ["REPLAN_ORDER", "LlmFailover"]

@@ -10,8 +10,10 @@ whatever it carries), one per stage for a step that feeds a prompt (its chunks f
 each other through the stages, a pipelined prefill).
 
 Failover: the runner is an `AgentRunner`, so losing an agent places the checkpoint
-again — tensor-parallel over the agents still up (`LlmFailover`) — and replays every
-sequence; the runner then steps that placement as any tensor deployment.
+again over the agents still up (`LlmFailover`, with the deployment's strategy through
+`place_strategy`: a pipeline again, "auto" chosen anew) and replays every sequence as
+a prefill that rebuilds each stage's KV cache; `install` takes the new placement, a
+pipelined one stepped stage to stage, any other as a tensor deployment.
 
 `place_strategy` is what `deploy_llm(strategy=...)` calls for every strategy but a
 plain "tensor": it plans (`llm_pipeline_place.plan_layout`) and places a one-stage
@@ -29,14 +31,22 @@ import numpy as np
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError, DeadlineError
 from edge_runtime.llm.engine import BatchItem
 from edge_runtime.llm.pipeline_batches import assemble, micro_batches
+from edge_runtime.llm.sampling import Draw, sample
 from edge_runtime.protocol import LlmStep, LlmStepReply
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.llm_files import Progress
-from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement, place_pipeline, plan_layout
+from edge_runtime.sdk.llm_pipeline_place import (
+    PipelinePlacement,
+    link_table,
+    place_pipeline,
+    plan_layout,
+    q4_stages,
+)
 from edge_runtime.sdk.llm_place import LlmPlacement, LlmSource, place_llm
 from edge_runtime.sdk.llm_runner import AgentRunner
 from partitioner.llm_layout import STRATEGIES, LlmLayout
+from partitioner.llm_pipeline import quantize_layout
 
 #: What `deploy_llm(strategy=...)` accepts.
 LLM_STRATEGIES = ("auto", *STRATEGIES)
@@ -49,6 +59,14 @@ class PipelineRunner(AgentRunner):
         super().install(placement)
         self._first = ([self._cluster.link(n) for n in placement.stage_names[0]]
                        if isinstance(placement, PipelinePlacement) else [])
+
+    def _sampled_step(self, items: Sequence[BatchItem], draws: Sequence[Draw]) -> list[int]:
+        """The last stage answers logits, not tokens: each sequence's token is drawn here,
+        with its `Draw`, from a step of logits (a replay's or a decode step's alike)."""
+        if not isinstance(self.placement, PipelinePlacement):
+            return super()._sampled_step(items, draws)
+        logits = self._step(items, True)
+        return [sample(row, d.params, d.rng) for row, d in zip(logits, draws, strict=True)]
 
     def _step(self, items: Sequence[BatchItem], last_only: bool) -> np.ndarray:
         placement = self.placement
@@ -111,12 +129,12 @@ def place_strategy(cluster: Agents, source: LlmSource, names: Sequence[str], str
                    *, objective: str | None = None, progress: Progress | None = None,
                    layout: LlmLayout | None = None) -> tuple[LlmPlacement, LlmLayout]:
     """Plan `strategy` over `names` (or take a ready `layout` whose devices are agent
-    names) and place it; the placement and the layout."""
+    names) and place it; the placement and the layout. `source.quantize="q4"`: the
+    layout's split (planned on fp32 weights, uncapped by the budgets, as a 4-bit tensor
+    plan is) with every stage's shares 4-bit, or int8 streaming where a budget cannot
+    load them (`llm_q4`), and the memory and predicted times of those."""
     if strategy not in LLM_STRATEGIES:
         raise ConfigError(f"LLM strategy {strategy!r} is not one of {list(LLM_STRATEGIES)}")
-    if source.quantize is not None and strategy in ("pipeline", "hybrid"):
-        raise ConfigError(f"quantize={source.quantize!r} serves tensor-parallel shares only; "
-                          "use strategy='tensor' or 'auto', or fp32 weights")
     if layout is not None:
         if layout.shape.layers != source.config.layers or layout.shape.hidden != \
                 source.config.hidden:
@@ -124,16 +142,15 @@ def place_strategy(cluster: Agents, source: LlmSource, names: Sequence[str], str
         unknown = [n for n in layout.devices if n not in names]
         if unknown:
             raise ConfigError(f"the layout names {unknown}, not agents of this deployment")
-    else:
+    else:  # 4-bit: every layout judged with its stages' shares 4-bit (`plan_layout`)
         layout = plan_layout(cluster, source, names, strategy, objective=objective)
-    if source.quantize is not None and len(layout.stages) > 1:  # auto: stay tensor-parallel
-        from partitioner.llm_strategy import plan_llm_strategy
-
-        layout = plan_llm_strategy(layout.shape, [cluster.info(n).profile for n in names],
-                                   "tensor" if len(names) > 1 else "single",
-                                   memory_budgets=[source.budgets.get(n) for n in names],
-                                   objective=layout.objective, streams=layout.streams,
-                                   model_digest=source.digest)
+    if source.quantize is not None:
+        # a ready layout's stages 4-bit on each stage's own shape (its layers' weights and
+        # KV cache, the LM head on the last; a planned one is already); InfeasiblePlanError
+        # before any agent loads for a budget that can neither load nor stream its share
+        layout = quantize_layout(layout, [cluster.info(n).profile for n in names], q4_stages,
+                                 memory_budgets=[source.budgets.get(n) for n in names],
+                                 links=link_table(cluster, names))
     if len(layout.stages) == 1:
         placement = place_llm(cluster, source, list(layout.devices), plan=layout.tensor_plan(),
                               progress=progress)

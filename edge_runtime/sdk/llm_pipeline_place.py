@@ -16,11 +16,15 @@ listener's address); `llm_connect` each agent to the endpoints of its own stage'
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from devices.caps import host_gflops
+from devices.profile import DeviceProfile
+from edge_runtime.errors import ConfigError
 from edge_runtime.protocol import (
     COLLECTIVE_TIMEOUT_S,
     Deploy,
@@ -28,8 +32,6 @@ from edge_runtime.protocol import (
     Hop,
     LlmConnect,
     LlmConnectReply,
-    LlmReady,
-    LlmReadyReply,
     LlmStageSpec,
     ShardSpec,
 )
@@ -37,22 +39,18 @@ from edge_runtime.protocol.kinds import LLM_STAGE
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.llm_files import FileSender, Progress, checkpoint_files
-from edge_runtime.sdk.llm_place import LlmPlacement, LlmSource, unload_llm
+from edge_runtime.sdk.llm_place import LlmPlacement, LlmSource, await_ready, unload_llm
 from edge_runtime.sdk.llm_plan import blas_threads, host_of
+from edge_runtime.sdk.llm_q4 import check_q4_budgets, quantize_plan
+from edge_runtime.sdk.progress import AgentTasks, as_callback
+from partitioner.errors import InfeasiblePlanError
 from partitioner.llm_cost import LinkTable
 from partitioner.llm_layout import LlmLayout
 from partitioner.llm_strategy import plan_llm_strategy
+from partitioner.tensor import DeviceLike
 from partitioner.tensor_plan import TensorPlan
 
 log = logging.getLogger(__name__)
-
-# The hops' `deployment_id`: an agent keeps one socket per (peer address, this key), and
-# its sockets to one peer share the agent's routing identity, so every pipelined LLM
-# shares one socket per pair of agents (a second socket with the same identity makes
-# the peer's ROUTER hand the identity over, and the first socket's frames stall while
-# it reconnects). `llm_hidden` frames name their deployment in their own meta.
-HOP_SOCKET_KEY = "llm-stage"
-
 
 @dataclass(frozen=True)
 class PipelinePlacement(LlmPlacement):
@@ -95,14 +93,46 @@ def plan_layout(cluster: Agents, source: LlmSource, names: Sequence[str], strate
 
     `objective` default: "throughput" when several sequences share a step
     (`source.max_batch` > 1), else "latency"; `streams` default: `source.max_batch`
-    (at least 2, so the prediction of many streams is always made)."""
+    (at least 2, so the prediction of many streams is always made). With
+    `source.quantize="q4"` every layout is judged with its stages' shares 4-bit (or
+    streaming int8 where a budget cannot load them; a layout no budget can take is
+    skipped)."""
     budgets = [source.budgets.get(n) for n in names]
-    profiles = [cluster.info(n).profile for n in names]
+    profiles = compute_profiles(cluster, source, names)
     shape = source.config.decoder_shape(source.max_context * source.max_batch)
     return plan_llm_strategy(
         shape, profiles, strategy, memory_budgets=budgets, links=link_table(cluster, names),
         objective=objective or ("throughput" if source.max_batch > 1 else "latency"),
-        streams=streams or max(2, source.max_batch), model_digest=source.digest)
+        streams=streams or max(2, source.max_batch), model_digest=source.digest,
+        quantize=None if source.quantize is None else q4_stages)
+
+
+def compute_profiles(cluster: Agents, source: LlmSource, names: Sequence[str]
+                     ) -> list[DeviceProfile]:
+    """The agents' profiles with the arithmetic their shares get: a profile's fp32 rate
+    is all its cores', but a share computes with its BLAS threads (`source.threads`, or
+    the host's cores divided among the deployment's agents there) — what a prompt's
+    matrix products run at."""
+    threads = ([source.threads] * len(names) if source.threads is not None
+               else blas_threads(cluster, names))
+    out = []
+    for name, count in zip(names, threads, strict=True):
+        profile = cluster.info(name).profile
+        out.append(profile if count is None else dataclasses.replace(
+            profile, gflops_fp32=host_gflops(profile, count)))
+    return out
+
+
+def q4_stages(plan: TensorPlan, profiles: Sequence[DeviceLike],
+              budgets: Sequence[int | None]) -> TensorPlan:
+    """A stage's plan with 4-bit shares (`llm_q4`); `InfeasiblePlanError` when a budget
+    can neither load nor stream its share, so the planner passes that layout over."""
+    plan = quantize_plan(plan, profiles, budgets)
+    try:
+        check_q4_budgets(plan, budgets)
+    except ConfigError as error:
+        raise InfeasiblePlanError(str(error)) from None
+    return plan
 
 
 def place_pipeline(cluster: Agents, source: LlmSource, layout: LlmLayout,
@@ -125,7 +155,7 @@ def place_pipeline(cluster: Agents, source: LlmSource, layout: LlmLayout,
             members = stage.devices
             keys = tuple(cluster.info(n).public_key for n in members)
             hops = () if k + 1 == len(groups) else tuple(
-                Hop(n, cluster.info(n).address, cluster.info(n).public_key, HOP_SOCKET_KEY)
+                Hop(n, cluster.info(n).address, cluster.info(n).public_key, deployment_id)
                 for n in groups[k + 1])
             plan_json = stage.plan.to_json()
             for rank, name in enumerate(members):
@@ -138,7 +168,8 @@ def place_pipeline(cluster: Agents, source: LlmSource, layout: LlmLayout,
                     memory_bytes=share.peak_memory_bytes,
                     advertise_host=host_of(cluster.info(name).address),
                     collective_timeout_s=source.collective_timeout_s or COLLECTIVE_TIMEOUT_S,
-                    files=tuple(files), blas_threads=threads[name], quantize=None,
+                    files=tuple(files), blas_threads=threads[name],
+                    quantize=source.quantize,
                     max_batch=source.max_batch)
                 delay, rate = emulate or (0.0, None)
                 spec = LlmStageSpec(shard, k, len(groups), hops, delay, rate)
@@ -149,7 +180,7 @@ def place_pipeline(cluster: Agents, source: LlmSource, layout: LlmLayout,
                                      timeout_s=cluster.timeouts.deploy_s)
                 if reply.missing_files:
                     sender.send(name, deployment_id, list(reply.missing_files))
-        addresses = dict(zip(names, _ready(cluster, deployment_id, names), strict=True))
+        addresses = dict(zip(names, _ready(cluster, deployment_id, names, progress), strict=True))
         _connect(cluster, deployment_id, groups, addresses)
     except BaseException:
         unload_llm(cluster, deployment_id, loaded)
@@ -173,24 +204,26 @@ def flat_plan(layout: LlmLayout) -> TensorPlan:
         notes=(f"{layout.strategy} layout of {len(layout.stages)} stages: {layout.reason}",))
 
 
-def _ready(cluster: Agents, deployment_id: str, names: Sequence[str]) -> list[str]:
-    """Every agent's group listener address, once its share is loaded."""
-    replies = _each(cluster, [(n, LlmReady(deployment_id)) for n in names], LlmReadyReply,
-                    cluster.timeouts.deploy_s)
-    return [r.address for r in replies if isinstance(r, LlmReadyReply)]
+def _ready(cluster: Agents, deployment_id: str, names: Sequence[str],
+           progress: Progress | None = None) -> list[str]:
+    """Every agent's group listener address, once its share is loaded. With `progress`,
+    the stages' conversion is polled and told as the tensor-parallel deploy tells it
+    (`llm_place.await_ready`: status polls, then each `llm_ready` reply's final list)."""
+    tasks = None if progress is None else AgentTasks(as_callback(progress))
+    return [r.address for r in await_ready(cluster, names, deployment_id, tasks)]
 
 
 def _connect(cluster: Agents, deployment_id: str, groups: Sequence[Sequence[str]],
              addresses: dict[str, str]) -> None:
     asks = [(n, LlmConnect(deployment_id, tuple(addresses[m] for m in group)))
             for group in groups for n in group]
-    _each(cluster, asks, LlmConnectReply, cluster.timeouts.hello_s)
+    _each(cluster, asks, cluster.timeouts.hello_s)
 
 
-def _each(cluster: Agents, asks: Sequence[tuple[str, LlmReady | LlmConnect]],
-          reply_type: type[LlmReadyReply] | type[LlmConnectReply], timeout_s: float,
-          ) -> list[LlmReadyReply | LlmConnectReply]:
-    """Send each agent its request at once, then collect every reply (typed errors)."""
+def _each(cluster: Agents, asks: Sequence[tuple[str, LlmConnect]], timeout_s: float,
+          ) -> list[LlmConnectReply]:
+    """Send each agent its own `llm_connect` at once, then collect every reply (typed
+    errors)."""
     hub = cluster.hub
     sent: list[tuple[str, int]] = []
     for name, request in asks:
@@ -198,14 +231,14 @@ def _each(cluster: Agents, asks: Sequence[tuple[str, LlmReady | LlmConnect]],
         hub.send(cluster.link(name), request.frame(request_id),
                  timeout_s=cluster.timeouts.hello_s)
         sent.append((name, request_id))
-    out: list[LlmReadyReply | LlmConnectReply] = []
+    out: list[LlmConnectReply] = []
     try:
         for (name, request_id), (_, request) in zip(sent, asks, strict=True):
             frame = hub.wait({request_id}, timeout_s, [cluster.link(name)],
                              f"reply to {request.KIND}")
             if frame.is_error:
                 raise error_from_frame(frame, name)
-            out.append(parse_reply(reply_type, frame.meta, name, request.KIND))
+            out.append(parse_reply(LlmConnectReply, frame.meta, name, request.KIND))
     except BaseException:
         hub.forget(request_id for _, request_id in sent)
         raise

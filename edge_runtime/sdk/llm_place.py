@@ -82,6 +82,7 @@ class LlmSource:
     threads: int | None
     collective_timeout_s: float | None
     devices: tuple[str, ...] | None  # the agents the app allowed (None: all)
+    sync: str = "fp32"  # the allreduces' activation format (`transports.syncformat`)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
         # the KV cache of max_batch slots of max_context tokens is that of their product:
         # planning with it makes every share's memory (and window) hold the whole cache
         plan = plan_llm(cluster, source.config, source.digest, names, budgets,
-                        source.max_context * source.max_batch, quantize=source.quantize)
+                        source.max_context * source.max_batch, quantize=source.quantize,
+                        sync=source.sync)
     else:
         check_plan(plan, source.config, names)
         if source.quantize == "q4":
@@ -133,7 +135,7 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
                 advertise_host=host_of(cluster.info(name).address),
                 collective_timeout_s=source.collective_timeout_s or COLLECTIVE_TIMEOUT_S,
                 files=tuple(files), blas_threads=blas[rank], quantize=source.quantize,
-                max_batch=source.max_batch)
+                max_batch=source.max_batch, sync=source.sync)
             request = Deploy(deployment_id, LLM_SHARD, spec, cluster.hub.session,
                              cluster.timeouts.lease_s)
             # listed before the call: a deploy that timed out here may still finish there
@@ -141,15 +143,15 @@ def place_llm(cluster: Agents, source: LlmSource, names: Sequence[str],
             reply = cluster.call(name, request, DeployReply, timeout_s=cluster.timeouts.deploy_s)
             if reply.missing_files:
                 sender.send(name, deployment_id, list(reply.missing_files))
-        ready = _await_ready(cluster, names, deployment_id, tasks)
+        ready = await_ready(cluster, names, deployment_id, tasks)
         endpoints = tuple(r.address for r in ready)
         _ask_all(cluster, names, LlmConnect(deployment_id, endpoints), LlmConnectReply,
                  cluster.timeouts.hello_s)
     except BaseException:
         unload_llm(cluster, deployment_id, loaded)
         raise
-    log.info("LLM %s deployed as %s over %s (hub %s, %s)", source.checkpoint.name,
-             deployment_id, names, names[plan.hub], source.quantize or "fp32")
+    log.info("LLM %s deployed as %s over %s (hub %s, %s, sync %s)", source.checkpoint.name,
+             deployment_id, names, names[plan.hub], source.quantize or "fp32", source.sync)
     return LlmPlacement(deployment_id, plan, tuple(names), sender.bytes_sent)
 
 
@@ -177,8 +179,8 @@ def _send_all(cluster: Agents, names: Sequence[str], request: Record) -> list[tu
     return sent
 
 
-def _await_ready(cluster: Agents, names: Sequence[str], deployment_id: str,
-                 tasks: AgentTasks | None) -> list[LlmReadyReply]:
+def await_ready(cluster: Agents, names: Sequence[str], deployment_id: str,
+                tasks: AgentTasks | None) -> list[LlmReadyReply]:
     """Every agent's `llm_ready` reply. With `tasks`, the agents still loading are asked
     for their status every `READY_POLL_S` meanwhile, and the tasks they report
     (conversion, quantization) become progress events; each reply's final list ends

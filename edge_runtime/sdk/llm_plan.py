@@ -140,16 +140,18 @@ def allreduce_payloads(hidden: int, max_context: int, max_batch: int = 1) -> lis
 
 
 def with_allreduce_schedule(plan: TensorPlan, cluster: Agents, names: Sequence[str],
-                            max_batch: int = 1) -> TensorPlan:
+                            max_batch: int = 1, sync: str = "fp32") -> TensorPlan:
     """The plan with its allreduce algorithm per payload size recorded, chosen by the one
-    cost model (`transports.cost`) from the measured links."""
-    from transports.cost import MESSAGE_OVERHEAD_S, allreduce_schedule
+    cost model (`transports.cost`) from the measured links, for the bytes that travel
+    in the `sync` format (the schedule's bounds stay fp32 payload sizes)."""
+    from transports.cost import MESSAGE_OVERHEAD_S
+    from transports.syncformat import sync_schedule
 
     if len(names) < 2:
         return plan
     latency, bandwidth = link_matrices(cluster, names)
     payloads = allreduce_payloads(plan.shape.hidden, plan.shape.max_context, max_batch)
-    schedule = allreduce_schedule(payloads, latency, bandwidth, MESSAGE_OVERHEAD_S)
+    schedule = sync_schedule(payloads, latency, bandwidth, MESSAGE_OVERHEAD_S, sync)
     log.info("allreduce per payload (from measured links): %s",
              ", ".join(f"≤ {upto} B: {name}" for upto, name in schedule))
     return dataclasses.replace(plan, allreduce=schedule)
@@ -164,7 +166,7 @@ def check_quantize(quantize: str | None) -> None:
 
 def plan_llm(cluster: Agents, config: LlmConfig, digest: str, names: Sequence[str],
              budgets: Sequence[int | None], max_context: int, *,
-             quantize: str | None = None) -> TensorPlan:
+             quantize: str | None = None, sync: str = "fp32") -> TensorPlan:
     """The tensor plan over the agents' profiles (pure apart from the link probes).
 
     fp32: budgets cap each agent's window (streaming). "q4": shares by bandwidth, 4-bit
@@ -181,7 +183,7 @@ def plan_llm(cluster: Agents, config: LlmConfig, digest: str, names: Sequence[st
     if quantize == "q4":
         plan = quantize_plan(plan, profiles, budgets)
         check_q4_budgets(plan, budgets)
-    return with_allreduce_schedule(plan, cluster, names)
+    return with_allreduce_schedule(plan, cluster, names, sync=sync)
 
 
 def check_plan(plan: TensorPlan, config: LlmConfig, names: Sequence[str]) -> None:

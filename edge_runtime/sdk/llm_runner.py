@@ -27,8 +27,9 @@ equals an uninterrupted run).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -43,17 +44,20 @@ from edge_runtime.errors import (
 )
 from edge_runtime.llm.engine import BatchItem
 from edge_runtime.llm.sampling import Draw, rng_state, sample, set_rng_state
-from edge_runtime.protocol import LlmStep, LlmStepReply, StepSampling
+from edge_runtime.protocol import LlmCancel, LlmStep, LlmStepReply, StepSampling
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import LlmPlacement
 from edge_runtime.sdk.tracing import TraceCapture
+from transports.errors import ProtocolError
 from transports.wire import Frame
 
 # A failure during a replay is recovered again, at most this many times per step.
 MAX_RECOVERIES_PER_STEP = 4
+# How long a cancelled decode run's answers are read before the rest are forgotten.
+CANCEL_DRAIN_S = 2.0
 
 Recover = Callable[[AgentUnavailableError | DeploymentGoneError], LlmPlacement]
 
@@ -71,6 +75,8 @@ class AgentRunner:
         self.replays = 0  # steps re-run as a prefill after a failover
         self.last_step: dict[str, float] = {}
         self.tracer: TraceCapture | None = None  # steps sent while set are traced (tracing.py)
+        # generations decode on the agents (`decode_run`); False: one step per token
+        self.decode_on_agents = True
         self.closed = False
         self.install(placement)
 
@@ -121,9 +127,121 @@ class AgentRunner:
         assert isinstance(tokens, list)
         return tokens
 
+    def decode_run(self, item: BatchItem, draw: Draw, max_tokens: int,
+                   stop_ids: Collection[int]) -> Iterator[int]:
+        """Up to `max_tokens` tokens of one sequence, from feeding `item` on, decoded on
+        the agents (`agent/llm_decode.py`): one `llm_step` starts the run and each token
+        is yielded as its answer arrives; the run stops at a token in `stop_ids`. Closing
+        the iterator early cancels the run on the agents. A pipelined placement, and the
+        step after a loss (placed again and replayed, as `forward_sampled` does), go step
+        by step."""
+        left = max_tokens
+        failed: AgentUnavailableError | DeploymentGoneError | None = None
+        while left > 0:
+            if (failed is not None or not self.decode_on_agents
+                    or isinstance(self.placement, PipelinePlacement)):
+                tokens = self._forward([item], True, [draw], failed)
+                assert isinstance(tokens, list)
+                run: Iterator[int] = iter(tokens)
+                failed = None
+            else:
+                run = self._run(item, draw, left, stop_ids)
+            try:
+                for token in run:
+                    left -= 1
+                    yield token
+                    if token in stop_ids:
+                        return
+                    item = BatchItem(item.slot, (token,), item.start + len(item.token_ids))
+            except (AgentUnavailableError, DeploymentGoneError) as error:
+                if self.recover is None or isinstance(error, ClusterUnavailableError):
+                    raise
+                failed = error  # the next token: placed again, then the run goes on
+            finally:
+                if isinstance(run, Generator):
+                    run.close()
+
+    def _run(self, item: BatchItem, draw: Draw, tokens: int,
+             stop_ids: Collection[int]) -> Generator[int, None, None]:
+        """One decode run on the agents: its tokens as they are answered; the KV history
+        follows the tokens the agents have fed."""
+        if self.closed:
+            raise ConfigError(f"LLM deployment {self.placement.deployment_id} was unloaded; "
+                              "deploy it again")
+        hub, timeouts = self._cluster.hub, self._cluster.timeouts
+        base = [*self._history.get(item.slot, [])[:item.start], *item.token_ids]
+        first = hub.reserve_ids(tokens)
+        sampling = (StepSampling(draw.params.temperature, draw.params.top_k, draw.params.top_p,
+                                 b"" if draw.params.greedy else rng_state(draw.rng)),)
+        step = LlmStep(self.placement.deployment_id, (item.slot,), (item.start,),
+                       (len(item.token_ids),), True,
+                       0 if self.tracer is None else self.tracer.trace_id, sampling,
+                       tokens - 1, tuple(sorted(stop_ids)))
+        ids = np.asarray(item.token_ids, dtype=np.int64)
+        index, final = 0, False
+        began, started = time.time(), time.perf_counter()  # each token's: since the last
+        try:
+            hub.send_all(self._links, step.frame(first, tensors={"ids": ids}),
+                         timeout_s=timeouts.hello_s)
+            while not final:
+                frame = hub.wait({first + index, first}, self._wait_s(), self._links, "token")
+                if frame.is_error:
+                    hub.forget([first])  # the other members' copies of the same error
+                    raise error_from_frame(frame, frame.sender or self._names[self.placement.hub])
+                reply = parse_reply(LlmStepReply, frame.meta, frame.sender, step.KIND)
+                if len(reply.tokens) != 1:
+                    raise AgentError(f"answered {len(reply.tokens)} tokens for one sequence",
+                                     agent=frame.sender)
+                if not draw.params.greedy:
+                    set_rng_state(draw.rng, reply.rngs[0])
+                self._history[item.slot] = base
+                base = [*base, reply.tokens[0]]  # fed by the next step of the run
+                final = reply.final
+                self.last_step = {"wall_s": time.perf_counter() - started,
+                                  "compute_s": reply.compute_s, "comm_s": reply.comm_s}
+                if self.tracer is not None:
+                    self.tracer.record("request", f"decode step {index}", began,
+                                       request_id=first + index)
+                began, started = time.time(), time.perf_counter()
+                index += 1
+                yield reply.tokens[0]
+        finally:
+            if not final:
+                self._cancel(first, index, tokens)
+
+    def _cancel(self, first: int, answered: int, tokens: int) -> None:
+        """End a run that is not finished (the caller stopped, or it failed): tell the hub,
+        read its answers to the final one, briefly, and forget what may still come."""
+        hub = self._cluster.hub
+        link = self._links[self.placement.hub]
+        pending = set(range(first + answered, first + tokens))
+        with contextlib.suppress(AgentUnavailableError, ProtocolError):
+            hub.send(link, LlmCancel(self.placement.deployment_id, first).frame(hub.next_id()))
+            deadline = time.monotonic() + CANCEL_DRAIN_S
+            while pending and time.monotonic() < deadline:
+                frame = hub.wait(pending, deadline - time.monotonic(), [link], "cancelled run")
+                pending.discard(frame.request_id)
+                if frame.is_error or LlmStepReply.from_meta(frame.meta).final:
+                    break
+        hub.forget(pending)
+
+    def _wait_s(self) -> float:
+        """How long to wait for one answer: the request timeout, within the deadline."""
+        timeout = (self._cluster.timeouts.request_s if self._timeout_s is None
+                   else self._timeout_s)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineError("the generation passed its deadline")
+            timeout = min(timeout, left)
+        return timeout
+
     def _forward(self, items: Sequence[BatchItem], last_only: bool,
-                 draws: Sequence[Draw] | None) -> np.ndarray | list[int]:
-        """A step's logits, or with `draws` its tokens; failover and replay on the way."""
+                 draws: Sequence[Draw] | None,
+                 failed: AgentUnavailableError | DeploymentGoneError | None = None
+                 ) -> np.ndarray | list[int]:
+        """A step's logits, or with `draws` its tokens; failover and replay on the way
+        (at once when the caller's own step `failed`)."""
         if self.closed:
             raise ConfigError(f"LLM deployment {self.placement.deployment_id} was unloaded; "
                               "deploy it again")
@@ -133,6 +251,9 @@ class AgentRunner:
         send, send_last, replayed = list(items), last_only, False
         for _ in range(MAX_RECOVERIES_PER_STEP + 1):
             try:
+                if failed is not None:
+                    lost, failed = failed, None
+                    raise lost
                 if draws is not None and not replayed:
                     tokens = self._sampled_step(send, draws)
                     self._history = after
@@ -210,12 +331,7 @@ class AgentRunner:
                        bool(last_only), 0 if self.tracer is None else self.tracer.trace_id,
                        sampling)
         started, began = time.perf_counter(), time.time()
-        timeout = timeouts.request_s if self._timeout_s is None else self._timeout_s
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineError("the generation passed its deadline")
-            timeout = min(timeout, left)
+        timeout = self._wait_s()
         try:
             hub.send_all(self._links, step.frame(request_id, tensors={"ids": ids}),
                          timeout_s=timeouts.hello_s)

@@ -4,13 +4,15 @@ Why apart from `deployment.py`: the deployment decides *when* a request is sent,
 again, failed over or answered elsewhere; this module is what one attempt puts on
 the wire (a `run` frame with a fresh wire id, so the hub can drop answers to an
 abandoned attempt) and what the answer becomes (a `Result` with the plan's
-predictions next to the measured stages), plus the test of whether an agent that
+predictions next to the measured stages, merged with the partial results of earlier
+stages whose exits did not fire), plus the test of whether an agent that
 did not answer is lost or merely busy. None of it depends on the failover state.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,20 +40,35 @@ def send_attempt(cluster: Agents, first: AgentLink, deployment_id: str, ticket: 
              timeout_s=cluster.timeouts.hello_s)
 
 
-def read_result(frame: Frame, ticket: Ticket, *, default_agent: str,
-                predicted_latency_s: float, predicted_stages: tuple[float, ...],
-                tracer: TraceCapture | None) -> Result:
-    """The `Result` of `ticket` from its answer `frame` (sent by `default_agent` when
-    the frame does not say); `AgentError` for a frame of another kind."""
+def result_record(frame: Frame, default_agent: str) -> RunResult:
+    """The `RunResult` of an answer `frame` (sent by `default_agent` when the frame does
+    not say); `AgentError` for a frame of another kind."""
     agent = frame.sender or default_agent
     if frame.kind != RESULT:
         raise AgentError(f"answered with an unexpected {frame.kind[:64]!r} frame", agent=agent)
-    result = parse_reply(RunResult, frame.meta, agent, RESULT)
+    return parse_reply(RunResult, frame.meta, agent, RESULT)
+
+
+def read_result(frame: Frame, result: RunResult, ticket: Ticket, *, default_agent: str,
+                predicted_latency_s: float, predicted_stages: tuple[float, ...],
+                tracer: TraceCapture | None, partials: Sequence[Frame] = ()) -> Result:
+    """The `Result` of `ticket` from its answer `frame` (`result`, its record) and the
+    `partials` of the same attempt: model outputs earlier stages sent before the request
+    went on (`result.elsewhere` names them), merged into the one result."""
+    agent = frame.sender or default_agent
+    outputs: dict[str, np.ndarray] = {}
+    for partial in partials:
+        sender = partial.sender or default_agent
+        record = parse_reply(RunResult, partial.meta, sender, RESULT)
+        if tracer is not None:
+            tracer.received(sender, record.sent_at, partial.request_id, "partial")
+        outputs.update((name, np.array(value)) for name, value in partial.tensors.items()
+                       if name in result.elsewhere)
     if tracer is not None:
         tracer.received(agent, result.sent_at, frame.request_id, "result")
         tracer.record("request", "run", time.time() - (time.perf_counter()
                       - ticket.started), request_id=frame.request_id)
-    outputs = {name: np.array(value) for name, value in frame.tensors.items()}
+    outputs.update((name, np.array(value)) for name, value in frame.tensors.items())
     return Result(
         outputs=outputs, exit=result.exit, stage=result.stage,
         latency_s=time.perf_counter() - ticket.started, stages=result.timings,
@@ -71,4 +88,4 @@ def is_lost(cluster: Agents, error: AgentUnavailableError) -> bool:
     return link.dead or (link.alive is not None and not link.alive())
 
 
-__all__ = ["is_lost", "read_result", "send_attempt"]
+__all__ = ["is_lost", "read_result", "result_record", "send_attempt"]

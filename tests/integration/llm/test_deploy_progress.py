@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import edge_runtime as er
-from edge_runtime.agent.llm_shard import CONVERT_TASK, QUANTIZE_TASK
+from edge_runtime.agent.llm_load import CONVERT_TASK, QUANTIZE_TASK
 from edge_runtime.llm.checkpoint import Checkpoint
 from edge_runtime.llm.synthetic import SyntheticShape, write_synthetic_checkpoint
 from edge_runtime.sdk import llm_place

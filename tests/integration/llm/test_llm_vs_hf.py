@@ -127,14 +127,22 @@ def test_stream_yields_tokens_as_they_are_produced(
 ) -> None:
     llm = cluster.deploy_llm(checkpoint("llama"), max_context=MAX_CONTEXT)
     try:
+        # step by step, the stream is driven lazily: only the prefill has run when the
+        # first token is read
+        llm.runner.decode_on_agents = False
         stream = llm.generate(list(IDS[:6]), NEW_TOKENS, stream=True)
         first = next(stream)
-        # lazily driven: only the prefill has run on the agents so far
         assert all(st["steps"] == 1 for st in llm.status().values())
         events = [first, *stream]
-        assert [e.index for e in events] == list(range(len(events)))
-        assert all(a.seconds <= b.seconds for a, b in itertools.pairwise(events))
-        assert [e.token_id for e in events] == greedy("llama", IDS[:6], NEW_TOKENS)
+        llm.runner.decode_on_agents = True
+        # decoding on the agents, each token is read as its answer arrives, while the
+        # agents go on: the first comes well before the last
+        ran = list(llm.generate(list(IDS[:6]), NEW_TOKENS, stream=True))
+        for got in (events, ran):
+            assert [e.index for e in got] == list(range(len(got)))
+            assert all(a.seconds <= b.seconds for a, b in itertools.pairwise(got))
+            assert [e.token_id for e in got] == greedy("llama", IDS[:6], NEW_TOKENS)
+        assert ran[0].seconds < ran[-1].seconds
         sampled = [llm.generate(list(IDS[:6]), 8, temperature=0.9, top_k=20, top_p=0.9,
                                 seed=7).token_ids for _ in range(2)]
         assert sampled[0] == sampled[1]  # seeded sampling is reproducible across steps

@@ -137,11 +137,6 @@ def test_auto_chooses_and_keeps_every_prediction(cluster: er.LocalCluster, deep:
     assert np.abs(got - hf.reference_logits(deep, list(IDS))).max() <= 1e-3
 
 
-def test_a_pipeline_is_refused_for_4_bit_weights(cluster: er.LocalCluster, deep: Path) -> None:
-    with pytest.raises(er.errors.ConfigError, match="tensor-parallel shares only"):
-        cluster.deploy_llm(deep, strategy="pipeline", quantize="q4", max_context=MAX_CONTEXT)
-
-
 def test_emulated_links_slow_every_hop_and_keep_the_numbers(cluster: er.LocalCluster,
                                                             deep: Path) -> None:
     """Two stages whose agents send over an emulated 20 ms link (benchmarks): a decode
