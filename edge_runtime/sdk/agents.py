@@ -28,10 +28,11 @@ from edge_runtime.protocol import (
     StatusReply,
     Unload,
 )
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.config import Timeouts
 from edge_runtime.sdk.errors_map import error_from_frame
 from edge_runtime.sdk.health import Health
-from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.hub import Hub
 from edge_runtime.sdk.info import AgentInfo, parse_reply
 from edge_runtime.sdk.membership import (
     agent_info,

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 
 from edge_runtime.discovery import AgentAddress, parse_endpoint
 from edge_runtime.errors import ConfigError
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.agents import AgentInfo, Agents
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
 from edge_runtime.sdk.deploy import STRATEGIES, DeploySource, place, plan_model
 from edge_runtime.sdk.deployment import Deployment
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
-from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.hub import Hub
 from edge_runtime.sdk.journal import Journal
 from edge_runtime.sdk.llm import LlmDeployment
 from edge_runtime.sdk.llm_deploy import deploy_llm

@@ -43,6 +43,7 @@ from edge_runtime.errors import (
     PartitionError,
 )
 from edge_runtime.protocol import RunResult, TensorSpec
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.agents import Agents
 from edge_runtime.sdk.config import DEFAULT_MAX_IN_FLIGHT
 from edge_runtime.sdk.deploy import DeploySource, Placement, unload_stages
@@ -51,7 +52,6 @@ from edge_runtime.sdk.failover import Failover
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, Targets, as_policy
 from edge_runtime.sdk.fallback.targets import ModelInfo
 from edge_runtime.sdk.fallback.walk import answer_elsewhere
-from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.inputs import check_inputs
 from edge_runtime.sdk.journal import Journal, JournalEntry
 from edge_runtime.sdk.result import Result

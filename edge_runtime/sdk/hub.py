@@ -34,7 +34,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,9 +42,10 @@ import zmq
 from edge_runtime.errors import AgentUnavailableError
 from edge_runtime.protocol import Ping
 from edge_runtime.protocol.kinds import RESULT
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.config import CLIENT_IDENTITY_PREFIX, Timeouts
 from edge_runtime.sdk.leases import LeaseKeeper
-from transports.errors import ProtocolError, SecurityError
+from transports.errors import ProtocolError
 from transports.handshake import HandshakeStatus, HandshakeWatch
 from transports.linkemu import LinkEmulator, Outbox
 from transports.security import Security
@@ -66,29 +66,6 @@ copying it costs ~8 µs; from about 1 MB on, zero-copy wins (pyzmq's own thresho
 HEARTBEAT_IDS = 1 << 62
 """Heartbeats use request ids from here up, so a late answer to one is recognised (and
 dropped) by its id alone, without remembering every heartbeat ever sent."""
-
-
-@dataclass
-class AgentLink:
-    """One agent as the coordinator sees it."""
-
-    name: str
-    address: str
-    public_key: str | None
-    socket: zmq.Socket[bytes]
-    watch: HandshakeWatch
-    alive: Callable[[], bool] | None = None  # False once a local process has exited
-    last_seen: float = field(default_factory=time.monotonic)  # last frame from it
-    last_ping: float = 0.0  # last heartbeat sent
-    ping_unanswered_since: float | None = None  # oldest heartbeat not answered yet
-    dead: bool = False  # declared unavailable; cleared when it answers again
-    answered: bool = False  # has sent us anything since it was connected
-
-    def heard(self, now: float) -> None:
-        """Anything from the agent: it is alive, and every heartbeat counts as answered."""
-        self.last_seen = now
-        self.answered = True
-        self.ping_unanswered_since = None
 
 
 class Hub:
@@ -165,30 +142,6 @@ class Hub:
         link.dead = True
         return AgentUnavailableError(f"{why} (at {link.address})", agent=link.name)
 
-    def _refused(self, link: AgentLink) -> SecurityError | None:
-        """A SecurityError saying how to fix it, if the handshake with `link` failed.
-
-        An agent that answered before and now drops handshakes without a reason is not
-        re-keyed or reconfigured but paused or overloaded (a stopped process's kernel
-        still accepts the TCP connection, then the handshake times out): that is left to
-        the heartbeats.
-        A refused key stays an error: the agent restarted without trusting us."""
-        state = link.watch.poll()
-        if not state.handshake_failed:
-            return None
-        if link.answered and state.status is not HandshakeStatus.KEY_REFUSED:
-            return None
-        pair = self.security.keypair
-        return SecurityError(state.explain(link.name, link.address,
-                                           None if pair is None else pair.public))
-
-    def _connection_lost(self, link: AgentLink) -> str | None:
-        """Why the connection to `link` is down, if the monitor says it is."""
-        state = link.watch.poll()
-        if state.status in (HandshakeStatus.UNREACHABLE, HandshakeStatus.DISCONNECTED):
-            return state.explain(link.name, link.address, None)
-        return None
-
     # --- sending ---
 
     def send(self, link: AgentLink, frame: Frame, timeout_s: float = 0.0) -> None:
@@ -218,12 +171,12 @@ class Hub:
             timeout_s = min(timeout_s, self.timeouts.heartbeat_timeout_s)
         deadline = time.monotonic() + timeout_s
         while not link.socket.poll(0, zmq.POLLOUT):
-            refused = self._refused(link)
+            refused = link.refused(self.security)
             if refused is not None:
                 raise refused
             left = deadline - time.monotonic()
             if left <= 0:
-                lost = self._connection_lost(link)
+                lost = link.connection_lost()
                 if link.answered:
                     raise self.unavailable(link, lost or f"connection lost for {timeout_s:g} s")
                 raise self.unavailable(
@@ -367,7 +320,7 @@ class Hub:
         for link in watched:
             if link.alive is not None and not link.alive():
                 raise self.unavailable(link, "agent process exited")
-            refused = self._refused(link)
+            refused = link.refused(self.security)
             if refused is not None:
                 raise refused
             if (link.answered and link.watch.state.status is HandshakeStatus.UNREACHABLE
@@ -376,14 +329,14 @@ class Hub:
                 # gone (a Wi-Fi drop times out instead; that is left to the heartbeats). A
                 # writable socket has a live connection: a reconnect newer than the
                 # monitor's last event.
-                lost = self._connection_lost(link)
+                lost = link.connection_lost()
                 raise self.unavailable(link, f"its host refuses connections ({lost})")
             if not heartbeat:
                 continue
             since = link.ping_unanswered_since
             if since is not None and now - since > self.timeouts.heartbeat_timeout_s:
                 silent = now - since
-                lost = self._connection_lost(link)
+                lost = link.connection_lost()
                 state = link.watch.state
                 if lost:
                     why = f"connection lost and agent silent for {silent:.1f} s ({lost})"

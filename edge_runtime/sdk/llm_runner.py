@@ -45,9 +45,9 @@ from edge_runtime.errors import (
 from edge_runtime.llm.engine import BatchItem
 from edge_runtime.llm.sampling import Draw, rng_state, sample, set_rng_state
 from edge_runtime.protocol import LlmCancel, LlmStep, LlmStepReply, StepSampling
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
-from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import LlmPlacement
 from edge_runtime.sdk.tracing import TraceCapture

@@ -32,10 +32,11 @@ from pathlib import Path
 import zmq
 
 from edge_runtime.errors import AgentUnavailableError, ConfigError
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.cluster import Cluster, assemble
 from edge_runtime.sdk.config import DEFAULT_TIMEOUTS, Timeouts
 from edge_runtime.sdk.fallback.policy import ChainItem, FallbackPolicy, as_policy
-from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.hub import Hub
 from edge_runtime.sdk.journal import Journal
 from edge_runtime.sdk.resume import open_journal
 from transports.keys import init_keys, trust

@@ -15,9 +15,10 @@ from dataclasses import replace
 
 from edge_runtime.errors import AgentError
 from edge_runtime.protocol import PROTOCOL_VERSION, Hello, HelloReply, Join, JoinReply, Peer
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.clocks import clock_offsets
 from edge_runtime.sdk.errors_map import error_from_frame
-from edge_runtime.sdk.hub import AgentLink, Hub
+from edge_runtime.sdk.hub import Hub
 from edge_runtime.sdk.info import AgentInfo, parse_reply
 from transports.wire import Frame
 

@@ -19,8 +19,8 @@ import numpy as np
 from edge_runtime.errors import AgentError, AgentUnavailableError, ConfigError
 from edge_runtime.protocol import Run, RunResult
 from edge_runtime.protocol.kinds import RESULT
+from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.agents import Agents, parse_reply
-from edge_runtime.sdk.hub import AgentLink
 from edge_runtime.sdk.result import Result
 from edge_runtime.sdk.tickets import Ticket
 from edge_runtime.sdk.tracing import TraceCapture
