@@ -7,7 +7,6 @@ that the one `transports.cost.best_allreduce` predicts is the one measured faste
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from support.group_threads import run_members
 from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup, GroupListener
 from transports.cost import best_allreduce, uniform
 from transports.errors import CollectiveError
@@ -34,27 +34,15 @@ def run_group(n: int, body: Callable[[CollectiveGroup], Any], *, secure: bool = 
     keys = [p.public for p in pairs]
     listeners = [GroupListener("tcp://127.0.0.1:0", s, peer_keys=keys) for s in securities]
     endpoints = [listener.address for listener in listeners]
-    results: list[Any] = [None] * n
 
-    def member(rank: int) -> None:
-        group = CollectiveGroup(rank, endpoints, securities[rank], listener=listeners[rank],
-                                peer_keys=None if plain else keys, timeout_s=timeout_s,
-                                emulation=emulation(rank),
-                                seal_keys=SealKeys.from_curve(rank, pairs[rank].secret, keys,
-                                                              b"test") if sealed else None)
-        try:
-            results[rank] = body(group)
-        except Exception as error:  # handed back to the test to assert on
-            results[rank] = error
-        finally:
-            group.close()
+    def make(rank: int) -> CollectiveGroup:
+        return CollectiveGroup(rank, endpoints, securities[rank], listener=listeners[rank],
+                               peer_keys=None if plain else keys, timeout_s=timeout_s,
+                               emulation=emulation(rank),
+                               seal_keys=SealKeys.from_curve(rank, pairs[rank].secret, keys,
+                                                             b"test") if sealed else None)
 
-    threads = [threading.Thread(target=member, args=(rank,)) for rank in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return run_members(n, make, body, close=lambda g: g.close(), join_s=120)
 
 
 def inputs(n: int, shape: tuple[int, ...]) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import support.transports_member as member_proc
+from support.group_threads import run_members
 from transports.collectives import CollectiveGroup, GroupListener
 from transports.errors import CollectiveError
 from transports.keys import generate_keypair
@@ -37,27 +38,15 @@ def run_group(
     keys = [p.public for p in pairs]
     listeners = [GroupListener("tcp://127.0.0.1:0", s, peer_keys=keys) for s in securities]
     endpoints = [listener.address for listener in listeners]
-    results: list[Any] = [None] * n
 
-    def member(rank: int) -> None:
-        group = CollectiveGroup(
-            rank, endpoints, securities[rank], listener=listeners[rank],
-            peer_keys=[p.public for p in pairs], timeout_s=timeout_s, emulation=emulation(rank),
-            compression=compression,
-        )
-        try:
-            results[rank] = body(group)
-        except Exception as error:  # handed back to the test to assert on
-            results[rank] = error
-        finally:
-            group.close()
+    def make(rank: int) -> CollectiveGroup:
+        return CollectiveGroup(
+           rank, endpoints, securities[rank], listener=listeners[rank],
+           peer_keys=[p.public for p in pairs], timeout_s=timeout_s, emulation=emulation(rank),
+           compression=compression,
+       )
 
-    threads = [threading.Thread(target=member, args=(rank,)) for rank in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results
+    return run_members(n, make, body, close=lambda g: g.close(), join_s=60)
 
 
 def inputs(n: int, shape: tuple[int, ...], dtype: str = "float32") -> list[np.ndarray]:

@@ -5,7 +5,6 @@ that syncs in another format named in a `CollectiveError` instead of summing gar
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from support.group_threads import run_members
 from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup, GroupListener
 from transports.errors import CollectiveError
 from transports.sealing import SealKeys
@@ -28,25 +28,13 @@ def run_group(syncs: list[str], body: Callable[[CollectiveGroup], Any],
     n, plain = len(syncs), Security(insecure=True)
     listeners = [GroupListener("tcp://127.0.0.1:0", plain) for _ in range(n)]
     endpoints = [listener.address for listener in listeners]
-    results: list[Any] = [None] * n
 
-    def member(rank: int) -> None:
-        group = CollectiveGroup(rank, endpoints, plain, listener=listeners[rank],
-                                timeout_s=timeout_s, sync=syncs[rank],
-                                seal_keys=SealKeys.shared(rank, n, b"s" * 32))
-        try:
-            results[rank] = body(group)
-        except Exception as error:  # handed back to the test to assert on
-            results[rank] = error
-        finally:
-            group.close()
+    def make(rank: int) -> CollectiveGroup:
+        return CollectiveGroup(rank, endpoints, plain, listener=listeners[rank],
+                               timeout_s=timeout_s, sync=syncs[rank],
+                               seal_keys=SealKeys.shared(rank, n, b"s" * 32))
 
-    threads = [threading.Thread(target=member, args=(rank,)) for rank in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return run_members(n, make, body, close=lambda g: g.close(), join_s=120)
 
 
 @pytest.mark.parametrize("sync", ["bf16", "fp16", "q8"])

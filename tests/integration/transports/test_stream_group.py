@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from support.group_threads import run_members
 from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup
 from transports.errors import CollectiveError
 from transports.groupstream import StreamListener
@@ -35,26 +35,14 @@ def run_group(n: int, body: Callable[[CollectiveGroup], Any], *, sealed: bool = 
     """`body(group)` on n stream members, one thread each."""
     bound = bound or listeners(n)
     endpoints = [listener.address for listener in bound]
-    results: list[Any] = [None] * n
 
-    def member(rank: int) -> None:
-        group = CollectiveGroup(rank, endpoints, PLAIN, listener=bound[rank],
-                                timeout_s=timeout_s, spin_us=spin_us,
-                                seal_keys=SealKeys.shared(rank, n, b"t" * 32) if sealed
-                                else None)
-        try:
-            results[rank] = body(group)
-        except Exception as error:  # handed back to the test to assert on
-            results[rank] = error
-        finally:
-            group.close(keep_listener=keep)
+    def make(rank: int) -> CollectiveGroup:
+        return CollectiveGroup(rank, endpoints, PLAIN, listener=bound[rank],
+                               timeout_s=timeout_s, spin_us=spin_us,
+                               seal_keys=SealKeys.shared(rank, n, b"t" * 32) if sealed
+                               else None)
 
-    threads = [threading.Thread(target=member, args=(rank,)) for rank in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return run_members(n, make, body, close=lambda g: g.close(keep_listener=keep), join_s=120)
 
 
 @pytest.mark.parametrize(("n", "sealed", "spin_us"), [(2, True, 0), (3, True, 50),
