@@ -197,3 +197,26 @@ def test_a_stage_killed_mid_stream_fails_over_and_the_stream_goes_on(deep: Path)
         ids += [event.token_id for event in stream]
         assert ids == list(expected)
         assert llm.failovers == 1 and victim not in llm.agents
+
+
+def test_a_stage_refuses_a_decode_run_and_keeps_serving(cluster: er.LocalCluster,
+                                                        deep: Path) -> None:
+    """A pipelined LLM answers logits step by step (the coordinator samples): an
+    `llm_step` asking its first stage for a decode run is refused with a typed error,
+    and the next generation is served unchanged."""
+    from edge_runtime.protocol import LlmStep, StepSampling
+    from transports.wire import Frame
+
+    layout = layout_for(deep, names_of(cluster), [1.0, 1.0, 1.0], [[0], [1], [2]])
+    llm = cluster.deploy_llm(deep, layout=layout, max_context=MAX_CONTEXT)
+    try:
+        before = llm.generate(list(IDS[:4]), 4).token_ids
+        first = cluster.link(layout.stages[0].devices[0])
+        step = LlmStep(llm.id, sampling=(StepSampling(),), decode_tokens=3)
+        answer: Frame = cluster.hub.request(first, step.KIND, step.to_meta(),
+                                            {"ids": np.array([1, 5], dtype=np.int64)})
+        assert answer.is_error and answer.meta["error_type"] == "InputError"
+        assert "decode_tokens" in answer.meta["message"]
+        assert llm.generate(list(IDS[:4]), 4).token_ids == before
+    finally:
+        llm.unload()
