@@ -43,7 +43,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,6 +68,7 @@ from edge_runtime.protocol import (
     LlmCancel,
     LlmConnect,
     LlmConnectReply,
+    LlmHidden,
     LlmPut,
     LlmPutReply,
     LlmReady,
@@ -82,6 +83,9 @@ from transports.cost import pick
 from transports.errors import CollectiveError
 from transports.wire import Frame, error_frame
 
+if TYPE_CHECKING:
+    from edge_runtime.llm.worker import Span
+
 log = logging.getLogger(__name__)
 
 # How long `close()` waits for the worker thread to finish the job it is running.
@@ -89,6 +93,16 @@ WORKER_JOIN_TIMEOUT_S = 5.0
 def estimate_memory(spec: ShardSpec, ctx: AgentContext) -> int:
     """The plan's peak bytes for this share (weights or window, KV cache, activations)."""
     return spec.memory_bytes
+
+
+def step_spans(message: LlmStep | LlmHidden, ids: np.ndarray) -> list[Span]:
+    """Each sequence of a step: its KV slot, its ids (in turn in `ids`) and positions."""
+    from edge_runtime.llm.worker import Span
+
+    bounds = np.cumsum([0, *message.lengths])
+    return [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
+            for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
+                                            bounds[1:], strict=True)]
 
 
 def load(deployment_id: str, shard: ShardSpec, ctx: AgentContext) -> LlmShard:
@@ -250,26 +264,25 @@ class LlmShard:
                  self.spec.rank, self._counters["load_s"], self.spec.quantize or "fp32",
                  "all resident" if window is None else f"{window} B")
 
-    def _step(self, job: Job, message: LlmStep) -> Frame | None:
+    def _step_ids(self, job: Job, message: LlmStep | LlmHidden) -> np.ndarray:
+        """The step's token ids, checked against its lengths (a stage's steps too)."""
         if self._group.group is None:
-            raise InputError("llm_step before llm_connect; redeploy the model")
+            raise InputError(f"{message.KIND} before llm_connect; redeploy the model")
         ids = job.tensors.get("ids")
         if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise InputError("llm_step needs a 1-D integer tensor 'ids'")
+            raise InputError(f"{message.KIND} needs a 1-D integer tensor 'ids'")
         if sum(message.lengths) != len(ids):
-            raise InputError(f"llm_step: lengths {list(message.lengths)} add up to "
+            raise InputError(f"{message.KIND}: lengths {list(message.lengths)} add up to "
                              f"{sum(message.lengths)}, but 'ids' holds {len(ids)}")
+        return ids
+
+    def _step(self, job: Job, message: LlmStep) -> Frame | None:
+        ids = self._step_ids(job, message)
         if message.decode_tokens:
             self._decode(job, message, ids)
             return None
-        from edge_runtime.llm.worker import Span
-
-        bounds = np.cumsum([0, *message.lengths])
-        spans = [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
-                 for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
-                                                 bounds[1:], strict=True)]
-        return self._forward(job, message, spans, message.sampling, job.arrived,
-                             job.request_id)
+        return self._forward(job, message, step_spans(message, ids), message.sampling,
+                             job.arrived, job.request_id)
 
     def _forward(self, job: Job, message: LlmStep, spans: list[Any],
                  sampling: tuple[StepSampling, ...], arrived: float,

@@ -36,7 +36,7 @@ from edge_runtime.agent.llm_files import CheckpointInbox
 from edge_runtime.agent.llm_group import ShardGroup
 from edge_runtime.agent.llm_jobs import Job
 from edge_runtime.agent.llm_load import checkpoint_source
-from edge_runtime.agent.llm_shard import LlmShard
+from edge_runtime.agent.llm_shard import LlmShard, step_spans
 from edge_runtime.agent.llm_stage_links import (
     DelayedSender,
     EmulatedShardGroup,
@@ -152,26 +152,15 @@ class LlmStage(LlmShard):
         return self._stage_step(job, message)
 
     def _stage_step(self, job: Job, message: LlmStep | LlmHidden) -> Frame | None:
-        from edge_runtime.llm.worker import Span
-
-        if self._group.group is None:
-            raise InputError("a step before llm_connect; redeploy the model")
-        ids = job.tensors.get("ids")
-        if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise InputError("a step needs a 1-D integer tensor 'ids'")
-        if sum(message.lengths) != len(ids):
-            raise InputError(f"lengths {list(message.lengths)} add up to "
-                             f"{sum(message.lengths)}, but 'ids' holds {len(ids)}")
+        ids = self._step_ids(job, message)
         hidden = None
         if isinstance(message, LlmHidden):
             hidden = job.tensors.get("hidden")
             if hidden is None or hidden.ndim != 2 or hidden.dtype != np.float32:
                 raise InputError("llm_hidden needs a 2-D float32 tensor 'hidden'")
-        bounds = np.cumsum([0, *message.lengths])
-        spans = [Span(slot, ids[lo:hi], np.arange(start, start + (hi - lo)))
-                 for slot, start, lo, hi in zip(message.slots, message.starts, bounds[:-1],
-                                                 bounds[1:], strict=True)]
+        spans = step_spans(message, ids)
         group, hub, clock = self._group.group, self.plan.hub, StepClock(self._ctx)
+        assert group is not None  # `_step_ids` refused a step before llm_connect
         schedule = self.plan.allreduce  # per payload size, as the planner priced it
 
         def allreduce(x: np.ndarray) -> np.ndarray:
@@ -198,7 +187,7 @@ class LlmStage(LlmShard):
         counters["comm_s"] += clock.comm_s
         before = ((message.compute_s, message.comm_s) if isinstance(message, LlmHidden)
                   else (0.0, 0.0))
-        if out is None or self._group.group.rank != hub:
+        if out is None or group.rank != hub:
             return None  # a member of the group; its hub hands the step on
         compute, comm = before[0] + clock.compute_s, before[1] + clock.comm_s
         if self.last:
