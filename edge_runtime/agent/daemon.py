@@ -12,8 +12,9 @@ The loop never waits either: slow control requests (deploy, unload, uploads, lin
 probes) run on worker lanes (`lanes.py`) that answer when done; sends to clients and
 to peer agents are non-blocking (`peers.py`); and one message, however malformed or
 hostile, can only ever earn its sender an error frame — any exception raised while
-handling it is caught here. Leases (`sessions.py`) are swept here: a deployment
-whose coordinator went silent is unloaded and the keys it introduced are revoked.
+handling it is caught (`requests.py`, which routes each message to the loop or a lane).
+Leases (`sessions.py`) are swept here: a deployment whose coordinator went silent is
+unloaded and the keys it introduced are revoked.
 
 The request handlers (hello, deploy, …) live in `handlers.py`, the queue other
 threads hand frames to in `loop_outbox.py`, the signal handlers in `startup.py`; this
@@ -36,31 +37,24 @@ from edge_runtime.agent.cache import ShardCache, UploadQuota
 from edge_runtime.agent.config import AgentConfig
 from edge_runtime.agent.deployments import Deployment
 from edge_runtime.agent.handlers import Handlers
-from edge_runtime.agent.lanes import Lane
 from edge_runtime.agent.loop_outbox import LoopOutbox, Outgoing
 from edge_runtime.agent.peers import PeerLinks
 from edge_runtime.agent.reaper import LeaseReaper
+from edge_runtime.agent.requests import Requests, clip
 from edge_runtime.agent.sessions import LeaseLimits, Sessions
 from edge_runtime.errors import (
-    AgentBusyError,
     AgentUnavailableError,
     EdgeRuntimeError,
-    is_user_error,
 )
 from edge_runtime.metrics.counters import WireCounters
 from edge_runtime.protocol import Hop, Status
-from edge_runtime.protocol import kinds as p
 from transports.errors import ProtocolError
 from transports.keys import DEFAULT_KEYS_DIR
 from transports.security import Authorizer, Security
 from transports.sockets import open_client, open_server
-from transports.wire import Frame, decode, encode, error_frame, peek_request_id
+from transports.wire import Frame, encode
 
 log = logging.getLogger(__name__)
-
-LOG_TEXT_LIMIT = 300
-"""Longest peer-supplied text (error messages, identities) written to the log: a hostile
-message must not turn into a megabyte log line."""
 
 BURST = 64
 """Messages handled per wake-up before the outbox is flushed, so replies are not starved."""
@@ -81,11 +75,6 @@ def on_serve(hook: Callable[[Agent], object]) -> None:
     _ON_SERVE.append(hook)
 
 
-def _clip(text: object) -> str:
-    shown = repr(text) if isinstance(text, bytes) else str(text)
-    return shown if len(shown) <= LOG_TEXT_LIMIT else shown[:LOG_TEXT_LIMIT] + "…"
-
-
 @dataclass
 class AgentState:
     """What handlers may read and change; owned by the control-loop thread."""
@@ -102,11 +91,6 @@ class AgentState:
 
 class Agent:
     """A running agent. `serve_forever()` blocks until shutdown or SIGTERM."""
-
-    # Requests that take long (loading, hashing, unloading): answered from the loads lane,
-    # in arrival order. Link probes get a lane of their own with a bounded backlog.
-    SLOW_KINDS = frozenset({p.DEPLOY, p.UNLOAD, p.PUT_CHUNK, p.LLM_PUT})
-    PROBE_KINDS = frozenset({p.PROBE_LINK})
 
     def __init__(self, config: AgentConfig, identity: dict[str, Any]) -> None:
         """`identity`: the hello payload minus run-time fields (profile, caps, name…)."""
@@ -136,11 +120,11 @@ class Agent:
         self._peers = PeerLinks(self._context, self.security,
                                 f"agent-{self._name}-{os.getpid()}".encode(),
                                 timeouts.peer_send_s, timeouts.max_message_bytes)
-        self._loads = Lane("loads", max_queued=timeouts.loads_queue)
-        self._probes = Lane("probes", max_queued=timeouts.probe_queue)
         self._reaper = LeaseReaper(self.sessions, self._take, self._revoke,
                                    timeouts.lease_sweep_s)
         self._handlers = Handlers(self)
+        self._requests = Requests(self._name, self.state, self._handlers, timeouts,
+                                  self.send_to_client, self._reply)
         self._router: zmq.Socket[bytes] | None = None
         try:
             self._router = open_server(self._context, self.security, config.listen,
@@ -264,7 +248,7 @@ class Agent:
                         parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message(parts)
+                    self._requests.on_message(parts)
                     del parts  # a refused oversized message must not outlive its turn
             if self._outbox.wake_fd in events:  # every put wakes: nothing queued otherwise
                 self._outbox.drain_wake()
@@ -289,68 +273,6 @@ class Agent:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         return max(1, int(wait * 1000))
 
-    def _on_message(self, parts: list[Any]) -> None:
-        """Handle one message; nothing it contains can raise out of here."""
-        identity = b""
-        try:
-            identity = bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0])
-            self.state.wire.received(identity, sum(len(part) for part in parts[1:]))
-            frame = decode(parts[1:], max_message_bytes=self.config.timeouts.max_message_bytes)
-        except Exception as error:  # ProtocolError, or anything a decoder failed to foresee
-            log.warning("malformed message from %s: %s", _clip(identity), _clip(error))
-            request_id = peek_request_id(parts[1:])
-            self.state.errors_answered += 1
-            self.state.wire.error("malformed", "ProtocolError")
-            self._reply(identity, error_frame(request_id, "ProtocolError", str(error)[:1000],
-                                              sender=self._name))
-            return
-        if frame.kind in self.SLOW_KINDS:
-            if not self._loads.submit(lambda: self._answer(identity, frame)):
-                self._answer_error(identity, frame, AgentBusyError(
-                    f"{self.config.timeouts.loads_queue} deploys and uploads are already queued; "
-                    "retry later", agent=self._name))
-        elif frame.kind in self.PROBE_KINDS:
-            if not self._probes.submit(lambda: self._answer(identity, frame)):
-                self._answer_error(identity, frame, AgentBusyError(
-                    f"{self.config.timeouts.probe_queue} link probes are already queued; "
-                    "retry later", agent=self._name))
-        else:
-            self._answer(identity, frame)
-
-    def _answer(self, identity: bytes, frame: Frame) -> None:
-        """Run the handler of `frame` (on the loop or a lane) and answer its sender."""
-        started = time.perf_counter()
-        try:
-            answer = self._handlers.dispatch(identity, frame)
-        except Exception as error:  # answer with a typed error; the agent keeps serving
-            if not is_user_error(error):
-                log.exception("handler for %s failed", _clip(frame.kind))
-            self._answer_error(identity, frame, error)
-            return
-        self.state.requests_served += 1
-        self.state.wire.request(frame.kind, None if answer is None
-                                else time.perf_counter() - started)
-        if answer is not None:
-            self.send_to_client(identity, answer)
-
-    def _answer_error(self, identity: bytes, frame: Frame, error: BaseException) -> None:
-        self.state.errors_answered += 1
-        self.state.wire.error(frame.kind, type(error).__name__)
-        target = identity
-        # a hop from another agent (an ONNX stage's activation, an LLM stage's hidden
-        # state): the coordinator waiting for it is named in the frame
-        client = (frame.meta.get("client") if frame.kind in (p.ACTIVATION, p.LLM_HIDDEN)
-                  else None)
-        if isinstance(client, bytes) and 0 < len(client) <= 255:
-            target = client
-        # the agent it is about: the unreachable next hop when that is what failed (the
-        # coordinator then re-plans without it, not without this agent), else this one
-        about = (error.agent if isinstance(error, AgentUnavailableError) and error.agent
-                 else self._name)
-        self.send_to_client(target, error_frame(
-            frame.request_id, type(error).__name__, str(error)[:4000], sender=self._name,
-            details={"agent": about, "kind": frame.kind}))
-
     def _reply(self, identity: bytes, frame: Frame) -> None:
         """Send to a client of the ROUTER now, or drop (never block the loop)."""
         assert self._router is not None
@@ -360,9 +282,9 @@ class Agent:
             self.state.wire.sent(identity, sum(memoryview(part).nbytes for part in parts))
         except zmq.Again:  # that client's queue is full: it stopped reading
             log.warning("dropping a %s frame for %s: its queue is full", frame.kind,
-                        _clip(identity))
+                        clip(identity))
         except zmq.ZMQError as error:  # EHOSTUNREACH: that client is gone
-            log.warning("cannot answer %s (%s): %s", _clip(identity), frame.kind, error)
+            log.warning("cannot answer %s (%s): %s", clip(identity), frame.kind, error)
         except ProtocolError as error:
             log.error("cannot encode %s frame: %s", frame.kind, error)
 
@@ -381,23 +303,23 @@ class Agent:
             try:
                 self._handlers.dispatch(b"", frame)
             except Exception as error:  # answer the client, as a remote hop would
-                self._answer_error(b"", frame, error)
+                self._requests.answer_error(b"", frame, error)
             return
         try:
             parts = encode(frame, split_bytes=self.security.split_bytes)
         except ProtocolError as error:
-            self._answer_error(b"", frame, error)
+            self._requests.answer_error(b"", frame, error)
             return
 
         def failed(reason: str) -> None:
-            self._answer_error(b"", frame, AgentUnavailableError(reason, agent=hop.name))
+            self._requests.answer_error(b"", frame, AgentUnavailableError(reason, agent=hop.name))
 
         self.state.wire.sent(hop.name, sum(memoryview(part).nbytes for part in parts))
         try:
             self._peers.send(hop.name, hop.address, hop.public_key, hop.deployment_id, parts,
                              failed)
         except Exception as error:  # a bad address or key in the hop: that request fails
-            failed(f"cannot connect to {_clip(hop.address)}: {_clip(error)}")
+            failed(f"cannot connect to {clip(hop.address)}: {clip(error)}")
 
     def _take(self, deployment_id: str) -> Deployment | None:
         """Remove a deployment from this agent (the lease reaper closes it)."""
@@ -410,8 +332,8 @@ class Agent:
 
     def close(self) -> None:
         """Unload every deployment and release sockets; safe to call twice."""
-        for lane in (self._loads, self._probes, self._reaper):
-            lane.close()
+        self._requests.close()
+        self._reaper.close()
         for deployment_id, deployment in list(self.state.deployments.items()):
             try:
                 deployment.close()
