@@ -60,6 +60,10 @@ class PipelineRunner(AgentRunner):
         self._first = ([self._cluster.link(n) for n in placement.stage_names[0]]
                        if isinstance(placement, PipelinePlacement) else [])
 
+    def runs_on_agents(self) -> bool:
+        """A pipeline's stages answer logits (sampled here), so it decodes step by step."""
+        return super().runs_on_agents() and not isinstance(self.placement, PipelinePlacement)
+
     def _sampled_step(self, items: Sequence[BatchItem], draws: Sequence[Draw]) -> list[int]:
         """The last stage answers logits, not tokens: each sequence's token is drawn here,
         with its `Draw`, from a step of logits (a replay's or a decode step's alike)."""

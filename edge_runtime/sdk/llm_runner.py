@@ -14,8 +14,8 @@ generator state, the group's hub samples with the engine's own `sample` and answ
 the token and the advanced state — not a vocabulary of logits per token, which the
 members no longer gather in full either when the sampler is greedy or top-k
 (`agent/llm_sampler.py`). `logits()` (verification) and replays ask for logits.
-A pipelined placement's last stage answers logits; its tokens are sampled here, with
-the same draw.
+A pipelined placement's last stage answers logits; its tokens are sampled on the
+coordinator with the same draw (`llm_pipeline.PipelineRunner`).
 
 Replay: the runner remembers, per KV slot, the token ids whose keys and values the
 agents hold. When an agent is lost mid-generation, the deployment is placed again over
@@ -48,7 +48,6 @@ from edge_runtime.protocol import LlmCancel, LlmStep, LlmStepReply, StepSampling
 from edge_runtime.sdk.agent_link import AgentLink
 from edge_runtime.sdk.agents import Agents, parse_reply
 from edge_runtime.sdk.errors_map import error_from_frame
-from edge_runtime.sdk.llm_pipeline_place import PipelinePlacement
 from edge_runtime.sdk.llm_place import LlmPlacement
 from edge_runtime.sdk.tracing import TraceCapture
 from transports.errors import ProtocolError
@@ -117,29 +116,30 @@ class AgentRunner:
     def forward_sampled(self, items: Sequence[BatchItem], draws: Sequence[Draw]) -> list[int]:
         """One step for several sequences: each one's next token, drawn with its `Draw`
         (the generator advanced in place) where the logits are — the group's hub; here,
-        from logits, for a pipelined placement or a replay after a failover."""
+        from logits, for a replay after a failover (or a pipelined placement:
+        `PipelineRunner._sampled_step`)."""
         if len(draws) != len(items):
             raise GenerationError(f"{len(draws)} draws for {len(items)} sequences")
-        if isinstance(self.placement, PipelinePlacement):
-            logits = self.forward_batch(items, last_only=True)
-            return [sample(row, d.params, d.rng) for row, d in zip(logits, draws, strict=True)]
         tokens = self._forward(items, True, draws)
         assert isinstance(tokens, list)
         return tokens
+
+    def runs_on_agents(self) -> bool:
+        """Whether `decode_run` runs on the agents (else step by step from here)."""
+        return self.decode_on_agents
 
     def decode_run(self, item: BatchItem, draw: Draw, max_tokens: int,
                    stop_ids: Collection[int]) -> Iterator[int]:
         """Up to `max_tokens` tokens of one sequence, from feeding `item` on, decoded on
         the agents (`agent/llm_decode.py`): one `llm_step` starts the run and each token
         is yielded as its answer arrives; the run stops at a token in `stop_ids`. Closing
-        the iterator early cancels the run on the agents. A pipelined placement, and the
-        step after a loss (placed again and replayed, as `forward_sampled` does), go step
-        by step."""
+        the iterator early cancels the run on the agents. Without `runs_on_agents()`, and
+        for the step after a loss (placed again and replayed, as `forward_sampled` does),
+        it goes step by step."""
         left = max_tokens
         failed: AgentUnavailableError | DeploymentGoneError | None = None
         while left > 0:
-            if (failed is not None or not self.decode_on_agents
-                    or isinstance(self.placement, PipelinePlacement)):
+            if failed is not None or not self.runs_on_agents():
                 tokens = self._forward([item], True, [draw], failed)
                 assert isinstance(tokens, list)
                 run: Iterator[int] = iter(tokens)
