@@ -102,20 +102,16 @@ def window_hits(row: Mapping[str, Any]) -> float | None:
 def status_families(statuses: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
     """Families over agents' status maps (`StatusReply.to_meta()`), labelled by agent."""
     rows = [s for s in statuses if s.get("name")]
-    for metric, help_text, key in _AGENT_GAUGES:
-        family = GaugeMetricFamily(PREFIX + metric, help_text, labels=["agent"])
-        for status in rows:
-            value = _number(status.get(key))
-            if value is not None:
-                family.add_metric([str(status["name"])], value)
-        yield family
-    for metric, help_text, key in _AGENT_COUNTERS:
-        counter = CounterMetricFamily(PREFIX + metric, help_text, labels=["agent"])
-        for status in rows:
-            value = _number(status.get(key))
-            if value is not None:
-                counter.add_metric([str(status["name"])], value)
-        yield counter
+    kinds: tuple[tuple[type[GaugeMetricFamily | CounterMetricFamily], Any], ...] = (
+        (GaugeMetricFamily, _AGENT_GAUGES), (CounterMetricFamily, _AGENT_COUNTERS))
+    for kind, specs in kinds:
+        for metric, help_text, key in specs:
+            family = kind(PREFIX + metric, help_text, labels=["agent"])
+            for status in rows:
+                value = _number(status.get(key))
+                if value is not None:
+                    family.add_metric([str(status["name"])], value)
+            yield family
     deployments = [(str(status["name"]), str(deployment_id), row)
                    for status in rows
                    for deployment_id, row in (status.get("deployments") or {}).items()
