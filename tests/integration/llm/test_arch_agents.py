@@ -10,8 +10,6 @@ config the engine does not run is refused by name before any agent loads anythin
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,33 +18,17 @@ import pytest
 
 import edge_runtime as er
 import support.hf_checkpoints as hf
-from edge_runtime.errors import CheckpointError
-from edge_runtime.llm import Checkpoint, LocalRunner, RelativeSpeed
-from edge_runtime.llm.local import kv_cache_bytes
-from partitioner.tensor import ACTIVATION_RESERVE_BYTES, TensorPlan, plan_tensor_parallel
+import support.llm_compare as lc
+from partitioner.tensor import TensorPlan
+from support.llm_compare import IDS, MAX_CONTEXT, Greedy
+from support.llm_compare import Reference as Ref
 
-IDS = (1, 5, 17, 33, 99, 150, 7, 8, 9, 10, 11, 12, 3)
-MAX_CONTEXT = 48
 NEW_TOKENS = 12
-
-Ref = Callable[[str, tuple[int, ...]], np.ndarray]
-Greedy = Callable[[str, tuple[int, ...], int], list[int]]
 
 
 def two_to_one(ckpt: Path, names: list[str], budgets: list[int | None] | None = None
                ) -> TensorPlan:
-    c = Checkpoint(ckpt)
-    devices = [RelativeSpeed(names[0], 2.0), RelativeSpeed(names[1], 1.0)]
-    return plan_tensor_parallel(c.config.decoder_shape(MAX_CONTEXT), devices,
-                                memory_budgets=budgets, streaming=True, model_digest=c.digest)
-
-
-def two_block_budgets(ckpt: Path, plan: TensorPlan, tmp: Path) -> list[int | None]:
-    probe = LocalRunner(ckpt, cache_dir=tmp, plan=plan, max_context=MAX_CONTEXT)
-    probe.close()
-    return [ACTIVATION_RESERVE_BYTES + kv_cache_bytes(probe.config, share, MAX_CONTEXT)
-            + 2 * max(b.nbytes for b in w.blocks)
-            for w, share in zip(probe.workers, plan.shares, strict=True)]
+    return lc.named_plan(ckpt, names[:2], [2.0, 1.0], MAX_CONTEXT, budgets)
 
 
 @pytest.mark.parametrize("kind", sorted(hf.ARCH_KINDS))
@@ -59,7 +41,7 @@ def test_architecture_over_two_agents_matches_transformers(
     plan = two_to_one(ckpt, names)
     budgets: list[int | None] | None = None
     if kind == "gemma3":  # and through a window smaller than each share
-        budgets = two_block_budgets(ckpt, plan, tmp_path)
+        budgets = lc.plan_window_budgets(ckpt, plan, tmp_path, MAX_CONTEXT)
         plan = two_to_one(ckpt, names, budgets)
         assert all(s.streaming for s in plan.shares)
     llm = cluster.deploy_llm(ckpt, max_context=MAX_CONTEXT, devices=names, plan=plan,
@@ -84,29 +66,15 @@ def test_gemma2_4bit_over_agents_equals_the_in_process_split(
     names = [a.name for a in cluster.agents][:2]
     ckpt = checkpoint("gemma2")
     plan = two_to_one(ckpt, names)
-    llm = cluster.deploy_llm(ckpt, max_context=MAX_CONTEXT, devices=names, plan=plan,
-                             quantize="q4")
-    local = LocalRunner(ckpt, cache_dir=tmp_path, plan=plan, max_context=MAX_CONTEXT,
-                        quantize="q4")
-    try:
-        got = llm.logits(list(IDS))
-        want = local.forward(list(IDS), 0, last_only=False)
-        assert all(st["quantize"] == "q4" for st in llm.status().values())
-    finally:
-        local.close()
-        llm.unload()
+    got, want = lc.q4_agents_and_local(cluster, ckpt, names, plan, tmp_path, MAX_CONTEXT, IDS)
     assert np.abs(got - want).max() <= 0.05 * float(want.std())
 
 
 def test_unsupported_architecture_field_is_refused_before_loading(
     cluster: er.LocalCluster, checkpoint: Callable[[str], Path], tmp_path: Path,
 ) -> None:
-    bad = shutil.copytree(checkpoint("phi3"), tmp_path / "longrope")
-    config = json.loads((bad / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0,
-                                 "short_factor": [1.0] * 8, "long_factor": [1.0] * 8}
-    (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="rope_type='longrope'"):
-        cluster.deploy_llm(bad, max_context=MAX_CONTEXT)
-    for name, status in cluster.status().items():
-        assert status["available"] and status["deployments"] == {}, name
+    longrope = {"rope_type": "longrope", "rope_theta": 10000.0,
+                "short_factor": [1.0] * 8, "long_factor": [1.0] * 8}
+    lc.assert_refused_before_loading(cluster, checkpoint("phi3"), tmp_path / "longrope",
+                                     {"rope_parameters": longrope}, "rope_type='longrope'",
+                                     MAX_CONTEXT)

@@ -11,34 +11,23 @@ dense layer among the sparse ones is refused by name before any agent loads anyt
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import edge_runtime as er
-from edge_runtime.errors import CheckpointError
-from edge_runtime.llm import Checkpoint, LocalRunner, RelativeSpeed
-from edge_runtime.llm.local import kv_cache_bytes
-from partitioner.tensor import ACTIVATION_RESERVE_BYTES, TensorPlan, plan_tensor_parallel
+import support.llm_compare as lc
+from partitioner.tensor import TensorPlan
+from support.llm_compare import IDS, MAX_CONTEXT, Greedy
+from support.llm_compare import Reference as Ref
 
-IDS = (1, 5, 17, 33, 99, 150, 7, 8, 9, 10, 11, 12, 3)
-MAX_CONTEXT = 48
 NEW_TOKENS = 12
-
-Ref = Callable[[str, tuple[int, ...]], np.ndarray]
-Greedy = Callable[[str, tuple[int, ...], int], list[int]]
 
 
 def plan_for(ckpt: Path, names: list[str], speeds: list[float],
              budgets: list[int | None] | None = None) -> TensorPlan:
-    c = Checkpoint(ckpt)
-    devices = [RelativeSpeed(n, s) for n, s in zip(names, speeds, strict=True)]
-    return plan_tensor_parallel(c.config.decoder_shape(MAX_CONTEXT), devices,
-                                memory_budgets=budgets, streaming=True, model_digest=c.digest)
+    return lc.named_plan(ckpt, names, speeds, MAX_CONTEXT, budgets)
 
 
 def test_qwen3_moe_experts_over_three_agents_match_transformers(
@@ -67,12 +56,7 @@ def test_mixtral_experts_stream_through_a_window_over_two_agents(
     names = [a.name for a in cluster.agents][:2]
     ckpt = checkpoint("mixtral")
     plan = plan_for(ckpt, names, [2.0, 1.0])
-    probe = LocalRunner(ckpt, cache_dir=tmp_path, plan=plan, max_context=MAX_CONTEXT)
-    probe.close()
-    budgets: list[int | None] = [
-        ACTIVATION_RESERVE_BYTES + kv_cache_bytes(probe.config, share, MAX_CONTEXT)
-        + 2 * max(b.nbytes for b in w.blocks)
-        for w, share in zip(probe.workers, plan.shares, strict=True)]
+    budgets = lc.plan_window_budgets(ckpt, plan, tmp_path, MAX_CONTEXT)
     plan = plan_for(ckpt, names, [2.0, 1.0], budgets)
     assert all(s.streaming for s in plan.shares)
     llm = cluster.deploy_llm(ckpt, max_context=MAX_CONTEXT, devices=names, plan=plan,
@@ -96,28 +80,13 @@ def test_4bit_experts_over_agents_equal_the_in_process_split(
     names = [a.name for a in cluster.agents][:2]
     ckpt = checkpoint("qwen3_moe")
     plan = plan_for(ckpt, names, [2.0, 1.0])
-    llm = cluster.deploy_llm(ckpt, max_context=MAX_CONTEXT, devices=names, plan=plan,
-                             quantize="q4")
-    local = LocalRunner(ckpt, cache_dir=tmp_path, plan=plan, max_context=MAX_CONTEXT,
-                        quantize="q4")
-    try:
-        got = llm.logits(list(IDS))
-        want = local.forward(list(IDS), 0, last_only=False)
-        assert all(st["quantize"] == "q4" for st in llm.status().values())
-    finally:
-        local.close()
-        llm.unload()
+    got, want = lc.q4_agents_and_local(cluster, ckpt, names, plan, tmp_path, MAX_CONTEXT, IDS)
     assert np.abs(got - want).max() <= 0.05 * float(want.std())
 
 
 def test_a_dense_layer_among_experts_is_refused_before_loading(
     cluster: er.LocalCluster, checkpoint: Callable[[str], Path], tmp_path: Path,
 ) -> None:
-    bad = shutil.copytree(checkpoint("qwen3_moe"), tmp_path / "dense-layer")
-    config = json.loads((bad / "config.json").read_text())
-    config["mlp_only_layers"] = [0]
-    (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"mlp_only_layers=\[0\]"):
-        cluster.deploy_llm(bad, max_context=MAX_CONTEXT)
-    for name, status in cluster.status().items():
-        assert status["available"] and status["deployments"] == {}, name
+    lc.assert_refused_before_loading(cluster, checkpoint("qwen3_moe"), tmp_path / "dense-layer",
+                                     {"mlp_only_layers": [0]}, r"mlp_only_layers=\[0\]",
+                                     MAX_CONTEXT)

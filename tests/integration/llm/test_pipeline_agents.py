@@ -25,6 +25,7 @@ from edge_runtime.sdk.scheduler import GenerationScheduler
 from partitioner.llm_layout import LlmLayout
 from partitioner.llm_pipeline import plan_llm_layout
 from partitioner.tensor import ACTIVATION_RESERVE_BYTES
+from support.llm_compare import build_deep_llama
 
 IDS = (1, 5, 17, 33, 99, 150, 7, 8, 9, 10, 11, 12, 3)
 MAX_CONTEXT = 48
@@ -33,15 +34,7 @@ MAX_CONTEXT = 48
 @pytest.fixture(scope="module")
 def deep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 5-layer Llama (GQA) made by transformers: room for three unequal stages."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = tmp_path_factory.mktemp("deep") / "llama5"
-    torch.manual_seed(3)
-    spec = {**hf.COMMON, "num_hidden_layers": 5}
-    LlamaForCausalLM(LlamaConfig(**spec)).eval().save_pretrained(directory,
-                                                                 safe_serialization=True)
-    return directory
+    return build_deep_llama(tmp_path_factory.mktemp("deep") / "llama5")
 
 
 def layout_for(directory: Path, names: Sequence[str], speeds: Sequence[float],

@@ -20,36 +20,19 @@ import numpy as np
 import pytest
 
 import support.hf_checkpoints as hf
-from edge_runtime.llm import LocalRunner, RelativeSpeed, load_local_engine
-from edge_runtime.llm.engine import BatchItem
-from edge_runtime.llm.local import kv_cache_bytes
-from partitioner.tensor import ACTIVATION_RESERVE_BYTES
+import support.llm_compare as lc
+from edge_runtime.llm import LocalRunner
+from support.llm_compare import IDS, LAYOUTS, MAX_CONTEXT, PROMPT, Greedy, Reference, speeds
 
 KINDS = sorted(hf.MOE_KINDS)
-IDS = (1, 5, 17, 33, 99, 150, 7, 8, 9, 10, 11, 12, 3)
-PROMPT = (1, 40, 41, 42, 43)
-MAX_CONTEXT = 48
-LAYOUTS = {"1": [1.0], "2uneq": [2.0, 1.0], "3uneq": [3.0, 1.0, 1.5]}
-
-Reference = Callable[[str, tuple[int, ...]], np.ndarray]
-Greedy = Callable[[str, tuple[int, ...], int], list[int]]
-
-
-def speeds(weights: list[float]) -> list[RelativeSpeed]:
-    return [RelativeSpeed(f"dev{i}", w) for i, w in enumerate(weights)]
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("kind", KINDS)
 def test_logits_match_transformers(kind: str, layout: str, checkpoint: Callable[[str], Path],
                                    reference: Reference, slice_cache: Path) -> None:
-    engine, runner = load_local_engine(checkpoint(kind), cache_dir=slice_cache,
-                                       devices=speeds(LAYOUTS[layout]), max_context=MAX_CONTEXT)
-    try:
-        got = engine.logits(list(IDS))
-        shares = runner.plan.shares
-    finally:
-        runner.close()
+    got, shares = lc.layout_logits(checkpoint(kind), slice_cache, LAYOUTS[layout], MAX_CONTEXT,
+                                   IDS)
     experts = hf.spec_of(kind).get("num_experts") or hf.spec_of(kind)["num_local_experts"]
     assert [s.experts for s in shares][-1][1] == experts  # every expert placed once
     assert sum(s.n_experts for s in shares) == experts
@@ -64,13 +47,8 @@ def test_logits_match_transformers(kind: str, layout: str, checkpoint: Callable[
 def test_greedy_matches_transformers(kind: str, checkpoint: Callable[[str], Path],
                                      greedy: Greedy, slice_cache: Path) -> None:
     expected = greedy(kind, PROMPT, 16)
-    engine, runner = load_local_engine(checkpoint(kind), cache_dir=slice_cache,
-                                       devices=speeds([2.0, 1.0]), max_context=MAX_CONTEXT)
-    try:
-        got = engine.generate(list(PROMPT), max_new_tokens=16)
-    finally:
-        runner.close()
-    assert list(got.token_ids) == expected
+    got = lc.greedy_tokens(checkpoint(kind), slice_cache, [2.0, 1.0], MAX_CONTEXT, PROMPT, 16)
+    assert got == expected
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -81,29 +59,13 @@ def test_memory_window_streams_and_matches(kind: str, checkpoint: Callable[[str]
     places the experts by time (they exceed every budget), each block (a layer's router
     and experts of the share) is read from disk again each pass, and logits and greedy
     tokens still match."""
-    ckpt = checkpoint(kind)
-    probe = LocalRunner(ckpt, cache_dir=slice_cache, devices=speeds(LAYOUTS["3uneq"]),
-                        max_context=MAX_CONTEXT)
-    probe.close()
-    budgets: list[int | None] = [
-        ACTIVATION_RESERVE_BYTES + kv_cache_bytes(probe.config, share, MAX_CONTEXT)
-        + 2 * max(b.nbytes for b in w.blocks)
-        for w, share in zip(probe.workers, probe.plan.shares, strict=True)]
-    engine, runner = load_local_engine(ckpt, cache_dir=slice_cache,
-                                       devices=speeds(LAYOUTS["3uneq"]),
-                                       memory_budgets=budgets, max_context=MAX_CONTEXT)
-    try:
-        logits = engine.logits(list(IDS))
-        tokens = [e.token_id for e in engine.stream(list(PROMPT), max_new_tokens=10)]
-        stats = runner.stats()
-        shares = runner.plan.shares
-    finally:
-        runner.close()
-    assert any("stream" in note for note in runner.plan.notes)
-    assert all(s.streaming for s in shares if s.n_experts)
-    assert np.abs(logits - reference(kind, IDS)).max() <= 1e-3
-    assert tokens == greedy(kind, PROMPT, 10)
-    for st in stats:
+    run = lc.window_run(checkpoint(kind), slice_cache, LAYOUTS["3uneq"], MAX_CONTEXT, IDS,
+                        PROMPT, 10)
+    assert any("stream" in note for note in run.notes)
+    assert all(s.streaming for s in run.shares if s.n_experts)
+    assert np.abs(run.logits - reference(kind, IDS)).max() <= 1e-3
+    assert run.tokens == greedy(kind, PROMPT, 10)
+    for st in run.stats:
         assert not st.resident
         assert st.loads > st.blocks  # blocks were read again for later passes
         assert st.peak_loaded_bytes <= st.budget_bytes
@@ -119,12 +81,8 @@ def test_a_batch_equals_each_sequence_alone(kind: str, checkpoint: Callable[[str
                          max_context=32, slots=len(prompts))
     try:
         assert all(w.packed for w in runner.workers)
-        want = [runner.forward(list(p), 0, last_only=False) for p in prompts]
-        every = runner.forward_batch([BatchItem(i, p, 0) for i, p in enumerate(prompts)],
-                                     last_only=False)
-        lows = np.cumsum([0] + [len(p) for p in prompts])
+        want = lc.assert_batch_prefill_matches(runner, prompts)
         for i, w in enumerate(want):
-            np.testing.assert_allclose(every[lows[i]:lows[i + 1]], w, rtol=1e-5, atol=1e-5)
             assert np.abs(w - reference(kind, prompts[i])).max() <= 1e-3
     finally:
         runner.close()
@@ -163,14 +121,7 @@ FEATURES: list[tuple[str, str, Any]] = [
 def test_each_feature_changes_the_logits(kind: str, field: str, value: Any,
                                          checkpoint: Callable[[str], Path],
                                          reference: Reference, slice_cache: Path) -> None:
-    runner = LocalRunner(checkpoint(kind), cache_dir=slice_cache, max_context=MAX_CONTEXT)
-    try:
-        worker = runner.workers[0]
-        assert getattr(worker.config, field) != value
-        worker.config = dataclasses.replace(worker.config, **{field: value})
-        got = runner.forward(list(IDS), 0, last_only=False)
-    finally:
-        runner.close()
+    got = lc.switched_logits(checkpoint(kind), slice_cache, MAX_CONTEXT, IDS, field, value)
     assert np.abs(got - reference(kind, IDS)).max() > 1e-2
 
 

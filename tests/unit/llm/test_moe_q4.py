@@ -22,10 +22,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import support.hf_checkpoints as hf
+import support.llm_compare as lc
 from edge_runtime.llm import Checkpoint, LocalRunner, RelativeSpeed
 from edge_runtime.llm.engine import BatchItem
 from edge_runtime.llm.quant import LONG_SPAN_ROWS, Q4MatMul
-from partitioner.tensor import TensorPlan, plan_tensor_parallel
+from partitioner.tensor import TensorPlan
 from support.hf_checkpoints import MOE_KINDS
 
 IDS = [1, 5, 17, 33, 99, 150, 7, 8, 9, 10, 11, 12, 3]
@@ -71,32 +72,19 @@ def test_q4_experts_compute_the_mixture(kind: str, layout: str,
                                         checkpoint: Callable[[str], Path],
                                         tmp_path: Path) -> None:
     ckpt = Checkpoint(checkpoint(kind))
-    devices = [RelativeSpeed(f"dev{i}", w) for i, w in enumerate(LAYOUTS[layout])]
-    plan = plan_tensor_parallel(ckpt.config.decoder_shape(MAX_CONTEXT), devices,
-                                streaming=True, model_digest=ckpt.digest)
-    rounded = rounded_checkpoint(ckpt.directory, tmp_path / "rounded", plan)
-    q4 = LocalRunner(ckpt, cache_dir=tmp_path / "cache", plan=plan, max_context=MAX_CONTEXT,
-                     quantize="q4")
-    fp32 = LocalRunner(rounded, cache_dir=tmp_path / "cache", plan=plan,
-                       max_context=MAX_CONTEXT)
-    exact = LocalRunner(ckpt, cache_dir=tmp_path / "cache", plan=plan, max_context=MAX_CONTEXT)
-    try:
-        got = q4.forward(IDS, 0, last_only=False)
-        want = fp32.forward(IDS, 0, last_only=False)
-        unrounded = exact.forward(IDS, 0, last_only=False)
-        kernels = [(name, w) for worker in q4.workers for block in worker.weights.q4.values()
-                   for name, w in block.items()]
-    finally:
-        for runner in (q4, fp32, exact):
-            runner.close()
+
+    def kernels_of(q4: LocalRunner) -> list[tuple[str, object]]:
+        return [(name, w) for worker in q4.workers for block in worker.weights.q4.values()
+                for name, w in block.items()]
+
+    t = lc.q4_triple(ckpt, LAYOUTS[layout], MAX_CONTEXT, IDS, tmp_path, rounded_checkpoint,
+                     kernels_of)
+    kernels = t.seen
     experts = [w for name, w in kernels if name.startswith("expert")]
     assert len(experts) == 2 * ckpt.config.layers * ckpt.config.experts
     assert all(isinstance(w, Q4MatMul) for w in experts)  # every expert matrix is 4-bit
     assert all(isinstance(w, np.ndarray) for name, w in kernels if name == "router")
-    spread = float(want.std())
-    assert np.abs(got - want).max() <= 0.5 * spread
-    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.75
-    assert np.abs(got - unrounded).max() > 2 * np.abs(got - want).max()
+    lc.assert_q4_close(t)
 
 
 @pytest.mark.parametrize("kind", sorted(hf.MOE_KINDS))
@@ -110,15 +98,8 @@ def test_a_4bit_batch_with_twins_equals_each_sequence_alone(
                          max_context=32, slots=len(prompts), quantize="q4")
     try:
         assert all(w.packed and w.packed_bytes > 0 for w in runner.workers)  # twins built
-        want = [runner.forward(list(p), 0, last_only=False) for p in prompts]
-        every = runner.forward_batch([BatchItem(i, p, 0) for i, p in enumerate(prompts)],
-                                     last_only=False)
-        lows = np.cumsum([0] + [len(p) for p in prompts])
-        for i, w in enumerate(want):
-            np.testing.assert_allclose(every[lows[i]:lows[i + 1]], w, rtol=1e-5, atol=1e-5)
-        nxt = [int(np.argmax(w[-1])) for w in want]
-        last = runner.forward_batch(
-            [BatchItem(i, (nxt[i],), len(p)) for i, p in enumerate(prompts)])
+        want = lc.assert_batch_prefill_matches(runner, prompts)
+        nxt, last = lc.batched_decode(runner, prompts, want)
         for i, p in enumerate(prompts):
             runner.forward_batch([BatchItem(0, p, 0)])  # its KV, alone
             alone = runner.forward_batch([BatchItem(0, (nxt[i],), len(p))])
