@@ -94,16 +94,20 @@ class Rope:
         emb = np.concatenate([freqs, freqs], axis=-1)
         self.cos = np.cos(emb).astype(F32)
         self.sin = np.sin(emb).astype(F32)
-        self.half = head_dim // 2
 
     def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Rotate x [T, heads, head_dim] at `positions` [T] (HF `rotate_half` layout)."""
-        cos = self.cos[positions][:, None, :]
-        sin = self.sin[positions][:, None, :]
-        h = self.half
-        rotated = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-        out: np.ndarray = x * cos + rotated * sin
-        return out
+        return rotate(x, self.cos[positions], self.sin[positions])
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x [T, heads, head_dim] rotated by each row's cos/sin [T, head_dim] (`Rope` rows):
+    x * cos + rotate_half(x) * sin, as HF computes it (a fused 4-bit segment computes
+    the same products, `q4_segments`)."""
+    h = x.shape[-1] // 2
+    rotated = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+    out: np.ndarray = x * cos[:, None, :] + rotated * sin[:, None, :]
+    return out
 
 
 def attention(
@@ -147,4 +151,4 @@ def attention(
 
 
 __all__ = ["GATED_ACTIVATIONS", "Rope", "attention", "gelu_tanh_mul", "inv_freq", "rms_norm",
-           "silu_mul", "soft_cap"]
+           "rotate", "silu_mul", "soft_cap"]

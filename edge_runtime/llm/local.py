@@ -190,7 +190,10 @@ class LocalRunner:
         max_context: int = 256,
         quantize: str | None = None,
         slots: int = 1,
+        fused_segments: bool = True,
     ) -> None:
+        """`fused_segments=False`: 4-bit shares keep one kernel per matrix instead of
+        fused layer segments (`q4_segments`), to compare the two."""
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
         self.config = ckpt.config
         self.max_context = max_context
@@ -222,6 +225,7 @@ class LocalRunner:
                 window_budget_bytes=w,
                 quantize=quantize,
                 slots=slots,
+                fused_segments=fused_segments,
             )
             for share, s, w in zip(plan.shares, slices, windows, strict=True)
         ]

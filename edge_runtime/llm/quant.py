@@ -78,7 +78,7 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out
 
 
-def _session(model: Any) -> Any:
+def session_of(model: Any) -> Any:
     """A one-thread CPU session over an onnx ModelProto."""
     import onnxruntime as ort
 
@@ -87,6 +87,38 @@ def _session(model: Any) -> Any:
     options.inter_op_num_threads = 1
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def q4_node(w: np.ndarray, x: str, y: str, prefix: str) -> tuple[Any, list[Any], int]:
+    """A `MatMulNBits` node computing `y` = `x` @ `w` [K, N] from 4-bit codes, its two
+    initializers (named with `prefix`, so several can share a graph) and their bytes."""
+    from onnx import TensorProto, helper
+
+    k, n = w.shape
+    packed, scales = quantize_q4(w)
+    node = helper.make_node("MatMulNBits", [x, prefix + "B", prefix + "S"], [y],
+                            domain="com.microsoft", K=k, N=n, bits=4, block_size=BLOCK,
+                            accuracy_level=4)
+    initializers = [
+        helper.make_tensor(prefix + "B", TensorProto.UINT8, list(packed.shape),
+                           packed.tobytes(), raw=True),
+        helper.make_tensor(prefix + "S", TensorProto.FLOAT, [scales.size], scales.tobytes(),
+                           raw=True),
+    ]
+    return node, initializers, packed.nbytes + scales.nbytes
+
+
+def q4_model(graph: Any) -> Any:
+    """A model of `graph` with the opsets `MatMulNBits` needs."""
+    from onnx import helper
+
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+        # onnx 1.23 writes IR 14 by default, which onnxruntime < 1.32 refuses; IR 10 is
+        # read by every onnxruntime since 1.18 (the oldest this project supports).
+        ir_version=10,
     )
 
 
@@ -147,7 +179,7 @@ class Int8MatMul:
         del codes
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                                   ir_version=10)  # read by every onnxruntime since 1.18
-        self._session = _session(model)
+        self._session = session_of(model)
         self._scale = scale.astype(np.float32)
         self.nbytes = k * n + scale.nbytes
         self.shape = (k, n)
@@ -237,7 +269,7 @@ class Int8Streamed:
                      helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])],
                     [helper.make_tensor_value_info("y", TensorProto.INT32, ["M", n])],
                     [helper.make_tensor("zp", TensorProto.UINT8, [], [128])])
-                found = cls._sessions[(k, n)] = _session(helper.make_model(
+                found = cls._sessions[(k, n)] = session_of(helper.make_model(
                     graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
             return found
 
@@ -258,41 +290,17 @@ class Q4MatMul:
         from onnx import TensorProto, helper
 
         k, n = w.shape
-        packed, scales = quantize_q4(w)
-        node = helper.make_node(
-            "MatMulNBits",
-            ["x", "B", "S"],
-            ["y"],
-            domain="com.microsoft",
-            K=k,
-            N=n,
-            bits=4,
-            block_size=BLOCK,
-            accuracy_level=4,
-        )
+        node, initializers, nbytes = q4_node(w, "x", "y", "")
         graph = helper.make_graph(
             [node],
             "q4",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-            [
-                helper.make_tensor(
-                    "B", TensorProto.UINT8, list(packed.shape), packed.tobytes(), raw=True
-                ),
-                helper.make_tensor(
-                    "S", TensorProto.FLOAT, [scales.size], scales.tobytes(), raw=True
-                ),
-            ],
+            initializers,
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-            # onnx 1.23 writes IR 14 by default, which onnxruntime < 1.32 refuses; IR 10 is
-            # read by every onnxruntime since 1.18 (the oldest this project supports).
-            ir_version=10,
-        )
-        self._session = _session(model)
-        self.nbytes = packed.nbytes + scales.nbytes
+        model = q4_model(graph)
+        self._session = session_of(model)
+        self.nbytes = nbytes
         self.shape = (k, n)
         self.route = route
         self.twin = None if route is None else Int8MatMul(w)
@@ -322,4 +330,5 @@ class Q4MatMul:
 
 
 __all__ = ["BLOCK", "LONG_SPAN_ROWS", "Int8MatMul", "Int8Streamed", "Q4MatMul", "RowRoute",
-           "dequantize_q4", "int8_columns", "quantize_q4", "trim_heap"]
+           "dequantize_q4", "int8_columns", "q4_model", "q4_node", "quantize_q4", "session_of",
+           "trim_heap"]

@@ -32,6 +32,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.llm.int8slices import SCALE as INT8_SCALE
 from edge_runtime.llm.int8slices import convert_int8, int8_views
 from edge_runtime.llm.packed import PackedMatMul
+from edge_runtime.llm.q4_segments import Q4AttentionIn, Q4FeedForward, SegmentShape, fuse_block
 from edge_runtime.llm.quant import BLOCK as Q4_BLOCK
 from edge_runtime.llm.quant import Int8Streamed, Q4MatMul, RowRoute, trim_heap
 from edge_runtime.llm.residency import (
@@ -46,7 +47,7 @@ from edge_runtime.llm.window import LayerWindow, WindowStats, read_block
 
 log = logging.getLogger(__name__)
 
-Weight = np.ndarray | Q4MatMul | PackedMatMul | Int8Streamed
+Weight = np.ndarray | Q4MatMul | PackedMatMul | Int8Streamed | Q4AttentionIn | Q4FeedForward
 
 
 class ShareWeights:
@@ -63,15 +64,19 @@ class ShareWeights:
         stream_quantized: bool,
         read_bps: float,
         progress: Callable[[int, int], None] | None = None,
+        segments: SegmentShape | None = None,
     ) -> None:
         """`blocks`: the share's blocks (`stage_blocks`), in the slice directory
         `slices_dir`; `budget`: bytes for weights (None: unlimited); `read_bps`: this
         device's disk read speed, for the residency plan. `ConfigError` for a weight
         format other than None or "q4", or a "q4" share its budget cannot load without
         `stream_quantized`; `MemoryBudgetError` before any read when the budget cannot
-        even read one block ahead."""
+        even read one block ahead. `segments`: a resident "q4" share of a model
+        `q4_segments.fusable` runs each layer's norm, projections and element-wise work as
+        two fused graphs (None: one kernel per matrix)."""
         self.blocks = blocks
         self._read_bps = read_bps
+        self._segments = segments
         self._views: dict[int, dict[str, Weight]] = {}
         self.q4: dict[int, dict[str, Weight]] = {}  # a 4-bit share's weights, by block
         self._window_blocks = blocks  # what the window reads: fp32, or int8 twins
@@ -120,8 +125,14 @@ class ShareWeights:
         self._q4_bytes = 0
         for index, block in enumerate(self.blocks):
             weights: dict[str, Weight] = {}
-            for name, arr in block_arrays(block, read_block(block.path, block.nbytes)).items():
-                if arr.ndim == 2 and arr.shape[0] % Q4_BLOCK == 0:
+            arrays = block_arrays(block, read_block(block.path, block.nbytes))
+            fused = None if self._segments is None else \
+                fuse_block(arrays, self._segments, self.route)
+            for name, arr in (arrays if fused is None else fused).items():
+                if isinstance(arr, Q4AttentionIn | Q4FeedForward):
+                    weights[name] = arr
+                    self._q4_bytes += arr.nbytes
+                elif arr.ndim == 2 and arr.shape[0] % Q4_BLOCK == 0:
                     op = Q4MatMul(arr, self.route)
                     weights[name] = op
                     self._q4_bytes += op.nbytes
@@ -150,7 +161,7 @@ class ShareWeights:
         fp32 = sum(w.packed_bytes for block in self._packed.values() for w in block.values()
                    if isinstance(w, PackedMatMul))
         return fp32 + sum(w.twin_bytes for block in self.q4.values() for w in block.values()
-                          if isinstance(w, Q4MatMul))
+                          if isinstance(w, Q4MatMul | Q4AttentionIn | Q4FeedForward))
 
     def _pack_if_it_fits(self, budget: int | None) -> None:
         """A batching share whose budget holds its weights twice gets every matrix as a

@@ -34,8 +34,9 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError, GenerationError
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.kernels import Rope, attention, rms_norm, soft_cap
+from edge_runtime.llm.kernels import Rope, attention, rms_norm, rotate, soft_cap
 from edge_runtime.llm.moe import feed_forward
+from edge_runtime.llm.q4_segments import Q4AttentionIn, Q4FeedForward, SegmentShape, fusable
 from edge_runtime.llm.residency import DISK_READ_BPS, ResidencyPlan
 from edge_runtime.llm.share_weights import ShareWeights, Weight, stage_blocks
 from edge_runtime.llm.share_weights import matmul as _mm
@@ -75,8 +76,12 @@ class TensorWorker:
         stream_quantized: bool = False,
         read_bps: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        fused_segments: bool = True,
     ) -> None:
-        """`stream_quantized`: a "q4" share whose budget cannot hold its 4-bit weights
+        """`fused_segments`: a resident "q4" share runs each layer's norm, projections and
+        element-wise work as two onnxruntime graphs where the model allows
+        (`q4_segments`); False keeps one kernel per matrix (to compare the two).
+        `stream_quantized`: a "q4" share whose budget cannot hold its 4-bit weights
         streams int8 weights through the window instead of failing (`int8slices`).
         `read_bps`: this device's disk read speed (its profile's), for the residency
         plan's prediction and read-ahead depth (default `residency.DISK_READ_BPS`)."""
@@ -91,19 +96,22 @@ class TensorWorker:
         # a pipeline stage's share holds a layer range: only its blocks are used
         self.layer_range = share.layer_range(config.layers)
         self.blocks = stage_blocks(slices.blocks, self.layer_range, config.layers)
+        self._nq = share.n_kv_heads * config.group_size
+        segments = SegmentShape(self._nq, share.n_kv_heads, config.head_dim,
+                                config.rms_norm_eps) \
+            if fused_segments and quantize == "q4" and fusable(config) else None
         # where the blocks live while serving (resident, windowed, packed, 4-bit, int8)
         self.weights = ShareWeights(self.blocks, slices.directory,
                                     budget=window_budget_bytes, quantize=quantize,
                                     slots=slots, stream_quantized=stream_quantized,
-                                    read_bps=self._read_bps, progress=progress)
+                                    read_bps=self._read_bps, progress=progress,
+                                    segments=segments)
         nkv, hd = share.n_kv_heads, config.head_dim
         self.k_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
         self.v_cache = np.zeros((slots, config.layers, nkv, max_context, hd), dtype=F32)
-        self.rope = Rope(hd, config.rope, max_context)
         # one table per distinct RoPE (Gemma 3's local layers have their own theta)
         self._ropes = {r: Rope(hd, r, max_context) for r in (config.rope, config.local_rope)
                        if r is not None}
-        self._nq = nkv * config.group_size
 
     @property
     def window(self) -> LayerWindow | None:
@@ -166,6 +174,9 @@ class TensorWorker:
             raise GenerationError(f"a batch names a KV slot twice: {slots}")
         c = self.config
         ids = np.concatenate([ids for ids, _ in checked])
+        positions = np.concatenate([pos for _, pos in checked])
+        # each RoPE's cos/sin rows of this step's positions, gathered once for all layers
+        turns = {r: (rope.cos[positions], rope.sin[positions]) for r, rope in self._ropes.items()}
         bounds = np.cumsum([0] + [len(i) for i, _ in checked])
         first, end = self.layer_range
         if hidden is None:
@@ -182,8 +193,8 @@ class TensorWorker:
                                       f" for {len(ids)} tokens of width {c.hidden}")
         for layer in range(first, end):
             with self.weights.use(2 * (layer - first)) as a:
-                normed = rms_norm(x, _vec(a, "norm"), c.rms_norm_eps)
-                partial = self._attention(layer, normed, a, slots, checked, bounds)
+                partial = self._attention(layer, x, a, turns[c.layer_rope(layer)], slots,
+                                          checked, bounds)
                 bias = _vec(a, "bo").copy() if "bo" in a else None
                 post = _vec(a, "post_norm").copy() if "post_norm" in a else None
             summed = allreduce(partial)
@@ -195,7 +206,9 @@ class TensorWorker:
                 if bias is not None:
                     x += bias
             with self.weights.use(2 * (layer - first) + 1) as m:
-                partial = self._mlp(rms_norm(x, _vec(m, "norm"), c.rms_norm_eps), m, bounds)
+                fused = m.get("feed_forward")
+                partial = fused(x) if isinstance(fused, Q4FeedForward) else \
+                    self._mlp(rms_norm(x, _vec(m, "norm"), c.rms_norm_eps), m, bounds)
                 post = _vec(m, "post_norm").copy() if "post_norm" in m else None
             summed = allreduce(partial)
             x += summed if post is None else rms_norm(summed, post, c.rms_norm_eps)
@@ -237,36 +250,31 @@ class TensorWorker:
         return ids, pos
 
     def _attention(
-        self, layer: int, x: np.ndarray, a: Mapping[str, Weight], slots: Sequence[int],
+        self, layer: int, x: np.ndarray, a: Mapping[str, Weight],
+        turn: tuple[np.ndarray, np.ndarray], slots: Sequence[int],
         spans: Sequence[tuple[np.ndarray, np.ndarray]], bounds: np.ndarray,
     ) -> np.ndarray:
-        t = x.shape[0]
-        if "wqkv_t" not in a:
-            return np.zeros((t, self.config.hidden), dtype=F32)
+        """This share's partial attention output for the residual rows `x`; `turn`: the
+        layer's RoPE cos/sin rows of the step's positions."""
+        fused = a.get("attention_in")
+        if isinstance(fused, Q4AttentionIn):
+            q, k, v = fused(x, *turn)
+        elif "wqkv_t" in a:
+            q, k, v = self._qkv(rms_norm(x, _vec(a, "norm"), self.config.rms_norm_eps), a,
+                                turn)
+        else:  # a share with no heads of this layer
+            return np.zeros((x.shape[0], self.config.hidden), dtype=F32)
         c = self.config
-        hd, nq, nkv = c.head_dim, self._nq, self.share.n_kv_heads
-        qkv = _mm(x, a["wqkv_t"])  # every sequence's tokens in one product
-        if "bqkv" in a:
-            qkv += _vec(a, "bqkv")
-        rope, window = self._ropes[c.layer_rope(layer)], c.layer_window(layer)
+        window = c.layer_window(layer)
         outs = []
         for slot, (_, pos), lo, hi in zip(slots, spans, bounds[:-1], bounds[1:], strict=True):
-            part = qkv[lo:hi]
             n = hi - lo
-            q = part[:, : nq * hd].reshape(n, nq, hd)
-            k = part[:, nq * hd : (nq + nkv) * hd].reshape(n, nkv, hd)
-            if c.qk_norm:  # Qwen3, Gemma 3: RMSNorm over each head before RoPE
-                q = rms_norm(q, _vec(a, "q_norm"), c.rms_norm_eps)
-                k = rms_norm(k, _vec(a, "k_norm"), c.rms_norm_eps)
-            q = rope.apply(q, pos)
-            k = rope.apply(k, pos)
-            v = part[:, (nq + nkv) * hd :].reshape(n, nkv, hd)
             kc, vc = self.k_cache[slot, layer], self.v_cache[slot, layer]
-            kc[:, pos] = k.transpose(1, 0, 2)
-            vc[:, pos] = v.transpose(1, 0, 2)
+            kc[:, pos] = k[lo:hi].transpose(1, 0, 2)
+            vc[:, pos] = v[lo:hi].transpose(1, 0, 2)
             length = int(pos.max()) + 1
             outs.append(attention(
-                q.reshape(n, nkv, c.group_size, hd),
+                q[lo:hi].reshape(n, self.share.n_kv_heads, c.group_size, c.head_dim),
                 kc[:, :length],
                 vc[:, :length],
                 pos,
@@ -276,6 +284,23 @@ class TensorWorker:
             ))
         out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
         return _mm(out, a["wo_t"])
+
+    def _qkv(self, x: np.ndarray, a: Mapping[str, Weight], turn: tuple[np.ndarray, np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row's q, k (normed per head where the model does, then rotated) and v,
+        from the normalised rows `x`: one product for every sequence's tokens."""
+        c = self.config
+        hd, nq, nkv, t = c.head_dim, self._nq, self.share.n_kv_heads, x.shape[0]
+        qkv = _mm(x, a["wqkv_t"])
+        if "bqkv" in a:
+            qkv += _vec(a, "bqkv")
+        q = qkv[:, : nq * hd].reshape(t, nq, hd)
+        k = qkv[:, nq * hd : (nq + nkv) * hd].reshape(t, nkv, hd)
+        v = qkv[:, (nq + nkv) * hd :].reshape(t, nkv, hd)
+        if c.qk_norm:  # Qwen3, Gemma 3: RMSNorm over each head before RoPE
+            q = rms_norm(q, _vec(a, "q_norm"), c.rms_norm_eps)
+            k = rms_norm(k, _vec(a, "k_norm"), c.rms_norm_eps)
+        return rotate(q, *turn), rotate(k, *turn), v
 
     def _mlp(self, x: np.ndarray, m: Mapping[str, Weight], bounds: np.ndarray) -> np.ndarray:
         """Partial MLP output: this share's columns, or its experts (`moe.py`)."""
