@@ -19,6 +19,7 @@ SUITES: dict[str, str] = {
     "plan": "planning time and predicted vs measured stage latency",
     "pipeline": "agent overhead, pipelined throughput, early-exit speed-up",
     "llm": "tensor-parallel decoding with and without a sliding layer window",
+    "kernels": "a 4-bit share's decode step: fused layer segments vs one kernel per matrix",
     "faults": "agent loss: detection, failover, throughput, nothing lost or answered twice",
     "serve": "continuous batching: tokens/s, ms/token and TTFT at 1-8 concurrent streams",
     "all": "every suite with short settings: a markdown report with plots (--report DIR)",
