@@ -8,7 +8,9 @@ token time and TTFT with security on as a ratio to the same variant without it.
 group's traffic sealed with an AEAD under keys agreed from the CURVE keys. A mode with
 "+tcp" or "+zmq" starts its agents with the group's links of that kind
 (`agent.llm_group.LINKS_ENV`: plain TCP or ZeroMQ sockets) instead of their default, so
-the two kinds of link are compared in one run.
+the two kinds of link are compared in one run. A mode with ":spinN" (e.g.
+"curve:spin1000") starts its agents with the collectives' receive spin set to N µs
+(`agent.llm_group.SPIN_ENV`) instead of the automatic choice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from edge_runtime.agent.llm_group import LINKS_ENV
+from edge_runtime.agent.llm_group import LINKS_ENV, SPIN_ENV
 
 MODES = ("curve", "insecure", "curve+tcp", "insecure+tcp", "curve+zmq", "insecure+zmq")
 
@@ -28,16 +30,22 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--security", default=None,
                         help="security modes side by side, e.g. curve,insecure (default: "
                         "curve, or insecure with --insecure; +tcp: the group's plain TCP "
-                        "links, e.g. curve,curve+tcp); prints secure / insecure")
+                        "links, e.g. curve,curve+tcp; :spinN: the receive spin in µs, e.g. "
+                        "curve:spin1000); prints secure / insecure")
 
 
 def modes(args: argparse.Namespace) -> list[str]:
     text = args.security or ("insecure" if args.insecure else "curve")
     out = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    bad = [m for m in out if m not in MODES]
+    bad = [m for m in out if m.partition(":")[0] not in MODES or not _spin_ok(m)]
     if bad or not out:
         raise SystemExit(f"--security: {bad or text!r}; use {', '.join(MODES)}")
     return out
+
+
+def _spin_ok(mode: str) -> bool:
+    _, colon, spin = mode.partition(":")
+    return not colon or (spin.startswith("spin") and spin[4:].isdigit())
 
 
 def expand(variants: list[Any], args: argparse.Namespace) -> tuple[list[Any], dict[str, str]]:
@@ -57,26 +65,32 @@ def expand(variants: list[Any], args: argparse.Namespace) -> tuple[list[Any], di
 
 def insecure(mode: str) -> bool:
     """Whether agents of `mode` run without CURVE and sealing."""
-    return mode.split("+")[0] == "insecure"
+    return mode.partition(":")[0].split("+")[0] == "insecure"
 
 
 @contextlib.contextmanager
 def group_links(mode: str) -> Iterator[None]:
     """The environment the agents of `mode` start with: the group's links named by its
-    "+tcp" or "+zmq", the agents' default otherwise (restored afterwards)."""
-    before = os.environ.get(LINKS_ENV)
-    _, _, links = mode.partition("+")
-    if links:
-        os.environ[LINKS_ENV] = links
-    else:
-        os.environ.pop(LINKS_ENV, None)
+    "+tcp" or "+zmq" and the spin of its ":spinN", the agents' defaults otherwise
+    (restored afterwards)."""
+    name, _, spin = mode.partition(":")
+    _, _, links = name.partition("+")
+    wanted = {LINKS_ENV: links or None, SPIN_ENV: spin[4:] or None}
+    before = {key: os.environ.get(key) for key in wanted}
     try:
+        for key, value in wanted.items():
+            _set(key, value)
         yield
     finally:
-        if before is None:
-            os.environ.pop(LINKS_ENV, None)
-        else:
-            os.environ[LINKS_ENV] = before
+        for key, value in before.items():
+            _set(key, value)
+
+
+def _set(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
 def with_ratios(result: dict[str, Any], mode_of: dict[str, str]) -> dict[str, Any]:
@@ -92,7 +106,7 @@ def with_ratios(result: dict[str, Any], mode_of: dict[str, str]) -> dict[str, An
         plain = rows.get(f"{base} {mode.replace('curve', 'insecure')}")
         if plain is None:
             continue
-        base = f"{base} {mode}" if "+" in mode else base
+        base = f"{base} {mode}" if "+" in mode or ":" in mode else base
         ratios[base] = {"ms_per_token": row["ms_per_token"] / plain["ms_per_token"],
                         "ttft": row["ttft_s"] / plain["ttft_s"]}
     print("\nper-token overhead = ms/token − the slowest agent's compute per token:")
