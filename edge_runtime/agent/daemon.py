@@ -181,14 +181,16 @@ class Agent:
 
     def send_to_client(self, identity: bytes, frame: Frame) -> None:
         if threading.get_ident() == self._loop_thread:  # on the loop: send it now
-            self._flush_outbox()  # what workers queued before goes first
+            if self._outbox:
+                self._flush_outbox()  # what workers queued before goes first
             self._reply(identity, frame)
             return
         self._outbox.put(Outgoing(identity, None, frame))
 
     def send_to_peer(self, hop: Hop, frame: Frame) -> None:
         if threading.get_ident() == self._loop_thread:
-            self._flush_outbox()
+            if self._outbox:
+                self._flush_outbox()
             self._forward(hop, frame)
             return
         self._outbox.put(Outgoing(None, hop, frame))

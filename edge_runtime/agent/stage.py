@@ -113,6 +113,8 @@ class OnnxStage:
         self._ctx = ctx
         self._memory = memory_bytes
         self._signature = spec.signature
+        # every tensor a request must bring: what the plan forwards on, what the shard reads
+        self._needed = frozenset([*spec.inputs, *(s.name for s in backend.inputs)])
         self._queue_limit = ctx.config.timeouts.stage_queue
         self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._served = 0
@@ -249,9 +251,8 @@ class OnnxStage:
         started_at = time.time()
         queue_s = start - work.arrived
         acts, collected = work.acts, work.collected
-        needed = [*spec.inputs, *(s.name for s in self._backend.inputs)]
-        missing = sorted({name for name in needed if name not in acts})
-        if missing:
+        if not self._needed <= acts.keys():
+            missing = sorted(self._needed - acts.keys())
             raise InputError(f"stage {spec.stage} did not receive {missing}; the previous "
                              "stage's plan does not match this one — redeploy the model")
         feeds = {s.name: acts[s.name] for s in self._backend.inputs}

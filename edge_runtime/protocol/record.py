@@ -19,9 +19,19 @@ from edge_runtime.protocol.fields import Check, fail
 from transports.wire import Frame
 
 MAX_KEYS_SHOWN = 8
+MAX_CACHED_PATHS = 256
+"""Places per record type whose field paths are kept (`Record._paths_at`): a record is
+parsed at a handful of places (its kind, `parent.field[i]` for i < MAX_STAGES…), so
+this bound is never reached by real traffic and only caps what a hostile one could grow."""
+
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+"""Types `_encode` passes through as they are: most fields of most records, tested
+first because every request's records are encoded on the hot path."""
 
 
 def _encode(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Record):
         return value.to_meta()
     if isinstance(value, tuple | list):
@@ -43,10 +53,15 @@ class Record:
 
     KIND: ClassVar[str] = ""
     _checks: ClassVar[dict[str, tuple[Check, bool]]]
+    _names: ClassVar[tuple[str, ...]]
+    _paths: ClassVar[dict[str, tuple[tuple[str, str, Check, bool], ...]]]
 
     def to_meta(self) -> dict[str, Any]:
-        assert dataclasses.is_dataclass(self)
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        names = type(self).__dict__.get("_names")
+        if names is None:  # once per class: `dataclasses.fields` is slow per call
+            assert dataclasses.is_dataclass(self)
+            names = type(self)._names = tuple(f.name for f in dataclasses.fields(self))
+        return {name: _encode(getattr(self, name)) for name in names}
 
     @classmethod
     def from_meta(cls, meta: object) -> Self:
@@ -59,17 +74,33 @@ class Record:
         checks = cls._field_checks()
         if type(meta) is not dict:
             fail(where, f"must be a map, got {type(meta).__name__}")
-        unknown = [k for k in meta if k not in checks]
-        if unknown:
+        if not checks.keys() >= meta.keys():
+            unknown = [k for k in meta if k not in checks]
             shown = ", ".join(repr(k)[:40] for k in unknown[:MAX_KEYS_SHOWN])
             fail(where, f"has unknown field(s) {shown}")
         values: dict[str, Any] = {}
-        for name, (check, required) in checks.items():
+        for name, path, check, required in cls._paths_at(where):
             if name in meta:
-                values[name] = check(meta[name], f"{where}.{name}")
+                values[name] = check(meta[name], path)
             elif required:
-                fail(f"{where}.{name}", "is missing")
+                fail(path, "is missing")
         return cls(**values)._checked(where)
+
+    @classmethod
+    def _paths_at(cls, where: str) -> tuple[tuple[str, str, Check, bool], ...]:
+        """(name, "where.name", check, required) of every field, built once per place a
+        record is parsed at (a few per record type: its kind, or its slot in a parent),
+        not once per field per message."""
+        paths = cls.__dict__.get("_paths")
+        if paths is None:
+            paths = cls._paths = {}
+        found = paths.get(where)
+        if found is None:
+            found = tuple((name, f"{where}.{name}", check, required)
+                          for name, (check, required) in cls._field_checks().items())
+            if len(paths) < MAX_CACHED_PATHS:
+                paths[where] = found
+        return found
 
     def _checked(self, where: str) -> Self:
         """Cross-field rules of a decoded record (override); raise via `fields.fail`."""

@@ -48,6 +48,25 @@ QUANTIZE_CHOICES: tuple[str | None, ...] = (None, "q4")
 
 _DIM = optional(one_of(integer(0), text(64)))
 
+_DTYPES: dict[str, np.dtype | None] = {}
+"""numpy dtype of a spec's dtype name (None: numpy does not know it), parsed once per
+name: `accepts` runs on every request, twice (the SDK and the first stage)."""
+MAX_DTYPE_NAMES = 256
+"""Dtype names kept in `_DTYPES` (a handful are real; the rest of a hostile stream of
+made-up names is parsed each time, not kept)."""
+
+
+def _numpy_dtype(name: str) -> np.dtype | None:
+    if name in _DTYPES:
+        return _DTYPES[name]
+    try:
+        dtype: np.dtype | None = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if len(_DTYPES) < MAX_DTYPE_NAMES:
+        _DTYPES[name] = dtype
+    return dtype
+
 
 @dataclass(frozen=True)
 class TensorSpec(Record):
@@ -63,11 +82,8 @@ class TensorSpec(Record):
 
     def accepts(self, array: np.ndarray) -> bool:
         """True if `array` matches this spec's dtype, rank and fixed dimensions."""
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            return False
-        if dtype != array.dtype or array.ndim != len(self.shape):
+        dtype = _numpy_dtype(self.dtype)
+        if dtype is None or dtype != array.dtype or array.ndim != len(self.shape):
             return False
         return all(
             not isinstance(dim, int) or dim == size

@@ -167,6 +167,9 @@ class Hub:
         """Return once `link` has a connection to queue on; raise as `send` says."""
         if link.alive is not None and not link.alive():
             raise self.unavailable(link, "agent process exited")
+        # connected, the usual case: ZMQ_EVENTS says so without building a poller
+        if int(link.socket.get(zmq.EVENTS)) & zmq.POLLOUT:
+            return
         if link.answered or link.dead:  # it was connected: a lost connection is a lost agent
             timeout_s = min(timeout_s, self.timeouts.heartbeat_timeout_s)
         deadline = time.monotonic() + timeout_s
