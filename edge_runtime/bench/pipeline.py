@@ -130,11 +130,14 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     x = np.random.default_rng(1).standard_normal((args.rows, args.width)).astype(np.float32)
     compute: list[float] = []
     cores = sorted(os.sched_getaffinity(0))
+    # core 0 takes most of the host's interrupts: leave it out when there are cores to
+    # spare, so the agents and the baseline they are compared with run on like cores
+    first = 1 if len(cores) >= 4 else 0
     with (
-        started_agents(1, args.threads, args.pin, workdir / "curve") as cluster,
+        started_agents(1, args.threads, args.pin, workdir / "curve", first_core=first) as cluster,
         started_agents(1, args.threads, args.pin, workdir / "plain", insecure=True,
-                       first_core=1) as bare,
-        pinned_here(cores[2] if args.pin and len(cores) >= 3 else None),
+                       first_core=first + 1) as bare,
+        pinned_here(cores[first + 2] if args.pin and len(cores) >= 3 else None),
     ):
         deployment = cluster.deploy(model, strategy="single")
         unencrypted = bare.deploy(model, strategy="single")
@@ -156,8 +159,8 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     plain, agent = median_ms(times["onnxruntime"]), median_ms(times["agent"])
     insecure = median_ms(times["insecure"])
     agent_compute = float(np.median(compute[args.warmup :]) * 1e3)
-    where = (f"; pinned: agents on cores {cores[0]} and {cores[1]}, baseline and SDK on core "
-             f"{cores[2]}" if args.pin and len(cores) >= 3 else "")
+    where = (f"; pinned: agents on cores {cores[first]} and {cores[first + 1]}, baseline and "
+             f"SDK on core {cores[first + 2]}" if args.pin and len(cores) >= 3 else "")
     print_table(
         f"1. overhead: one agent vs plain onnxruntime ({args.requests} alternating requests, "
         f"{args.threads} thread(s){where})",

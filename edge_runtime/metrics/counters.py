@@ -11,6 +11,7 @@ in `agent_exporter.py` and `serve_collector.py` into a per-process `CollectorReg
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -68,8 +69,11 @@ class Histogram:
         return HistogramSnapshot(self._bounds, tuple(cumulative), total, running)
 
 
+@functools.lru_cache(maxsize=1024)
 def label(text: str | bytes) -> str:
-    """A peer identity or name as a bounded, printable label value."""
+    """A peer identity or name as a bounded, printable label value (cached: it is asked
+    for on every message received and sent, of the few peers an agent has; the cap
+    bounds what a stream of made-up identities can grow)."""
     shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     shown = "".join(c if c.isprintable() else "?" for c in shown)
     return shown[:MAX_LABEL_CHARS]
