@@ -53,11 +53,14 @@ def measure_throughput(args: argparse.Namespace, model: Path, workdir: Path) -> 
     cuts = equal_flop_cuts(graph, args.agents)
     variants: dict[str, Any] = {}
     stage_devices: list[str] = []
+    # core 0 takes most of the host's interrupts: leave it out where there are cores to
+    # spare, or the first mode's first stage alone runs on it
+    skip = 1 if len(os.sched_getaffinity(0)) > len(chosen) * args.agents * args.threads else 0
     with contextlib.ExitStack() as stack:
         for index, mode in enumerate(chosen):
             cluster = stack.enter_context(started_agents(
                 args.agents, args.threads, args.pin, workdir / mode, mode == "insecure",
-                first_core=index * args.agents))
+                first_core=skip + index * args.agents))
             plan = plan_cuts(graph, [a.profile for a in cluster.agents], cuts, cluster.links())
             stage_devices = [s.device for s in plan.stages]
             suffix = f", {mode}" if len(chosen) > 1 else ""
