@@ -285,7 +285,8 @@ def decode(
 ) -> Frame:
     """Decode and validate a received message (bytes, memoryviews or zmq.Frames).
 
-    Uncompressed tensors are read-only views on the received buffers (no copy).
+    Uncompressed tensors are views on the received buffers (no copy): read-only over
+    bytes, writable over zmq.Frames (which nothing else holds), not always aligned.
     Raises ProtocolError naming the violated rule for anything malformed, and only
     ProtocolError (`pieces.only_protocol_errors`)."""
     return only_protocol_errors(_decode, parts, max_message_bytes, "message")

@@ -130,8 +130,8 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     x = np.random.default_rng(1).standard_normal((args.rows, args.width)).astype(np.float32)
     compute: list[float] = []
     cores = sorted(os.sched_getaffinity(0))
-    # core 0 takes most of the host's interrupts: leave it out when there are cores to
-    # spare, so the agents and the baseline they are compared with run on like cores
+    # the first allowed core (core 0 on most hosts) takes most of the interrupts: leave it
+    # out when there are cores to spare, so the agents and their baseline run on like cores
     first = 1 if len(cores) >= 4 else 0
     with (
         started_agents(1, args.threads, args.pin, workdir / "curve", first_core=first) as cluster,

@@ -95,10 +95,6 @@ class Rope:
         self.cos = np.cos(emb).astype(F32)
         self.sin = np.sin(emb).astype(F32)
 
-    def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Rotate x [T, heads, head_dim] at `positions` [T] (HF `rotate_half` layout)."""
-        return rotate(x, self.cos[positions], self.sin[positions])
-
 
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """x [T, heads, head_dim] rotated by each row's cos/sin [T, head_dim] (`Rope` rows):

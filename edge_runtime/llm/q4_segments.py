@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.errors import ConfigError
 from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.kernels import rms_norm, rotate, silu_mul
 from edge_runtime.llm.quant import BLOCK, Int8MatMul, RowRoute, q4_model, q4_node, session_of
@@ -94,7 +95,7 @@ class Q4AttentionIn:
         hidden, width = wqkv.shape
         nq, nkv, d = shape.q_heads, shape.kv_heads, shape.head_dim
         if width != (nq + 2 * nkv) * d:
-            raise ValueError(f"qkv width {width} is not ({nq} + 2·{nkv}) heads of {d}")
+            raise ConfigError(f"qkv width {width} is not ({nq} + 2·{nkv}) heads of {d}")
         # copies: the arrays may be views of a block buffer that is freed after loading
         self.shape, self._norm = shape, np.array(norm, F32)
         self._bias = None if bias is None else np.array(bias, F32)
@@ -143,6 +144,7 @@ class Q4AttentionIn:
              rows("v", TensorProto.FLOAT, ["M", nkv, d])],
             initializers)
         self._session = session_of(q4_model(graph))
+        del graph, initializers  # protobuf copies of the codes: not kept while twins build
         self.route = route
         self.twin = None if route is None else Int8MatMul(wqkv)
 
@@ -217,6 +219,7 @@ class Q4FeedForward:
                                   [rows("x", TensorProto.FLOAT, ["M", hidden])],
                                   [rows("y", TensorProto.FLOAT, ["M", hidden])], initializers)
         self._session = session_of(q4_model(graph))
+        del graph, initializers  # protobuf copies of the codes: not kept while twins build
         self.route = route
         self.twins = None if route is None else (Int8MatMul(wgu), Int8MatMul(wdown))
 

@@ -41,20 +41,22 @@ BLOCK = 32
 LONG_SPAN_ROWS = 4
 
 
-def quantize_q4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantise `w` [K, N] (used as x @ w) to packed codes [N, K/32, 16] and scales [N*K/32]."""
+def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise `w` [K, N] (used as x @ w) to packed codes [N, K/block, block/2] and scales
+    [N*K/block] (`block`: inputs per scale; shares use `BLOCK`, `bench kernels` compares
+    others)."""
     k, n = w.shape
-    if k % BLOCK:
-        raise ValueError(f"K={k} is not a multiple of {BLOCK}")
-    packed = np.empty((n, k // BLOCK, BLOCK // 2), dtype=np.uint8)
-    scales = np.empty((n, k // BLOCK), dtype=np.float32)
+    if k % block:
+        raise ValueError(f"K={k} is not a multiple of {block}")
+    packed = np.empty((n, k // block, block // 2), dtype=np.uint8)
+    scales = np.empty((n, k // block), dtype=np.float32)
     # a few MB of fp32 temporaries at a time, not several copies of the matrix: the
     # peak while a share converts is what decides whether a device can take it
     step = max(1, (1 << 20) // k)
     for c0 in range(0, n, step):
         c1 = min(n, c0 + step)
         blocks = np.ascontiguousarray(w[:, c0:c1].T, dtype=np.float32)
-        blocks = blocks.reshape(c1 - c0, k // BLOCK, BLOCK)
+        blocks = blocks.reshape(c1 - c0, k // block, block)
         scale = np.abs(blocks).max(axis=2) / np.float32(7.0)
         scale[scale == 0] = np.float32(1.0)
         blocks /= scale[..., None]
@@ -85,20 +87,27 @@ def session_of(model: Any) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(
+    session = ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
+    # onnxruntime's Python session keeps the serialized model (as large as the 4-bit
+    # weights themselves) only to rebuild itself on another provider; a CPU-only session
+    # never does, so drop it (measured: four 4096 x 4096 kernels, 42 MB of codes, took
+    # 132 MB resident with it and 90 MB without)
+    session._model_bytes = None
+    return session
 
 
-def q4_node(w: np.ndarray, x: str, y: str, prefix: str) -> tuple[Any, list[Any], int]:
+def q4_node(w: np.ndarray, x: str, y: str, prefix: str, block: int = BLOCK
+            ) -> tuple[Any, list[Any], int]:
     """A `MatMulNBits` node computing `y` = `x` @ `w` [K, N] from 4-bit codes, its two
     initializers (named with `prefix`, so several can share a graph) and their bytes."""
     from onnx import TensorProto, helper
 
     k, n = w.shape
-    packed, scales = quantize_q4(w)
+    packed, scales = quantize_q4(w, block)
     node = helper.make_node("MatMulNBits", [x, prefix + "B", prefix + "S"], [y],
-                            domain="com.microsoft", K=k, N=n, bits=4, block_size=BLOCK,
+                            domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
                             accuracy_level=4)
     initializers = [
         helper.make_tensor(prefix + "B", TensorProto.UINT8, list(packed.shape),
@@ -286,11 +295,12 @@ class Q4MatMul:
     (prefills) go to it; the others stay on the 4-bit kernel.
     """
 
-    def __init__(self, w: np.ndarray, route: RowRoute | None = None) -> None:
+    def __init__(self, w: np.ndarray, route: RowRoute | None = None, block: int = BLOCK
+                 ) -> None:
         from onnx import TensorProto, helper
 
         k, n = w.shape
-        node, initializers, nbytes = q4_node(w, "x", "y", "")
+        node, initializers, nbytes = q4_node(w, "x", "y", "", block)
         graph = helper.make_graph(
             [node],
             "q4",

@@ -30,9 +30,11 @@ from transports.wire import Frame
 def owned(array: np.ndarray) -> np.ndarray:
     """`array` as an output the caller may keep and write: a received tensor is a
     writable view on its own ZeroMQ message (nothing else holds it), so it is returned
-    as it is; only a read-only one (received as bytes) is copied — a 128 KB copy per
-    request was a few percent of a small model's whole overhead."""
-    return array if array.flags.writeable else np.array(array)
+    as it is — a 128 KB copy per request was a few percent of a small model's whole
+    overhead; a read-only one (received as bytes) or a misaligned one (libzmq puts small
+    messages at any offset of its read buffer) is copied, so callers always get an
+    aligned array."""
+    return array if array.flags.writeable and array.flags.aligned else np.array(array)
 
 
 def send_attempt(cluster: Agents, first: AgentLink, deployment_id: str, ticket: Ticket,

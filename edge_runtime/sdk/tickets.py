@@ -60,7 +60,8 @@ def _new_prefix() -> None:
     _KEY_PREFIX, _KEY_COUNTER = os.urandom(8).hex(), itertools.count(1)
 
 
-os.register_at_fork(after_in_child=_new_prefix)
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_key() -> str:

@@ -102,6 +102,30 @@ def test_received_outputs_are_handed_back_writable() -> None:
     np.testing.assert_array_equal(copy, array)
 
 
+@pytest.mark.parametrize("count,dtype", [(10, np.int64), (100, np.float32), (5000, np.int64)])
+def test_outputs_received_over_zeromq_are_aligned_and_writable(count: int, dtype: type) -> None:
+    """libzmq puts small messages at any offset of its read buffer: `owned` copies those,
+    so every output a caller gets is aligned and writable, and equal to what was sent."""
+    import zmq
+
+    context = zmq.Context()
+    a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    try:
+        port = a.bind_to_random_port("tcp://127.0.0.1")
+        b.connect(f"tcp://127.0.0.1:{port}")
+        sent = np.arange(count, dtype=dtype)
+        for _ in range(20):  # several messages, so they land at several buffer offsets
+            a.send_multipart(encode(Frame("result", tensors={"y": sent})))
+        for _ in range(20):
+            got = owned(decode(b.recv_multipart(copy=False)).tensors["y"])
+            assert got.flags.aligned and got.flags.writeable
+            np.testing.assert_array_equal(got, sent)
+    finally:
+        a.close(0)
+        b.close(0)
+        context.term()
+
+
 def _result(timings: tuple[StageTiming, ...]) -> RunResult:
     return RunResult("dep", None, max(0, len(timings) - 1), timings, time.time())
 
