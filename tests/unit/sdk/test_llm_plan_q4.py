@@ -38,8 +38,10 @@ MiB = 2**20
 # The bench's reference checkpoint (edge_runtime.llm.synthetic.REFERENCE) at 512 tokens.
 REFERENCE = DecoderShape(hidden=2048, intermediate=5632, layers=6, heads=16, kv_heads=16,
                          head_dim=128, vocab=32000, max_context=512)
-# Measured loading peaks (MiB above the process before loading), by agents in the split.
-MEASURED_PEAK_MIB = {1: 791, 2: 413}
+# Measured loading peaks (MiB of RSS above the process before loading, in a fresh process
+# with the slices converted already), by agents in the split: 791 and 413 while every
+# onnxruntime session kept its serialized model, 609 and 326 since they drop it.
+MEASURED_PEAK_MIB = {1: 609, 2: 326}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def test_the_reservation_covers_the_measured_loading_peak_without_waste(agents: 
     for share in plan.shares:
         fixed = REFERENCE.kv_cache_bytes(share.n_kv_heads) + ACTIVATION_RESERVE_BYTES
         weights = (q4_memory_bytes(REFERENCE, share) - fixed) / MiB
-        # the old rule (2x the codes) reserved 446 MiB for a share that peaks at 791
+        # the first rule (2x the codes) reserved 446 MiB for a share that peaks at 609
         assert 2 * q4_weight_bytes(REFERENCE, share) / MiB < MEASURED_PEAK_MIB[agents]
         assert MEASURED_PEAK_MIB[agents] <= weights <= 1.1 * MEASURED_PEAK_MIB[agents]
 
