@@ -35,6 +35,7 @@ import numpy as np
 from edge_runtime.bench.pipeline_agents import (
     alternate,
     caller,
+    first_spare_core,
     median_ms,
     print_table,
     started_agents,
@@ -130,9 +131,7 @@ def measure_overhead(args: argparse.Namespace, model: Path, workdir: Path) -> di
     x = np.random.default_rng(1).standard_normal((args.rows, args.width)).astype(np.float32)
     compute: list[float] = []
     cores = sorted(os.sched_getaffinity(0))
-    # the first allowed core (core 0 on most hosts) takes most of the interrupts: leave it
-    # out when there are cores to spare, so the agents and their baseline run on like cores
-    first = 1 if len(cores) >= 4 else 0
+    first = first_spare_core(3)  # two agents and the baseline
     with (
         started_agents(1, args.threads, args.pin, workdir / "curve", first_core=first) as cluster,
         started_agents(1, args.threads, args.pin, workdir / "plain", insecure=True,

@@ -22,6 +22,7 @@ from edge_runtime.bench.pipeline_agents import (
     alternate,
     caller,
     equal_flop_cuts,
+    first_spare_core,
     median_ms,
     print_table,
     started_agents,
@@ -53,9 +54,8 @@ def measure_throughput(args: argparse.Namespace, model: Path, workdir: Path) -> 
     cuts = equal_flop_cuts(graph, args.agents)
     variants: dict[str, Any] = {}
     stage_devices: list[str] = []
-    # core 0 takes most of the host's interrupts: leave it out where there are cores to
-    # spare, or the first mode's first stage alone runs on it
-    skip = 1 if len(os.sched_getaffinity(0)) > len(chosen) * args.agents * args.threads else 0
+    # or the first mode's first stage alone would run on the interrupts' core
+    skip = first_spare_core(len(chosen) * args.agents * args.threads)
     with contextlib.ExitStack() as stack:
         for index, mode in enumerate(chosen):
             cluster = stack.enter_context(started_agents(

@@ -96,6 +96,16 @@ class Rope:
         self.sin = np.sin(emb).astype(F32)
 
 
+def split_qkv(qkv: np.ndarray, q_heads: int, kv_heads: int, head_dim: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fused projection's rows [T, (q_heads + 2·kv_heads)·head_dim] as views q [T, q_heads,
+    head_dim], k and v [T, kv_heads, head_dim]."""
+    t, q_end, k_end = qkv.shape[0], q_heads * head_dim, (q_heads + kv_heads) * head_dim
+    return (qkv[:, :q_end].reshape(t, q_heads, head_dim),
+            qkv[:, q_end:k_end].reshape(t, kv_heads, head_dim),
+            qkv[:, k_end:].reshape(t, kv_heads, head_dim))
+
+
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """x [T, heads, head_dim] rotated by each row's cos/sin [T, head_dim] (`Rope` rows):
     x * cos + rotate_half(x) * sin, as HF computes it (a fused 4-bit segment computes
@@ -147,4 +157,4 @@ def attention(
 
 
 __all__ = ["GATED_ACTIVATIONS", "Rope", "attention", "gelu_tanh_mul", "inv_freq", "rms_norm",
-           "rotate", "silu_mul", "soft_cap"]
+           "rotate", "silu_mul", "soft_cap", "split_qkv"]

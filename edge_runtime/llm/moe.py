@@ -32,7 +32,7 @@ import numpy as np
 
 from edge_runtime.llm.config import LlmConfig
 from edge_runtime.llm.kernels import GATED_ACTIVATIONS
-from edge_runtime.llm.quant import Q4MatMul, RowRoute
+from edge_runtime.llm.quant import Q4MatMul, RowRoute, by_rows
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,9 @@ def expert_outputs(x: np.ndarray, weights: Mapping[str, Any], config: LlmConfig,
 
 def _rows_mm(h: np.ndarray, w: Any, mm: MatMul, long: np.ndarray | None) -> np.ndarray:
     """h @ w, the long rows through a 4-bit kernel's int8 twin (as its route would)."""
-    if long is None or not long.any() or not isinstance(w, Q4MatMul) or w.twin is None:
+    if long is None or not isinstance(w, Q4MatMul) or w.twin is None:
         return mm(h, w)
-    if long.all():
-        return w.twin(h)
-    out = np.empty((h.shape[0], w.shape[1]), dtype=F32)
-    out[long] = w.twin(h[long])
-    out[~long] = mm(h[~long], w)
-    return out
+    return by_rows(h, long, lambda rows: mm(rows, w), w.twin, w.shape[1])
 
 
 def feed_forward(x: np.ndarray, weights: Mapping[str, Any], config: LlmConfig,

@@ -32,8 +32,16 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.kernels import rms_norm, rotate, silu_mul
-from edge_runtime.llm.quant import BLOCK, Int8MatMul, RowRoute, q4_model, q4_node, session_of
+from edge_runtime.llm.kernels import rms_norm, rotate, silu_mul, split_qkv
+from edge_runtime.llm.quant import (
+    BLOCK,
+    Int8MatMul,
+    RowRoute,
+    by_rows,
+    q4_model,
+    q4_node,
+    session_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +188,11 @@ class Q4AttentionIn:
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The same steps in numpy with the int8 twin (long rows)."""
         assert self.twin is not None
-        s, m = self.shape, x.shape[0]
+        s = self.shape
         qkv = self.twin(rms_norm(x, self._norm, s.eps))
         if self._bias is not None:
             qkv += self._bias
-        nq, nkv, d = s.q_heads, s.kv_heads, s.head_dim
-        q = qkv[:, : nq * d].reshape(m, nq, d)
-        k = qkv[:, nq * d: (nq + nkv) * d].reshape(m, nkv, d)
-        v = qkv[:, (nq + nkv) * d:].reshape(m, nkv, d)
+        q, k, v = split_qkv(qkv, s.q_heads, s.kv_heads, s.head_dim)
         return rotate(q, cos, sin), rotate(k, cos, sin), v
 
 
@@ -229,15 +234,10 @@ class Q4FeedForward:
         return 0 if self.twins is None else sum(t.nbytes for t in self.twins)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        long = None if self.twins is None or self.route is None else \
-            self.route.long_rows(x.shape[0])
-        if long is None:
+        if self.twins is None or self.route is None:
             return self._fused(x)
-        out = np.empty_like(x, dtype=F32)
-        out[long] = self._twin(x[long])
-        if not long.all():
-            out[~long] = self._fused(x[~long])
-        return out
+        return by_rows(x, self.route.long_rows(x.shape[0]), self._fused, self._twin,
+                       x.shape[1])
 
     def _fused(self, x: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._session.run(None, {"x": np.ascontiguousarray(x, F32)})[0]

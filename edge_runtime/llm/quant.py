@@ -28,7 +28,7 @@ import ctypes
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -160,6 +160,22 @@ class RowRoute:
             if mask is not None and mask.size == m:
                 return mask
         return None
+
+
+def by_rows(x: np.ndarray, long: np.ndarray | None, short_rows: Callable[[np.ndarray], Any],
+            long_rows: Callable[[np.ndarray], Any], width: int) -> np.ndarray:
+    """`long_rows` on the rows a `RowRoute` mask `long` marks, `short_rows` on the others,
+    each row's result [width] in its place; one call when the rows are all alike."""
+    if long is None or not long.any():
+        short: np.ndarray = short_rows(x)
+        return short
+    if long.all():
+        whole: np.ndarray = long_rows(x)
+        return whole
+    out = np.empty((x.shape[0], width), dtype=np.float32)
+    out[long] = long_rows(x[long])
+    out[~long] = short_rows(x[~long])
+    return out
 
 
 class Int8MatMul:
@@ -328,17 +344,23 @@ class Q4MatMul:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.twin is None or self.route is None:
             return self._q4(x)
-        long = self.route.long_rows(x.shape[0])
-        if long is None:
-            return self._q4(x)
-        if long.all():
-            return self.twin(x)
-        out = np.empty((x.shape[0], self.shape[1]), dtype=np.float32)
-        out[long] = self.twin(x[long])
-        out[~long] = self._q4(x[~long])
-        return out
+        return by_rows(x, self.route.long_rows(x.shape[0]), self._q4, self.twin,
+                       self.shape[1])
 
 
-__all__ = ["BLOCK", "LONG_SPAN_ROWS", "Int8MatMul", "Int8Streamed", "Q4MatMul", "RowRoute",
-           "dequantize_q4", "int8_columns", "q4_model", "q4_node", "quantize_q4", "session_of",
-           "trim_heap"]
+__all__ = [
+    "BLOCK",
+    "LONG_SPAN_ROWS",
+    "Int8MatMul",
+    "Int8Streamed",
+    "Q4MatMul",
+    "RowRoute",
+    "by_rows",
+    "dequantize_q4",
+    "int8_columns",
+    "q4_model",
+    "q4_node",
+    "quantize_q4",
+    "session_of",
+    "trim_heap",
+]

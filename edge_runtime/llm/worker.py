@@ -34,7 +34,7 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError, GenerationError
 from edge_runtime.llm.config import LlmConfig
-from edge_runtime.llm.kernels import Rope, attention, rms_norm, rotate, soft_cap
+from edge_runtime.llm.kernels import Rope, attention, rms_norm, rotate, soft_cap, split_qkv
 from edge_runtime.llm.moe import feed_forward
 from edge_runtime.llm.q4_segments import Q4AttentionIn, Q4FeedForward, SegmentShape, fusable
 from edge_runtime.llm.residency import DISK_READ_BPS, ResidencyPlan
@@ -290,13 +290,10 @@ class TensorWorker:
         """Every row's q, k (normed per head where the model does, then rotated) and v,
         from the normalised rows `x`: one product for every sequence's tokens."""
         c = self.config
-        hd, nq, nkv, t = c.head_dim, self._nq, self.share.n_kv_heads, x.shape[0]
         qkv = _mm(x, a["wqkv_t"])
         if "bqkv" in a:
             qkv += _vec(a, "bqkv")
-        q = qkv[:, : nq * hd].reshape(t, nq, hd)
-        k = qkv[:, nq * hd : (nq + nkv) * hd].reshape(t, nkv, hd)
-        v = qkv[:, (nq + nkv) * hd :].reshape(t, nkv, hd)
+        q, k, v = split_qkv(qkv, self._nq, self.share.n_kv_heads, c.head_dim)
         if c.qk_norm:  # Qwen3, Gemma 3: RMSNorm over each head before RoPE
             q = rms_norm(q, _vec(a, "q_norm"), c.rms_norm_eps)
             k = rms_norm(k, _vec(a, "k_norm"), c.rms_norm_eps)
