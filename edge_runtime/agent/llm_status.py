@@ -72,6 +72,7 @@ def share_status(*, spec: Any, plan: Any, share: Any, worker: Any, missing: list
                   "weight_bytes": share.weight_bytes},
         "memory_bytes": memory_bytes,
         "packed_kernels": worker is not None and worker.packed,
+        "fused_segments": worker is not None and worker.fused,
         "quantize": spec.quantize,
         "blas_threads": blas_threads,
         "rss_bytes": current,

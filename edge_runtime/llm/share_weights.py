@@ -150,6 +150,12 @@ class ShareWeights:
         log.info("4-bit share ready: %.1f MB in %.1f s", self._q4_bytes / 1e6, self._q4_load_s)
 
     @property
+    def fused(self) -> bool:
+        """Whether this 4-bit share runs fused layer segments (`q4_segments`)."""
+        return any(isinstance(w, Q4AttentionIn | Q4FeedForward)
+                   for block in self.q4.values() for w in block.values())
+
+    @property
     def packed(self) -> bool:
         """Whether the matrices have batching kernels (a batching share with room): fp32
         as `PackedMatMul`, 4-bit with int8 twins for prefill rows."""

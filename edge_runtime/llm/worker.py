@@ -124,6 +124,11 @@ class TensorWorker:
         return self.weights.residency
 
     @property
+    def fused(self) -> bool:
+        """Whether the layers run as fused 4-bit segments (`ShareWeights.fused`)."""
+        return self.weights.fused
+
+    @property
     def packed(self) -> bool:
         """Whether the matrices have batching kernels (`ShareWeights.packed`)."""
         return self.weights.packed

@@ -95,6 +95,29 @@ def test_agent_killed_after_ten_tokens_the_stream_goes_on_unchanged(
         assert llm.generate(PROMPT, 64, stop=[]).token_ids == expected  # and it keeps serving
 
 
+def test_a_fused_4bit_share_killed_mid_stream_fails_over_and_keeps_serving(
+    checkpoint: Callable[[str], Path]
+) -> None:
+    """4-bit shares run fused layer segments (`q4_segments`); after the kill the survivors
+    hold other 4-bit shares (the codes are rounded per share), so the tokens after the
+    failover may differ from the uninterrupted run's: the stream has no gap and no
+    duplicate, the tokens read before the kill are the run's own, and it keeps serving."""
+    with er.local_cluster(3, timeouts=FAST) as trio:
+        llm = trio.deploy_llm(checkpoint("llama"), max_context=96, quantize="q4",
+                              collective_timeout_s=COLLECTIVE_S)
+        # the shares with heads run fused attention (a share with no heads and 75 MLP
+        # columns, not whole 4-bit blocks, keeps one kernel per matrix)
+        fused = {name: st["fused_segments"] for name, st in llm.status().items()}
+        assert fused == {name: st["share"]["kv_heads"][0] < st["share"]["kv_heads"][1]
+                         for name, st in llm.status().items()} and any(fused.values())
+        expected = llm.generate(PROMPT, 64, stop=[]).token_ids
+        victim, ids = _kill_mid_stream(trio, llm, 10, 64)
+        assert len(ids) == 64 and ids[:10] == list(expected[:10])
+        assert llm.failovers == 1 and victim not in llm.agents and len(llm.agents) == 2
+        again = llm.generate(PROMPT, 64, stop=[]).token_ids
+        assert again == llm.generate(PROMPT, 64, stop=[]).token_ids  # deterministic
+
+
 def test_without_failover_a_kill_mid_generation_is_named(
     checkpoint: Callable[[str], Path]
 ) -> None:

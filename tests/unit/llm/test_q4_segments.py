@@ -142,6 +142,7 @@ def test_a_fused_share_agrees_with_the_per_matrix_share(
                       for i in range(2 * w.config.layers)]
             kinds = {type(v).__name__ for block in layers for v in block.values()}
             assert ("Q4AttentionIn" in kinds) == fused
+            assert any(w.fused for w in runner.workers) == fused  # what status reports
             # what is fused is held once: no per-matrix qkv kernel beside the graph
             assert any("wqkv_t" in b for b in layers) != fused
         prompt = [1, 5, 17, 33, 99, 4]
