@@ -39,6 +39,7 @@ import numpy as np
 from transports.errors import ProtocolError
 from transports.pieces import (
     MAX_DIMS,
+    MAX_ELEMENTS,
     MIN_SPLIT_BYTES,
     SPLIT_BYTES,
     byte_view,
@@ -67,7 +68,7 @@ message); larger ones are sent as a second frame without copying. 64 KiB is pyzm
 own copy threshold: below it a zero-copy send copies anyway."""
 
 _FIXED = struct.Struct("<2sBBBxHIQ")
-_DIM = struct.Struct("<Q")
+_DIMS = tuple(struct.Struct(f"<{ndim}Q") for ndim in range(MAX_DIMS + 1))
 _CODES: dict[str, int] = {name: code for code, name in enumerate(ALLOWED_DTYPES)}
 _DTYPES: tuple[np.dtype[Any], ...] = tuple(numpy_dtype(name) for name in ALLOWED_DTYPES)
 _BOOL_CODE = _CODES["bool"]
@@ -75,7 +76,7 @@ _MAX_SOURCE = 0xFFFF
 _MAX_STEP = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DataMessage:
     """A decoded collective data message: call `seq`, `step`, `source` rank, `tensor`."""
 
@@ -103,9 +104,10 @@ def encode_data(
     if not 0 <= source <= _MAX_SOURCE or not 0 <= step <= _MAX_STEP or not 0 <= seq < 2**64:
         raise ProtocolError(f"collective data header out of range (seq {seq}, step {step})")
     shape = array.shape
-    header = _FIXED.pack(MAGIC, VERSION, code, len(shape), source, step, seq)
-    if shape:
-        header += struct.pack(f"<{len(shape)}Q", *shape)
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(f"a tensor of {len(shape)} dims cannot be sent (at most {MAX_DIMS})")
+    header = (_FIXED.pack(MAGIC, VERSION, code, len(shape), source, step, seq)
+              + _DIMS[len(shape)].pack(*shape))
     data = byte_view(array)
     if data.nbytes <= INLINE_MAX_BYTES:
         return [header + data]
@@ -127,15 +129,19 @@ def decode_data(
 
 
 def _decode_data(parts: Sequence[Any], max_message_bytes: int) -> DataMessage:
-    if not parts:
+    if len(parts) == 1:  # the common case: header and tensor in one part
+        view = part_view(parts[0])
+        total = view.nbytes
+    elif parts:
+        views = [part_view(part) for part in parts]
+        view = views[0]
+        total = sum(piece.nbytes for piece in views)
+    else:
         raise ProtocolError("empty collective data message")
-    views = [part_view(part) for part in parts]
-    total = views[0].nbytes if len(views) == 1 else sum(piece.nbytes for piece in views)
     if total > max_message_bytes:
         raise ProtocolError(
             f"collective data message of {total} bytes exceeds the limit of {max_message_bytes}"
         )
-    view = views[0]
     if view.nbytes < _FIXED.size:
         raise ProtocolError(f"collective data header of {view.nbytes} bytes is too short")
     magic, version, code, ndim, source, step, seq = _FIXED.unpack_from(view)
@@ -148,14 +154,18 @@ def _decode_data(parts: Sequence[Any], max_message_bytes: int) -> DataMessage:
         raise ProtocolError(f"collective data message with unknown dtype code {code}")
     if ndim > MAX_DIMS:
         raise ProtocolError(f"collective data tensor of {ndim} dims (at most {MAX_DIMS})")
-    end = _FIXED.size + ndim * _DIM.size
+    end = _FIXED.size + _DIMS[ndim].size
     if view.nbytes < end:
         raise ProtocolError("collective data header shorter than its declared shape")
-    shape = struct.unpack_from(f"<{ndim}Q", view, _FIXED.size) if ndim else ()
     dtype = _DTYPES[code]
-    shape, count = checked_shape(shape, "collective data tensor")
+    shape: tuple[int, ...] = _DIMS[ndim].unpack_from(view, _FIXED.size)
+    count = 1
+    for dim in shape:  # u64 dims: non-negative ints, so only their product is checked
+        count *= dim
+    if count == 0 or count > MAX_ELEMENTS:  # an empty shape must still be one numpy builds
+        shape, count = checked_shape(shape, "collective data tensor")
     nbytes = count * dtype.itemsize
-    if len(views) == 1:
+    if len(parts) == 1:
         payload = view[end:]
     elif view.nbytes != end:
         raise ProtocolError("collective data header with trailing bytes before its tensor")
@@ -172,9 +182,7 @@ def _decode_data(parts: Sequence[Any], max_message_bytes: int) -> DataMessage:
             f"collective data tensor: shape {list(shape)} × {dtype.itemsize} bytes "
             f"!= {payload.nbytes} bytes received"
         )
-    tensor = np.frombuffer(payload, dtype=dtype, count=count)
-    if ndim != 1:
-        tensor = tensor.reshape(shape)
+    tensor = np.ndarray(shape, dtype, payload)  # a view on the received bytes
     if code == _BOOL_CODE and count and np.frombuffer(payload, np.uint8).max() > 1:
         raise ProtocolError("collective data tensor: bool bytes must be 0 or 1")
     return DataMessage(seq, step, source, tensor)

@@ -199,7 +199,7 @@ class GroupMember(GroupWire):
         if parts is None:
             return True
         try:
-            if len(parts) >= 2 and is_data_message(parts[1]):
+            if parts and is_data_message(parts[0]):
                 self._on_data(parts)
             else:
                 self._on_frame(parts)
@@ -211,7 +211,7 @@ class GroupMember(GroupWire):
 
     def _on_data(self, parts: list[Any]) -> None:
         """A lean `datawire` data message: into the inbox, or ProtocolError."""
-        message = decode_data(parts[1:], max_message_bytes=self.max_message_bytes)
+        message = decode_data(parts, max_message_bytes=self.max_message_bytes)
         if message.source >= self.size:
             raise ProtocolError(f"source rank {message.source} is not in the group")
         if message.seq >= self._seq:  # else: left over from a call that already failed
@@ -220,7 +220,7 @@ class GroupMember(GroupWire):
     def _on_frame(self, parts: list[Any]) -> None:
         """A general `Frame`: control (ping, pong, abort) or compressed data;
         ProtocolError if it is malformed."""
-        frame = decode(parts[1:], max_message_bytes=self.max_message_bytes)
+        frame = decode(parts, max_message_bytes=self.max_message_bytes)
         src, step = frame.meta.get("r"), frame.meta.get("s")
         if type(src) is not int or not 0 <= src < self.size or type(step) is not int:
             raise ProtocolError("collective message without a valid source rank and step")

@@ -18,6 +18,11 @@ that stops reading cannot deadlock a large send (while a send would block, incom
 messages are read and queued).
 
 Framing: u32 length of the rest | u16 part count | u32 length per part | the parts.
+
+Per message, the hot path is one system call each way: a small message leaves as one
+buffer in one ``send``, and each connection reads into its own buffer as much as the
+kernel has, so a message's length prefix and body (and whatever follows) come in one
+``recv_into``; a message larger than that buffer is read into memory of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from transports.errors import CollectiveError
 
 _LENGTH = struct.Struct("<I")
 _COUNT = struct.Struct("<H")
+_ONE_PART_HEAD = struct.Struct("<IHI")  # length of the rest | part count 1 | part length
+_ONE_PART_TABLE = struct.Struct("<HI")
 _MAX_PARTS = 4096
 _LISTEN_BACKLOG = 64
 _POLL_IN = select.POLLIN | select.POLLERR | select.POLLHUP
@@ -42,6 +49,12 @@ _CONNECT_RETRY_S = 0.02
 GROW_BYTES = 1 << 20
 """A message body is first given this much memory and grows (doubling) as its bytes
 arrive, so a connection that declares a large message and sends little costs little."""
+READ_BUFFER_BYTES = 128 * 1024
+"""What one connection reads into at a time (allocated at its first bytes, so a stranger
+that connects and sends nothing costs nothing): messages up to this size, the common
+data message of a decode step included, are read whole with one system call."""
+SMALL_SEND_BYTES = 1 << 16
+"""Messages up to this size are joined into one buffer and sent with one system call."""
 MAX_INCOMING = 256
 """Connections a member keeps accepted at once: a group of up to 256 members, and a
 stranger opening more is refused instead of exhausting the process's descriptors."""
@@ -90,15 +103,17 @@ class StreamListener:
 
 
 class _Incoming:
-    """One accepted connection's read state: the frame being read, and how far."""
+    """One accepted connection's read state: its read buffer (bytes `start`..`end` not
+    parsed yet), or the body of a message too large for it, filled up to `got`."""
 
-    __slots__ = ("body", "got", "head", "length", "sock")
+    __slots__ = ("body", "buffer", "end", "got", "length", "sock", "start")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.head = bytearray(_LENGTH.size)
-        self.body: bytearray | None = None
-        self.length = 0  # of the body being read; `body` grows towards it as bytes come
+        self.buffer: memoryview | None = None  # allocated when the first bytes come
+        self.start = self.end = 0
+        self.body: bytearray | None = None  # a large message being read on its own
+        self.length = 0  # of that body; `body` grows towards it as bytes come
         self.got = 0
 
 
@@ -152,6 +167,15 @@ class StreamLinks:
         """One framed message to `dst`. While the kernel cannot take more (a peer not
         reading yet), incoming messages are read and queued, so two members sending
         each other large tensors at once never wait on each other."""
+        sock = self._out[dst] or self._connection(dst)
+        if len(parts) == 1:  # the common case: one small part, one buffer, one call
+            part = parts[0]
+            size = len(part) if type(part) is bytes else memoryview(part).nbytes
+            if size <= SMALL_SEND_BYTES:
+                frame = _ONE_PART_HEAD.pack(size + _ONE_PART_HEAD.size - _LENGTH.size, 1,
+                                            size) + part
+                self._send_all(sock, dst, [memoryview(frame)])
+                return
         views = [memoryview(p).cast("B") for p in parts]
         if not 0 < len(views) <= _MAX_PARTS:
             raise CollectiveError(f"a message of {len(views)} parts cannot be sent")
@@ -159,15 +183,18 @@ class StreamLinks:
                                                       *(v.nbytes for v in views))
         total = len(table) + sum(v.nbytes for v in views)
         head = _LENGTH.pack(total) + table
-        sock = self._connection(dst)
-        if total <= 1 << 16:  # small: one buffer, one system call
-            pending = [memoryview(b"".join([head, *views]))]
+        if total <= SMALL_SEND_BYTES:
+            self._send_all(sock, dst, [memoryview(b"".join([head, *views]))])
         else:
-            pending = [memoryview(head), *views]
-        deadline = time.monotonic() + self._timeout_s
+            self._send_all(sock, dst, [memoryview(head), *views])
+
+    def _send_all(self, sock: socket.socket, dst: int, pending: list[memoryview]) -> None:
+        """Send `pending` whole: one call when the kernel takes it all (the common
+        case), else waiting for room and reading incoming messages meanwhile."""
+        deadline = 0.0
         while pending:
             try:
-                sent = sock.sendmsg(pending)
+                sent = sock.send(pending[0]) if len(pending) == 1 else sock.sendmsg(pending)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as error:
@@ -181,7 +208,10 @@ class StreamLinks:
                     pending[0] = pending[0][sent:]
                     sent = 0
             if pending:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self._timeout_s
+                elif now >= deadline:
                     raise CollectiveError(f"rank {dst} took nothing for {self._timeout_s:g} s",
                                           member=f"rank {dst}")
                 self._wait_writable(sock)
@@ -248,42 +278,86 @@ class StreamLinks:
             self._poller.register(sock.fileno(), _POLL_IN)
 
     def _read(self, conn: _Incoming) -> None:
-        """Read from the connection until it has no more or a message is complete (then
-        queued; poll is level-triggered, so what follows it is read on the next poll)."""
-        while True:
-            buffer = conn.head if conn.body is None else conn.body
-            try:
-                got = conn.sock.recv_into(memoryview(buffer)[conn.got:])
-            except (BlockingIOError, InterruptedError):
+        """Read what the connection has (one call; poll is level-triggered, so more is
+        read on the next poll) and queue every message it completes."""
+        if conn.body is not None:
+            self._read_body(conn)
+            return
+        if conn.buffer is None:
+            conn.buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+        got = self._recv_into(conn, conn.buffer[conn.end:])
+        if got:
+            conn.end += got
+            self._parse(conn)
+
+    def _recv_into(self, conn: _Incoming, into: memoryview) -> int:
+        """Bytes read into `into`; 0 when none are waiting (the connection is dropped
+        when the other end closed it)."""
+        try:
+            got = conn.sock.recv_into(into)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                raise
+            got = 0
+        if got == 0:  # closed by the other end (or reset)
+            self._drop(conn)
+        return got
+
+    def _parse(self, conn: _Incoming) -> None:
+        """Queue the whole messages in the read buffer; keep a partial one's bytes."""
+        buffer, start, end = conn.buffer, conn.start, conn.end
+        assert buffer is not None
+        while end - start >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            if not _COUNT.size <= length <= self._max:
+                self._drop(conn)  # a stranger's or a broken frame: not one byte more
                 return
-            except OSError as error:
-                if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
-                    raise
-                got = 0
-            if got == 0:  # closed by the other end (or reset)
-                self._drop(conn)
+            stop = start + _LENGTH.size + length
+            if stop > end:
+                if stop - start > buffer.nbytes:  # larger than the buffer: its own memory
+                    have = end - start - _LENGTH.size
+                    conn.body = bytearray(max(have, min(length, GROW_BYTES)))
+                    conn.body[:have] = buffer[start + _LENGTH.size:end]
+                    conn.length, conn.got = length, have
+                    conn.start = conn.end = 0
+                    self._read_body(conn)
+                    return
+                break
+            if not self._queue(conn, bytearray(buffer[start + _LENGTH.size:stop])):
+                return
+            start = stop
+        if start == end:
+            conn.start = conn.end = 0
+        elif start:  # a partial message: move it to the front, where it has room to grow
+            buffer[:end - start] = buffer[start:end]
+            conn.start, conn.end = 0, end - start
+
+    def _read_body(self, conn: _Incoming) -> None:
+        """Read a large message into its own memory, which grows with the bytes that
+        come, not with what the length prefix claims."""
+        body = conn.body
+        assert body is not None
+        while conn.got < conn.length:
+            if conn.got == len(body):
+                body.extend(bytes(min(len(body), conn.length - conn.got)))
+            got = self._recv_into(conn, memoryview(body)[conn.got:])
+            if not got:
                 return
             conn.got += got
-            if conn.got < len(buffer):
-                continue
-            if conn.body is None:
-                (length,) = _LENGTH.unpack(conn.head)
-                if not _COUNT.size <= length <= self._max:
-                    self._drop(conn)  # a stranger's or a broken frame: not one byte more
-                    return
-                conn.body, conn.got = bytearray(min(length, GROW_BYTES)), 0
-                conn.length = length
-                continue
-            if conn.got < conn.length:  # memory follows the bytes received, not the claim
-                conn.body.extend(bytes(min(len(conn.body), conn.length - conn.got)))
-                continue
-            body, conn.body, conn.got = conn.body, None, 0
-            parts = _split(memoryview(body))
-            if parts is None:
-                self._drop(conn)
-                return
-            self._ready.append(parts)
-            return
+        conn.body, conn.got = None, 0
+        self._queue(conn, body)
+
+    def _queue(self, conn: _Incoming, body: bytearray) -> bool:
+        """Queue one message's parts; False (and the connection dropped) when its part
+        table does not add up."""
+        parts = _split(memoryview(body))
+        if parts is None:
+            self._drop(conn)
+            return False
+        self._ready.append(parts)
+        return True
 
     def _drop(self, conn: _Incoming) -> None:
         fd = conn.sock.fileno()
@@ -312,6 +386,10 @@ class StreamLinks:
 def _split(body: memoryview) -> list[memoryview] | None:
     """The parts of one frame body, or None when its part table does not add up."""
     (count,) = _COUNT.unpack_from(body)
+    if count == 1 and body.nbytes >= _ONE_PART_TABLE.size:  # the common case
+        if _ONE_PART_TABLE.unpack_from(body)[1] != body.nbytes - _ONE_PART_TABLE.size:
+            return None
+        return [body[_ONE_PART_TABLE.size:]]
     start = _COUNT.size + 4 * count
     if not 0 < count <= _MAX_PARTS or start > body.nbytes:
         return None

@@ -125,13 +125,13 @@ class GroupWire:
                 raise
             raise self._fail(dst, f"is unreachable ({error})") from None
 
-    def _unseal(self, received: list[zmq.Frame]) -> list[Any] | None:
-        """The message's parts after the routing id opened (sealed groups), or None when
-        it was refused (counted, logged at most now and then)."""
+    def _unseal(self, received: list[Any]) -> list[Any] | None:
+        """The message's parts opened (sealed groups), or None when it was refused
+        (counted, logged at most now and then)."""
         if self._sealer is None:
             return received
         try:
-            return [received[0], *self._sealer.open(received[1:])]
+            return self._sealer.open(received)
         except DataAuthError as error:
             self._refused(error)
             return None
@@ -144,18 +144,18 @@ class GroupWire:
                         self.rejected, error)
 
     def _recv_parts(self, deadline: float) -> list[Any] | None:
-        """One message, blocking in libzmq until it comes or `deadline` passes; with
-        `spin_us`, first asking without blocking for up to that long (see `spin_us`)."""
+        """One message's parts (without the ROUTER's routing id), blocking in libzmq
+        until it comes or `deadline` passes; with `spin_us`, first asking without
+        blocking for up to that long (see `spin_us`)."""
         if self._links is not None:
-            got = self._links.recv(deadline, self.spin_us)
-            return None if got is None else [b"", *got]
+            return self._links.recv(deadline, self.spin_us)
         if self.spin_us > 0:
             router = self._router
             spin_end = time.perf_counter() + self.spin_us * 1e-6
             while True:
                 try:
                     spun: list[zmq.Frame] = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    return spun
+                    return spun[1:]
                 except zmq.Again:
                     if time.perf_counter() >= spin_end:
                         break
@@ -166,19 +166,19 @@ class GroupWire:
                 self._router.rcvtimeo = self._rcvtimeo = timeout_ms
             try:
                 parts: list[zmq.Frame] = self._router.recv_multipart(copy=False)
-                return parts
+                return parts[1:]
             except zmq.Again:
                 if time.monotonic() >= deadline:
                     return None
 
     def _recv_emulated(self, deadline: float) -> list[zmq.Frame] | None:
-        """One message while emulated sends may be pending: poll in slices and send
-        what falls due meanwhile."""
+        """One message's parts while emulated sends may be pending: poll in slices and
+        send what falls due meanwhile."""
         assert self._outbox is not None
         self._outbox.flush()
         try:  # a message already waiting needs no poller (the common case under load)
             parts: list[zmq.Frame] = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-            return parts
+            return parts[1:]
         except zmq.Again:
             pass
         while True:
@@ -186,6 +186,6 @@ class GroupWire:
             wait = self._outbox.poll_timeout(deadline)
             if self._router.poll(poll_ms(wait, self._outbox)):
                 parts = self._router.recv_multipart(copy=False)
-                return parts
+                return parts[1:]
             if time.monotonic() >= deadline:
                 return None

@@ -203,8 +203,9 @@ class Sealer:
         envelope = _ENVELOPE.pack(MAGIC, VERSION, self._cipher_id, self.rank, destination,
                                   counter, self._salt)
         if len(parts) == 1:  # a small data message: header and tensor in one part
-            view = part_view(parts[0])
-            inner = _ONE_PART.pack(1, view.nbytes) + view
+            part = parts[0]
+            size = len(part) if type(part) is bytes else part_view(part).nbytes
+            inner = _ONE_PART.pack(1, size) + part
         else:
             views = [part_view(p) for p in parts]
             inner = b"".join([_COUNT.pack(len(views)),
@@ -228,32 +229,38 @@ class Sealer:
         if destination != self.rank:
             raise DataAuthError(f"sealed message for rank {destination} arrived at rank "
                                 f"{self.rank}")
-        secret = self._secret(source)
         known = self._recv.get(source)
-        if known is not None and known[0] != salt:
-            raise DataAuthError(f"message from rank {source} under another salt (an older "
-                                "group's message replayed, or a forgery)")
+        aead = known[1].get(cipher_id) if known is not None and known[0] == salt else None
+        new = aead is None
+        if aead is None:  # a source's first message (or a cipher it did not use yet)
+            aead = self._opener(source, salt, cipher_id)
         replay = self._replay[source]
         if not replay.fresh(counter):
             raise DataAuthError(f"replayed message from rank {source} (counter {counter})")
-        aeads = known[1] if known is not None else {}
-        aead = aeads.get(cipher_id)
-        if aead is None:
-            if cipher_id not in (AES_GCM, CHACHA20_POLY1305):
-                raise DataAuthError(f"sealed message with unknown cipher id {cipher_id}")
-            aead = _aead(cipher_id, _direction_key(secret, salt, self._context(), source,
-                                                   self.rank))
         try:
             inner = aead.decrypt(_NONCE.pack(source, counter), view[_ENVELOPE.size:],
                                  view[:_ENVELOPE.size])
         except InvalidTag:
             raise DataAuthError(f"message from rank {source} failed authentication "
                                 "(tampered, or sealed with another key)") from None
-        if known is None or cipher_id not in aeads:
-            aeads[cipher_id] = aead
-            self._recv[source] = (salt, aeads)  # only now: the salt was authenticated
+        if new:  # only now: the salt was authenticated
+            self._recv.setdefault(source, (salt, {}))[1][cipher_id] = aead
         replay.accept(counter)
         return _split(memoryview(inner))
+
+    def _opener(self, source: int, salt: bytes, cipher_id: int) -> Any:
+        """The AEAD that opens `source`'s messages under `salt` (not kept until one
+        opened), or `DataAuthError`: not another member, keys dropped, a salt other
+        than the one this source's first message had, an unknown cipher."""
+        secret = self._secret(source)
+        known = self._recv.get(source)
+        if known is not None and known[0] != salt:
+            raise DataAuthError(f"message from rank {source} under another salt (an older "
+                                "group's message replayed, or a forgery)")
+        if cipher_id not in (AES_GCM, CHACHA20_POLY1305):
+            raise DataAuthError(f"sealed message with unknown cipher id {cipher_id}")
+        return _aead(cipher_id, _direction_key(secret, salt, self._context(), source,
+                                               self.rank))
 
     def close(self) -> None:
         """Drop every key: the pair secrets and the cipher objects built from them."""

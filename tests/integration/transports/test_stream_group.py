@@ -17,7 +17,7 @@ import pytest
 from support.group_threads import run_members
 from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup
 from transports.errors import CollectiveError
-from transports.groupstream import StreamListener
+from transports.groupstream import READ_BUFFER_BYTES, StreamLinks, StreamListener
 from transports.sealing import SealKeys
 from transports.security import Security
 
@@ -138,3 +138,46 @@ def test_a_stream_group_needs_plain_security() -> None:
         CollectiveGroup(0, [bound[0].address], Security(keypair=generate_keypair()),
                         listener=bound[0])
     bound[0].close()
+
+
+def _framed(parts: list[bytes]) -> bytes:
+    table = struct.pack("<H", len(parts)) + struct.pack(f"<{len(parts)}I", *map(len, parts))
+    return struct.pack("<I", len(table) + sum(map(len, parts))) + table + b"".join(parts)
+
+
+def test_messages_are_read_whole_however_their_bytes_arrive() -> None:
+    """One read may hold several messages, part of one, or the start of one larger than
+    the read buffer; a member must see each message whole, in order, whatever the cuts."""
+    listener = StreamListener("tcp://127.0.0.1:0", max_message_bytes=MAX_BYTES)
+    links = StreamLinks(0, [listener.address, "tcp://127.0.0.1:9"], listener, timeout_s=5.0)
+    host, port = listener.address.removeprefix("tcp://").rsplit(":", 1)
+    large = bytes(range(256)) * (2 * READ_BUFFER_BYTES // 256 + 3)
+    messages = [[b"a"], [b"bb", b"ccc"], [large], [b"d" * 1000], [large[:READ_BUFFER_BYTES - 20]],
+                [b"e"], [b"f" * 70_000, b"g"]]
+    stream = b"".join(_framed(m) for m in messages)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        got: list[list[bytes]] = []
+        cuts = [1, 2, 3, 5, 8, 4096, 70_000, 7, 200_000]  # prefixes and bodies cut anywhere
+        offset, index = 0, 0
+        while offset < len(stream):
+            size = cuts[index % len(cuts)]
+            sock.sendall(stream[offset:offset + size])
+            offset, index = offset + size, index + 1
+            while (parts := links.recv(time.monotonic() + 0.002)) is not None:
+                got.append([bytes(p) for p in parts])
+        while len(got) < len(messages) and (parts := links.recv(time.monotonic() + 2)):
+            got.append([bytes(p) for p in parts])
+        assert got == messages
+        sock.sendall(b"".join(_framed(m) for m in messages[:2]))  # two in one read
+        both = [links.recv(time.monotonic() + 2), links.recv(time.monotonic() + 2)]
+        assert [[bytes(p) for p in parts or []] for parts in both] == messages[:2]
+        # a part table that does not add up: the connection is dropped, nothing queued
+        sock.sendall(struct.pack("<IHII", 12, 2, 1, 9) + b"xy")
+        assert links.recv(time.monotonic() + 0.3) is None
+        assert sock.recv(1) == b""  # closed by the member
+    finally:
+        sock.close()
+        links.close()
+        listener.close()
