@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.bench.pinning import agent_cores
+
 SEED = 42  # the recipe's sampler seed
 
 # our weight format (deploy_llm's quantize: None = fp32) -> dllama weights, sync buffers
@@ -57,13 +59,9 @@ def peer_variants(counts: list[int], formats: list[str | None]
 
 
 def node_cpus(nodes: int, threads: int, cores: list[int]) -> list[str]:
-    """taskset's CPU list per node: node i gets cores [i*threads, (i+1)*threads) of
-    `cores` (wrapping), exactly what `bench.pinning.pin_agents` gives agent i."""
-    out = []
-    for i in range(nodes):
-        mine = sorted({cores[(i * threads + k) % len(cores)] for k in range(threads)})
-        out.append(",".join(str(c) for c in mine))
-    return out
+    """taskset's CPU list per node: node i gets the cores `bench.pinning.agent_cores`
+    gives agent i, so each node runs where the agent it is compared with ran."""
+    return [",".join(map(str, mine)) for mine in agent_cores(nodes, threads, cores)]
 
 
 def _pinned(cpus: str | None, command: list[str]) -> list[str]:

@@ -26,13 +26,6 @@ self-profile, which is cached for a day after)."""
 # --- agents -------------------------------------------------------------------
 
 
-def first_spare_core(needed: int) -> int:
-    """Where pinned processes start among the allowed cores: 1 when there are more than
-    `needed`, else 0 — the first allowed core (core 0 on most hosts) takes most of the
-    interrupts, so whatever is compared side by side should run on like cores."""
-    return 1 if len(os.sched_getaffinity(0)) > needed else 0
-
-
 @contextlib.contextmanager
 def started_agents(
     count: int, threads: int, pin: bool, workdir: Path, insecure: bool = False,

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bench.pinning import first_spare_core
 from edge_runtime.bench.pipeline_agents import (
     alternate,
     caller,
     equal_flop_cuts,
-    first_spare_core,
     median_ms,
     print_table,
     started_agents,

@@ -32,6 +32,7 @@ from edge_runtime.bench.peer_dllama_output import (
     parse_inference_output,
     tokenizer_vocab_size,
 )
+from edge_runtime.bench.pinning import agent_cores
 from edge_runtime.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
@@ -93,10 +94,15 @@ def test_formats_map_to_weights_and_sync() -> None:
 
 
 def test_nodes_get_the_cores_pinned_agents_get() -> None:
-    cores = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
-    assert node_cpus(4, 1, cores) == ["0", "1", "2", "3"]
-    assert node_cpus(2, 2, cores) == ["0,1", "2,3"]
-    assert node_cpus(3, 1, [4, 6]) == ["4", "6", "4"]  # wraps, like pin_agents
+    cores = list(range(16))
+    # the first core takes the host's interrupts: left out while there are cores to spare
+    assert node_cpus(4, 1, cores) == ["1", "2", "3", "4"]
+    assert node_cpus(2, 2, cores) == ["1,2", "3,4"]
+    assert node_cpus(8, 2, cores) == ["0,1", "2,3", "4,5", "6,7", "8,9", "10,11", "12,13",
+                                      "14,15"]  # no core to spare: all of them, from 0
+    assert node_cpus(3, 1, [4, 6]) == ["4", "6", "4"]  # wraps
+    assert node_cpus(2, 1, [4, 6, 9]) == ["6", "9"]
+    assert node_cpus(3, 1, cores) == [",".join(map(str, c)) for c in agent_cores(3, 1, cores)]
 
 
 def test_command_lines_follow_the_recipe() -> None:
