@@ -76,7 +76,7 @@ _MAX_SOURCE = 0xFFFF
 _MAX_STEP = 0xFFFFFFFF
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DataMessage:
     """A decoded collective data message: call `seq`, `step`, `source` rank, `tensor`."""
 

@@ -17,44 +17,26 @@ that sends half a message holds up nobody (each has its own read state), and a p
 that stops reading cannot deadlock a large send (while a send would block, incoming
 messages are read and queued).
 
-Framing: u32 length of the rest | u16 part count | u32 length per part | the parts.
-
-Per message, the hot path is one system call each way: a small message leaves as one
-buffer in one ``send``, and each connection reads into its own buffer as much as the
-kernel has, so a message's length prefix and body (and whatever follows) come in one
-``recv_into``; a message larger than that buffer is read into memory of its own.
+Framing and the read side of one connection: `transports.streamframes`. Whole messages
+are handed out one per connection per turn (a connection with more buffered is served
+again on the next turn, before any waiting), so members and strangers take turns.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
 import select
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from transports.errors import CollectiveError
+from transports.streamframes import BrokenStream, Incoming, frame
 
-_LENGTH = struct.Struct("<I")
-_COUNT = struct.Struct("<H")
-_ONE_PART_HEAD = struct.Struct("<IHI")  # length of the rest | part count 1 | part length
-_ONE_PART_TABLE = struct.Struct("<HI")
-_MAX_PARTS = 4096
 _LISTEN_BACKLOG = 64
 _POLL_IN = select.POLLIN | select.POLLERR | select.POLLHUP
 _CONNECT_RETRY_S = 0.02
-GROW_BYTES = 1 << 20
-"""A message body is first given this much memory and grows (doubling) as its bytes
-arrive, so a connection that declares a large message and sends little costs little."""
-READ_BUFFER_BYTES = 128 * 1024
-"""What one connection reads into at a time (allocated at its first bytes, so a stranger
-that connects and sends nothing costs nothing): messages up to this size, the common
-data message of a decode step included, are read whole with one system call."""
-SMALL_SEND_BYTES = 1 << 16
-"""Messages up to this size are joined into one buffer and sent with one system call."""
 MAX_INCOMING = 256
 """Connections a member keeps accepted at once: a group of up to 256 members, and a
 stranger opening more is refused instead of exhausting the process's descriptors."""
@@ -87,7 +69,7 @@ class StreamListener:
         bound_host, bound_port = self.socket.getsockname()[:2]
         self.address = f"tcp://{bound_host}:{bound_port}"
         # what a closed group left for the next one on this listener (keep_listener)
-        self.inherited: list[_Incoming] = []
+        self.inherited: list[Incoming] = []
         self.inherited_ready: list[list[memoryview]] = []
 
     @property
@@ -102,21 +84,6 @@ class StreamListener:
         self.socket.close()
 
 
-class _Incoming:
-    """One accepted connection's read state: its read buffer (bytes `start`..`end` not
-    parsed yet), or the body of a message too large for it, filled up to `got`."""
-
-    __slots__ = ("body", "buffer", "end", "got", "length", "sock", "start")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer: memoryview | None = None  # allocated when the first bytes come
-        self.start = self.end = 0
-        self.body: bytearray | None = None  # a large message being read on its own
-        self.length = 0  # of that body; `body` grows towards it as bytes come
-        self.got = 0
-
-
 class StreamLinks:
     """Member `rank`'s links: one outgoing connection per other member (sends) and the
     connections accepted on `listener` (receives, from members or anyone)."""
@@ -129,13 +96,17 @@ class StreamLinks:
         self._timeout_s = timeout_s
         self._out: list[socket.socket | None] = [None] * len(endpoints)
         self._targets = [_host_port(e) if i != rank else None for i, e in enumerate(endpoints)]
-        self._incoming: dict[int, _Incoming] = {}
+        self._incoming: dict[int, Incoming] = {}
         self._ready: collections.deque[list[memoryview]] = collections.deque()
+        self._backlog: dict[int, Incoming] = {}  # connections with whole messages buffered
         self._poller = select.poll()
         self._poller.register(listener.socket.fileno(), select.POLLIN)
         for conn in listener.inherited:  # connections an earlier group on it accepted
             self._incoming[conn.sock.fileno()] = conn
             self._poller.register(conn.sock.fileno(), _POLL_IN)
+            conn.more = conn.pending
+            if conn.more:
+                self._backlog[conn.sock.fileno()] = conn
         self._ready.extend(listener.inherited_ready)
         listener.inherited, listener.inherited_ready = [], []
 
@@ -168,25 +139,11 @@ class StreamLinks:
         reading yet), incoming messages are read and queued, so two members sending
         each other large tensors at once never wait on each other."""
         sock = self._out[dst] or self._connection(dst)
-        if len(parts) == 1:  # the common case: one small part, one buffer, one call
-            part = parts[0]
-            size = len(part) if type(part) is bytes else memoryview(part).nbytes
-            if size <= SMALL_SEND_BYTES:
-                frame = _ONE_PART_HEAD.pack(size + _ONE_PART_HEAD.size - _LENGTH.size, 1,
-                                            size) + part
-                self._send_all(sock, dst, [memoryview(frame)])
-                return
-        views = [memoryview(p).cast("B") for p in parts]
-        if not 0 < len(views) <= _MAX_PARTS:
-            raise CollectiveError(f"a message of {len(views)} parts cannot be sent")
-        table = _COUNT.pack(len(views)) + struct.pack(f"<{len(views)}I",
-                                                      *(v.nbytes for v in views))
-        total = len(table) + sum(v.nbytes for v in views)
-        head = _LENGTH.pack(total) + table
-        if total <= SMALL_SEND_BYTES:
-            self._send_all(sock, dst, [memoryview(b"".join([head, *views]))])
-        else:
-            self._send_all(sock, dst, [memoryview(head), *views])
+        try:
+            pending = frame(parts)
+        except ValueError as error:
+            raise CollectiveError(str(error)) from None
+        self._send_all(sock, dst, pending)
 
     def _send_all(self, sock: socket.socket, dst: int, pending: list[memoryview]) -> None:
         """Send `pending` whole: one call when the kernel takes it all (the common
@@ -238,8 +195,7 @@ class StreamLinks:
         if spin_us > 0:
             spin_end = time.perf_counter() + spin_us * 1e-6
             while True:
-                for fd, _ in self._poller.poll(0):
-                    self._on_readable(fd)
+                self._turn(0)
                 if self._ready:
                     return self._ready.popleft()
                 if time.perf_counter() >= spin_end:
@@ -248,10 +204,19 @@ class StreamLinks:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            for fd, _ in self._poller.poll(min(1000, max(1, int(remaining * 1000 + 0.999)))):
-                self._on_readable(fd)
+            self._turn(0 if self._backlog else
+                       min(1000, max(1, int(remaining * 1000 + 0.999))))
             if self._ready:
                 return self._ready.popleft()
+
+    def _turn(self, timeout_ms: int) -> None:
+        """One turn: the next message of every readable connection (and new
+        connections accepted), then of every connection with messages still buffered."""
+        for fd, _ in self._poller.poll(timeout_ms):
+            self._on_readable(fd)
+        if self._backlog:
+            for conn in list(self._backlog.values()):
+                self._serve(conn, read=False)
 
     def _on_readable(self, fd: int) -> None:
         if fd == self._listener.socket.fileno():
@@ -259,7 +224,25 @@ class StreamLinks:
             return
         conn = self._incoming.get(fd)
         if conn is not None:
-            self._read(conn)
+            self._serve(conn, read=True)
+
+    def _serve(self, conn: Incoming, *, read: bool) -> None:
+        """Queue the connection's next whole message, reading first when `read`; a
+        connection that closed or sent what cannot be a message is dropped."""
+        try:
+            if read and not conn.read():
+                self._drop(conn)
+                return
+            parts = conn.take()
+        except BrokenStream:
+            self._drop(conn)  # a stranger's or a broken frame: not one byte more
+            return
+        if parts is not None:
+            self._ready.append(parts)
+        if conn.more:
+            self._backlog[conn.sock.fileno()] = conn
+        elif self._backlog:
+            self._backlog.pop(conn.sock.fileno(), None)
 
     def _accept(self) -> None:
         while True:
@@ -274,94 +257,13 @@ class StreamLinks:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._incoming[sock.fileno()] = _Incoming(sock)
+            self._incoming[sock.fileno()] = Incoming(sock, self._max)
             self._poller.register(sock.fileno(), _POLL_IN)
 
-    def _read(self, conn: _Incoming) -> None:
-        """Read what the connection has (one call; poll is level-triggered, so more is
-        read on the next poll) and queue every message it completes."""
-        if conn.body is not None:
-            self._read_body(conn)
-            return
-        if conn.buffer is None:
-            conn.buffer = memoryview(bytearray(READ_BUFFER_BYTES))
-        got = self._recv_into(conn, conn.buffer[conn.end:])
-        if got:
-            conn.end += got
-            self._parse(conn)
-
-    def _recv_into(self, conn: _Incoming, into: memoryview) -> int:
-        """Bytes read into `into`; 0 when none are waiting (the connection is dropped
-        when the other end closed it)."""
-        try:
-            got = conn.sock.recv_into(into)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as error:
-            if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
-                raise
-            got = 0
-        if got == 0:  # closed by the other end (or reset)
-            self._drop(conn)
-        return got
-
-    def _parse(self, conn: _Incoming) -> None:
-        """Queue the whole messages in the read buffer; keep a partial one's bytes."""
-        buffer, start, end = conn.buffer, conn.start, conn.end
-        assert buffer is not None
-        while end - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            if not _COUNT.size <= length <= self._max:
-                self._drop(conn)  # a stranger's or a broken frame: not one byte more
-                return
-            stop = start + _LENGTH.size + length
-            if stop > end:
-                if stop - start > buffer.nbytes:  # larger than the buffer: its own memory
-                    have = end - start - _LENGTH.size
-                    conn.body = bytearray(max(have, min(length, GROW_BYTES)))
-                    conn.body[:have] = buffer[start + _LENGTH.size:end]
-                    conn.length, conn.got = length, have
-                    conn.start = conn.end = 0
-                    self._read_body(conn)
-                    return
-                break
-            if not self._queue(conn, bytearray(buffer[start + _LENGTH.size:stop])):
-                return
-            start = stop
-        if start == end:
-            conn.start = conn.end = 0
-        elif start:  # a partial message: move it to the front, where it has room to grow
-            buffer[:end - start] = buffer[start:end]
-            conn.start, conn.end = 0, end - start
-
-    def _read_body(self, conn: _Incoming) -> None:
-        """Read a large message into its own memory, which grows with the bytes that
-        come, not with what the length prefix claims."""
-        body = conn.body
-        assert body is not None
-        while conn.got < conn.length:
-            if conn.got == len(body):
-                body.extend(bytes(min(len(body), conn.length - conn.got)))
-            got = self._recv_into(conn, memoryview(body)[conn.got:])
-            if not got:
-                return
-            conn.got += got
-        conn.body, conn.got = None, 0
-        self._queue(conn, body)
-
-    def _queue(self, conn: _Incoming, body: bytearray) -> bool:
-        """Queue one message's parts; False (and the connection dropped) when its part
-        table does not add up."""
-        parts = _split(memoryview(body))
-        if parts is None:
-            self._drop(conn)
-            return False
-        self._ready.append(parts)
-        return True
-
-    def _drop(self, conn: _Incoming) -> None:
+    def _drop(self, conn: Incoming) -> None:
         fd = conn.sock.fileno()
         self._incoming.pop(fd, None)
+        self._backlog.pop(fd, None)
         self._poller.unregister(fd)
         conn.sock.close()
 
@@ -381,26 +283,6 @@ class StreamLinks:
             return
         for conn in list(self._incoming.values()):
             self._drop(conn)
-
-
-def _split(body: memoryview) -> list[memoryview] | None:
-    """The parts of one frame body, or None when its part table does not add up."""
-    (count,) = _COUNT.unpack_from(body)
-    if count == 1 and body.nbytes >= _ONE_PART_TABLE.size:  # the common case
-        if _ONE_PART_TABLE.unpack_from(body)[1] != body.nbytes - _ONE_PART_TABLE.size:
-            return None
-        return [body[_ONE_PART_TABLE.size:]]
-    start = _COUNT.size + 4 * count
-    if not 0 < count <= _MAX_PARTS or start > body.nbytes:
-        return None
-    lengths = struct.unpack_from(f"<{count}I", body, _COUNT.size)
-    if start + sum(lengths) != body.nbytes:
-        return None
-    parts = []
-    for length in lengths:
-        parts.append(body[start:start + length])
-        start += length
-    return parts
 
 
 __all__ = ["StreamLinks", "StreamListener"]

@@ -204,8 +204,8 @@ class Sealer:
                                   counter, self._salt)
         if len(parts) == 1:  # a small data message: header and tensor in one part
             part = parts[0]
-            size = len(part) if type(part) is bytes else part_view(part).nbytes
-            inner = _ONE_PART.pack(1, size) + part
+            view = part if type(part) is bytes else part_view(part)
+            inner = _ONE_PART.pack(1, len(view)) + view
         else:
             views = [part_view(p) for p in parts]
             inner = b"".join([_COUNT.pack(len(views)),

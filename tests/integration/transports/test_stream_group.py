@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,10 @@ import pytest
 from support.group_threads import run_members
 from transports.collectives import ALLREDUCE_ALGORITHMS, CollectiveGroup
 from transports.errors import CollectiveError
-from transports.groupstream import READ_BUFFER_BYTES, StreamLinks, StreamListener
+from transports.groupstream import StreamLinks, StreamListener
 from transports.sealing import SealKeys
 from transports.security import Security
+from transports.streamframes import READ_BUFFER_BYTES
 
 PLAIN = Security(insecure=True)
 MAX_BYTES = 16 << 20
@@ -179,5 +181,45 @@ def test_messages_are_read_whole_however_their_bytes_arrive() -> None:
         assert sock.recv(1) == b""  # closed by the member
     finally:
         sock.close()
+        links.close()
+        listener.close()
+
+
+def test_a_flood_of_tiny_frames_waits_its_turn_and_is_not_held_all_at_once() -> None:
+    """Strangers who write thousands of empty frames at once are served a frame or two
+    per connection per turn: a member's message comes within two turns, and a receive
+    does not leave the member holding a flooder's whole write as queued messages."""
+    listener = StreamListener("tcp://127.0.0.1:0", max_message_bytes=MAX_BYTES)
+    links = StreamLinks(0, [listener.address, "tcp://127.0.0.1:9"], listener, timeout_s=5.0)
+    host, port = listener.address.removeprefix("tcp://").rsplit(":", 1)
+    flood = _framed([b""]) * (READ_BUFFER_BYTES // 10)  # 13,107 frames of 10 bytes each
+    floods = [socket.create_connection((host, int(port))) for _ in range(8)]
+    member = socket.create_connection((host, int(port)))
+    try:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for sock in floods:
+            sock.sendall(flood)
+        time.sleep(0.2)
+        while links.recv(time.monotonic() + 0.2) is None:  # accepted, then read
+            pass
+        held = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        # a read buffer per connection (1 MiB for 8), not 8 x 13,107 queued messages
+        assert held < 2 << 20, f"one receive left {held} bytes held"
+        member.sendall(_framed([b"from a member"]))
+        time.sleep(0.1)
+        # a turn takes at most two frames of each flooder (one read, one buffered), and
+        # what the last turn queued goes first: the member's message is within two turns
+        for _ in range(4 * len(floods) + 2):
+            parts = links.recv(time.monotonic() + 2)
+            assert parts is not None
+            if [bytes(p) for p in parts] == [b"from a member"]:
+                break
+        else:
+            raise AssertionError("the member's message did not come in its turn")
+    finally:
+        for sock in [*floods, member]:
+            sock.close()
         links.close()
         listener.close()
