@@ -104,8 +104,7 @@ class StreamLinks:
         for conn in listener.inherited:  # connections an earlier group on it accepted
             self._incoming[conn.sock.fileno()] = conn
             self._poller.register(conn.sock.fileno(), _POLL_IN)
-            conn.more = conn.pending
-            if conn.more:
+            if conn.more:  # whole messages it had buffered: served on the first turn
                 self._backlog[conn.sock.fileno()] = conn
         self._ready.extend(listener.inherited_ready)
         listener.inherited, listener.inherited_ready = [], []
@@ -138,7 +137,7 @@ class StreamLinks:
         """One framed message to `dst`. While the kernel cannot take more (a peer not
         reading yet), incoming messages are read and queued, so two members sending
         each other large tensors at once never wait on each other."""
-        sock = self._out[dst] or self._connection(dst)
+        sock = self._connection(dst)
         try:
             pending = frame(parts)
         except ValueError as error:

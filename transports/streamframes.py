@@ -26,6 +26,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from transports.pieces import part_view
+
 LENGTH = struct.Struct("<I")
 _COUNT = struct.Struct("<H")
 _ONE_PART_HEAD = struct.Struct("<IHI")  # length of the rest | part count 1 | part length
@@ -53,12 +55,12 @@ def frame(parts: Sequence[Any]) -> list[memoryview]:
     the parts themselves (no copy). ValueError for no parts or too many."""
     if len(parts) == 1:  # the common case: one part
         part = parts[0]
-        view = part if type(part) is bytes else memoryview(part).cast("B")
+        view = part if type(part) is bytes else part_view(part)
         size = len(view)
         if size <= SMALL_SEND_BYTES:
             head = _ONE_PART_HEAD.pack(size + _ONE_PART_TABLE.size, 1, size)
             return [memoryview(head + view)]
-    views = [memoryview(p).cast("B") for p in parts]
+    views = [part_view(p) for p in parts]
     if not 0 < len(views) <= MAX_PARTS:
         raise ValueError(f"a message of {len(views)} parts cannot be sent")
     table = _COUNT.pack(len(views)) + struct.pack(f"<{len(views)}I",
@@ -104,17 +106,21 @@ class Incoming:
         self.body: bytearray | None = None  # a large message being read on its own
         self.length = 0  # of that body; `body` grows towards it as bytes come
         self.got = 0
-        self.more = False  # `pending` as of the last `take`: the hot path's cheap check
+        # whether a whole message (or bytes that cannot start one) waited in the buffer
+        # after the last `take`: taken on the next turn, before the connection is read again
+        self.more = False
 
-    @property
-    def pending(self) -> bool:
-        """A whole message, or bytes that cannot start one, wait in the buffer: they
-        are taken before the connection is read again."""
+    def _fits(self, length: int) -> bool:
+        return _COUNT.size <= length <= self._max
+
+    def _more_waiting(self) -> bool:
+        """`more`, worked out from the bytes left in the buffer after a message."""
         buffer, start = self.buffer, self.start
-        if self.body is not None or buffer is None or self.end - start < LENGTH.size:
+        assert buffer is not None
+        if self.end - start < LENGTH.size:
             return False
         (length,) = LENGTH.unpack_from(buffer, start)
-        return not _COUNT.size <= length <= self._max or start + LENGTH.size + length <= self.end
+        return not self._fits(length) or start + LENGTH.size + length <= self.end
 
     def read(self) -> bool:
         """Read once what the kernel has (nothing while a whole message waits to be
@@ -145,7 +151,7 @@ class Incoming:
         self.more = False
         if end - start >= LENGTH.size:
             (length,) = LENGTH.unpack_from(buffer, start)
-            if not _COUNT.size <= length <= self._max:
+            if not self._fits(length):
                 raise BrokenStream(f"a frame of {length} bytes")
             stop = start + LENGTH.size + length
             if stop <= end:
@@ -154,7 +160,7 @@ class Incoming:
                     self.start = self.end = 0
                 else:
                     self.start = stop
-                    self.more = self.pending
+                    self.more = self._more_waiting()
                     if not self.more:
                         self._compact()
                 return parts
