@@ -209,8 +209,9 @@ class StreamLinks:
                 return self._ready.popleft()
 
     def _turn(self, timeout_ms: int) -> None:
-        """One turn: the next message of every readable connection (and new
-        connections accepted), then of every connection with messages still buffered."""
+        """One turn, one message per connection at most: the next message of every
+        readable connection (and new connections accepted), then of every connection
+        with whole messages still buffered."""
         for fd, _ in self._poller.poll(timeout_ms):
             self._on_readable(fd)
         if self._backlog:
@@ -222,7 +223,7 @@ class StreamLinks:
             self._accept()
             return
         conn = self._incoming.get(fd)
-        if conn is not None:
+        if conn is not None and not conn.more:  # else: its turn comes from the backlog
             self._serve(conn, read=True)
 
     def _serve(self, conn: Incoming, *, read: bool) -> None:

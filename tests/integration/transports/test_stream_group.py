@@ -186,9 +186,9 @@ def test_messages_are_read_whole_however_their_bytes_arrive() -> None:
 
 
 def test_a_flood_of_tiny_frames_waits_its_turn_and_is_not_held_all_at_once() -> None:
-    """Strangers who write thousands of empty frames at once are served a frame or two
-    per connection per turn: a member's message comes within two turns, and a receive
-    does not leave the member holding a flooder's whole write as queued messages."""
+    """Strangers who write thousands of empty frames at once are served one frame per
+    connection per turn: a member's message comes within two turns, and a receive does
+    not leave the member holding a flooder's whole write as queued messages."""
     listener = StreamListener("tcp://127.0.0.1:0", max_message_bytes=MAX_BYTES)
     links = StreamLinks(0, [listener.address, "tcp://127.0.0.1:9"], listener, timeout_s=5.0)
     host, port = listener.address.removeprefix("tcp://").rsplit(":", 1)
@@ -209,8 +209,8 @@ def test_a_flood_of_tiny_frames_waits_its_turn_and_is_not_held_all_at_once() -> 
         assert held < 2 << 20, f"one receive left {held} bytes held"
         member.sendall(_framed([b"from a member"]))
         time.sleep(0.1)
-        # a turn takes at most two frames of each flooder (one read, one buffered), and
-        # what the last turn queued goes first: the member's message is within two turns
+        # a turn takes one frame of each flooder, and what the last turn queued goes
+        # first: the member's message is within two turns
         for _ in range(4 * len(floods) + 2):
             parts = links.recv(time.monotonic() + 2)
             assert parts is not None
